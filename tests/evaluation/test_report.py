@@ -1,0 +1,161 @@
+"""write_pipeline_report: all four files, a JSON that round-trips, a Markdown with the comparison, safe write order."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hdkd.evaluation.report as report_module
+from hdkd.evaluation import format_comparison_table, write_pipeline_report
+
+from ._helpers import assert_valid_png, fake_history, fake_metrics
+
+NAMES = ["benign", "malignant", "normal"]
+
+
+def _results(n_classes: int = 3) -> dict:
+    names = NAMES if n_classes == 3 else None
+    spec = {"teacher": (0, 3.0, 20_000_000, 4.1e9), "student": (1, 1.0, 1_500_000, 3.0e8),
+            "hdkd": (2, 1.8, 1_500_000, 3.0e8)}
+    results = {}
+    for i, (label, (seed, skill, params, flops)) in enumerate(spec.items()):
+        results[label] = {
+            "model": f"hdkd_{label}",
+            "params": params,
+            "flops": flops,
+            "metrics": fake_metrics(n_classes, seed, skill, names=names),
+            "val_metrics": fake_metrics(n_classes, seed + 10, skill, n=40, names=names),
+            "history": fake_history(6 + i, seed),
+            "best_epoch": 4 + i,
+            "train_time_s": 75.5 * (i + 1),
+            "checkpoint": f"runs/demo/{label}/best.pt",
+        }
+    return results
+
+
+META = {
+    "dataset": "synthetic (embedded)",
+    "class_counts": {"train": {"benign": 40, "malignant": 30, "normal": 50}, "test": {"benign": 40, "malignant": 35,
+                                                                                     "normal": 45}},
+    "img_size": 64,
+    "epochs": 8,
+    "seed": 0,
+    "command": ["hdkd", "run", "--out", "runs/demo"],
+    "hdkd_version": "0.1.0",
+    "timestamp": "2025-01-01T12:00:00+00:00",
+}
+
+
+def test_writes_all_four_files(tmp_path):
+    paths = write_pipeline_report(tmp_path / "out", _results(), META)
+    assert set(paths) == {"json", "markdown", "confusion_matrices", "training_curves"}
+    assert paths["json"] == tmp_path / "out" / "report.json"
+    assert paths["markdown"] == tmp_path / "out" / "report.md"
+    for key in ("confusion_matrices", "training_curves"):
+        assert paths[key].parent == tmp_path / "out"
+        assert_valid_png(paths[key])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
+
+
+def test_json_round_trips_and_contains_the_metrics(tmp_path):
+    results = _results()
+    paths = write_pipeline_report(tmp_path, results, META)
+    doc = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert doc["meta"] == META
+    assert list(doc["results"]) == ["teacher", "student", "hdkd"]
+    for label, r in results.items():
+        assert doc["results"][label] == r  # every field, metrics and history included, unchanged
+    h, s = results["hdkd"]["metrics"], results["student"]["metrics"]
+    assert doc["summary"]["hdkd_minus_student_accuracy_points"] == pytest.approx(100 * (h["accuracy"] - s["accuracy"]))
+    best = max(results, key=lambda k: results[k]["metrics"]["balanced_accuracy"])
+    assert doc["summary"]["best_by_test_balanced_accuracy"] == [best]
+
+
+def test_json_handles_numpy_paths_and_nan(tmp_path):
+    results = _results()
+    results["teacher"]["params"] = np.int64(20_000_000)
+    results["teacher"]["flops"] = np.float32(4.0e9)
+    results["teacher"]["history"][0]["train_loss"] = float("nan")
+    meta = {**META, "seed": np.int64(3), "data_path": Path("/data/x"), "sizes": np.array([1, 2])}
+    paths = write_pipeline_report(tmp_path, results, meta)
+    doc = json.loads(paths["json"].read_text(encoding="utf-8"))  # strict JSON: NaN would not parse as a value
+    assert doc["results"]["teacher"]["params"] == 20_000_000
+    assert doc["results"]["teacher"]["history"][0]["train_loss"] is None
+    assert doc["meta"]["seed"] == 3 and doc["meta"]["data_path"] == "/data/x" and doc["meta"]["sizes"] == [1, 2]
+
+
+def test_markdown_has_comparison_rows_summary_and_details(tmp_path):
+    results = _results()
+    md = write_pipeline_report(tmp_path, results, META)["markdown"].read_text(encoding="utf-8")
+    assert md.startswith("# ")
+    table = format_comparison_table(results)
+    assert table in md
+    for label, r in results.items():
+        m = r["metrics"]
+        row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+        assert f"{100 * m['accuracy']:.2f}" in row and f"{100 * m['balanced_accuracy']:.2f}" in row
+        assert f"{r['params']:,}" in row
+        assert f"### {label}" in md and f"`hdkd_{label}`" in md
+        assert r["checkpoint"] in md
+    best = max(results, key=lambda k: results[k]["metrics"]["balanced_accuracy"])
+    assert f"**{best}** has the best balanced accuracy" in md
+    diff = 100 * (results["hdkd"]["metrics"]["accuracy"] - results["student"]["metrics"]["accuracy"])
+    assert f"{diff:+.2f} accuracy points" in md
+    assert "](confusion_matrices.png)" in md and "](training_curves.png)" in md
+    for name in NAMES:  # per-class tables and the class-count table
+        assert sum(line.startswith(f"| {name} |") for line in md.splitlines()) >= 4
+    assert "synthetic (embedded)" in md and "`hdkd run --out runs/demo`" in md
+    spec = results["teacher"]["metrics"]["per_class"]["normal"]["specificity"]
+    assert f"{100 * spec:.2f}" in md
+
+
+def test_report_with_undefined_auc_and_two_classes(tmp_path):
+    results = _results(n_classes=2)
+    m = fake_metrics(3, 4, 1.0, names=NAMES)
+    results["student"]["metrics"] = dict(m, auc_ovr_macro=None, auc_ovr_weighted=None,
+                                         auc_note="ROC AUC undefined: class(es) absent from y_true: normal")
+    results["hdkd"].pop("val_metrics")
+    results["hdkd"]["history"] = []
+    paths = write_pipeline_report(tmp_path, results, {})
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "absent from y_true: normal" in md
+    assert "| n/a |" in next(line for line in md.splitlines() if line.startswith("| student |"))
+    assert_valid_png(paths["training_curves"])
+
+
+def test_markdown_and_json_written_last(tmp_path, monkeypatch):
+    order = []
+    real = report_module.atomic_write_text
+
+    def spy(path, text):
+        order.append((Path(path).name, sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png")))
+        return real(path, text)
+
+    monkeypatch.setattr(report_module, "atomic_write_text", spy)
+    write_pipeline_report(tmp_path, _results(), META)
+    pngs = ["confusion_matrices.png", "training_curves.png"]
+    assert order == [("report.md", pngs), ("report.json", pngs)]
+
+
+def test_crash_midway_leaves_no_report_that_looks_complete(tmp_path, monkeypatch):
+    write_pipeline_report(tmp_path, _results(), META)  # an earlier, complete run
+    assert (tmp_path / "report.json").exists()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(report_module, "plot_training_curves", boom)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        write_pipeline_report(tmp_path, _results(), META)
+    assert not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "report.md").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_rejects_results_without_metrics(tmp_path):
+    with pytest.raises(ValueError, match="student"):
+        write_pipeline_report(tmp_path, {"student": {"params": 1}}, {})
+    with pytest.raises(ValueError):
+        write_pipeline_report(tmp_path, {}, {})
