@@ -102,15 +102,28 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # per-role overrides, e.g. {"teacher": {"train": {"epochs": 30}}, "hdkd": {"optim": {"lr": 5e-4}}}
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def for_role(self, role: str) -> "Config":
+        """The same run configured for another role (pipeline: teacher, then student, then hdkd)."""
+        cfg = from_dict(self.to_dict())
+        cfg.role = role
+        return cfg.resolved()
+
     def resolved(self) -> "Config":
         """A copy with every role-dependent `None` replaced by the authors' default for that role."""
-        cfg = from_dict(self.to_dict())
-        if cfg.role not in ROLES:
-            raise ConfigError(f"role: unknown role {cfg.role!r}; choose one of {', '.join(ROLES)}")
+        if self.role not in ROLES:
+            raise ConfigError(f"role: unknown role {self.role!r}; choose one of {', '.join(ROLES)}")
+        values = self.to_dict()
+        unknown = sorted(set(values.get("roles") or {}) - set(ROLES))
+        if unknown:
+            raise ConfigError(f"roles: unknown role(s) {', '.join(unknown)}; choose from {', '.join(ROLES)}")
+        values = merge(values, (values.get("roles") or {}).get(self.role) or {})
+        cfg = from_dict(values)
         if cfg.model.name is None:
             cfg.model.name = MODEL_FOR_ROLE[cfg.role]
         for key, value in AUTHORS_OPTIM[cfg.role].items():
@@ -195,20 +208,28 @@ def parse_override(text: str) -> dict[str, Any]:
 
 def build_config(role: Optional[str] = None, files: tuple[str, ...] | list[str] = (),
                  overrides: tuple[str, ...] | list[str] = (), **sections: dict[str, Any]) -> Config:
-    """Role defaults <- YAML files (in order) <- `sections` (from named CLI options) <- `--set` overrides."""
+    """YAML files (in order) <- `sections` (named CLI options) <- `--set` overrides; unresolved (see `resolved`)."""
     values: dict[str, Any] = {}
     for path in files:
         values = merge(values, load_yaml(path))
     if role is not None:
         values["role"] = role
+    command_line: dict[str, Any] = {}
     for name, section in sections.items():
-        values = merge(values, {name: {k: v for k, v in section.items() if v is not None}})
+        command_line = merge(command_line, {name: {k: v for k, v in section.items() if v is not None}})
     for text in overrides:
-        values = merge(values, parse_override(text))
+        command_line = merge(command_line, parse_override(text))
+    values = merge(values, command_line)
+    # what the command line sets wins over a preset's per-role values too
+    for role_values in (values.get("roles") or {}).values():
+        for name, section in command_line.items():
+            if isinstance(section, dict) and isinstance((role_values or {}).get(name), dict):
+                for key in section:
+                    role_values[name].pop(key, None)
     cfg = from_dict(values)
-    if role is None and "role" not in values:
-        cfg.role = "hdkd"
-    return cfg.resolved()
+    if cfg.role not in ROLES:
+        raise ConfigError(f"role: unknown role {cfg.role!r}; choose one of {', '.join(ROLES)}")
+    return cfg
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:

@@ -48,8 +48,17 @@ META = {
 }
 
 
-def test_writes_all_four_files(tmp_path):
-    paths = write_pipeline_report(tmp_path / "out", _results(), META)
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """One report shared by the read-only tests (rendering PNGs is the slow part)."""
+    out = tmp_path_factory.mktemp("report") / "out"
+    results = _results()
+    return out, results, write_pipeline_report(out, results, META)
+
+
+def test_writes_all_four_files(written):
+    tmp_out, _, paths = written
+    tmp_path = tmp_out.parent
     assert set(paths) == {"json", "markdown", "confusion_matrices", "training_curves"}
     assert paths["json"] == tmp_path / "out" / "report.json"
     assert paths["markdown"] == tmp_path / "out" / "report.md"
@@ -59,9 +68,8 @@ def test_writes_all_four_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
 
 
-def test_json_round_trips_and_contains_the_metrics(tmp_path):
-    results = _results()
-    paths = write_pipeline_report(tmp_path, results, META)
+def test_json_round_trips_and_contains_the_metrics(written):
+    _, results, paths = written
     doc = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert doc["meta"] == META
     assert list(doc["results"]) == ["teacher", "student", "hdkd"]
@@ -86,9 +94,9 @@ def test_json_handles_numpy_paths_and_nan(tmp_path):
     assert doc["meta"]["seed"] == 3 and doc["meta"]["data_path"] == "/data/x" and doc["meta"]["sizes"] == [1, 2]
 
 
-def test_markdown_has_comparison_rows_summary_and_details(tmp_path):
-    results = _results()
-    md = write_pipeline_report(tmp_path, results, META)["markdown"].read_text(encoding="utf-8")
+def test_markdown_has_comparison_rows_summary_and_details(written):
+    _, results, paths = written
+    md = paths["markdown"].read_text(encoding="utf-8")
     assert md.startswith("# ")
     table = format_comparison_table(results)
     assert table in md
@@ -140,8 +148,8 @@ def test_markdown_and_json_written_last(tmp_path, monkeypatch):
 
 
 def test_crash_midway_leaves_no_report_that_looks_complete(tmp_path, monkeypatch):
-    write_pipeline_report(tmp_path, _results(), META)  # an earlier, complete run
-    assert (tmp_path / "report.json").exists()
+    (tmp_path / "report.json").write_text("{}")  # left by an earlier, complete run
+    (tmp_path / "report.md").write_text("# old report\n")
 
     def boom(*args, **kwargs):
         raise RuntimeError("plotting failed")

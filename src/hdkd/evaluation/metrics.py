@@ -19,14 +19,18 @@ from ..errors import DataError
 
 __all__ = ["classification_metrics", "format_metrics_table", "format_comparison_table"]
 
-# Tolerance on "each row of probs sums to 1": float32 softmax is far inside this; logits are far outside it.
-_ROW_SUM_ATOL = 1e-3
+# Tolerance on "each row of probs sums to 1" (and on the [0, 1] range): float32 and even float16 softmax outputs are
+# inside it; logits or unnormalised scores are almost always far outside it.
+_ROW_SUM_ATOL = 1e-2
 
 
 def _as_numpy(x: Any) -> np.ndarray:
     """Accept numpy arrays, lists and (CPU or GPU) torch tensors without importing torch."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
+        x = x.detach()
+        if x.is_floating_point():
+            x = x.float()  # half / bfloat16 -> float32 (numpy has no bfloat16)
+        x = x.cpu().numpy()
     return np.asarray(x)
 
 

@@ -10,7 +10,7 @@ import datetime as _dt
 import json
 import math
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any, Optional
 
@@ -68,7 +68,7 @@ def _to_jsonable(obj: Any) -> Any:
 def _code(text: Any) -> str:
     """Inline code span that survives backticks in ``text``."""
     text = str(text).replace("\n", " ")
-    longest = max((len(run) for run in text.split("`")[1:] and _backtick_runs(text)), default=0)
+    longest = max((len(run) for run in _backtick_runs(text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
@@ -87,7 +87,12 @@ def _backtick_runs(text: str) -> list[str]:
     return runs
 
 
+_LABELS = {"hdkd_version": "hdkd version", "img_size": "Image size", "timestamp": "Generated"}
+
+
 def _humanise(key: str) -> str:
+    if key in _LABELS:
+        return _LABELS[key]
     text = str(key).replace("_", " ").strip()
     return text[:1].upper() + text[1:]
 
@@ -151,10 +156,15 @@ def _count_table(value: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+_STAMP_KEYS = ("timestamp", "hdkd_version")  # shown once, under the title
+
+
 def _meta_section(meta: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     tables: list[tuple[str, Mapping]] = []
     for key, value in meta.items():
+        if key in _STAMP_KEYS and value:
+            continue
         if _is_count_table(value):
             tables.append((str(key), value))
         else:
@@ -324,7 +334,7 @@ def _model_section(label: str, r: Mapping[str, Any]) -> list[str]:
 
 def _markdown(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     lines = ["# HDKD pipeline report", ""]
-    stamp = [f"{_humanise(k)}: {_inline(k, meta[k])}" for k in ("timestamp", "hdkd_version") if meta.get(k)]
+    stamp = [f"{_humanise(k)}: {_inline(k, meta[k])}" for k in _STAMP_KEYS if meta.get(k)]
     if stamp:
         lines += ["; ".join(stamp), ""]
     lines += ["## Dataset and setup", ""]
@@ -392,14 +402,16 @@ def write_pipeline_report(out_dir: Path, results: dict[str, dict], meta: dict) -
     plot_confusion_matrices({label: r["metrics"] for label, r in results.items()}, paths["confusion_matrices"])
     plot_training_curves({label: r.get("history") or [] for label, r in results.items()}, paths["training_curves"])
 
+    # Render both texts before writing either, so a rendering error leaves neither file behind.
     summary = _summary(results)
-    atomic_write_text(paths["markdown"], _markdown(results, meta, summary))
+    markdown = _markdown(results, meta, summary)
     document = {
         "meta": meta,
         "summary": summary,
         "results": results,
         "files": {key: name for key, name in REPORT_FILES.items() if key != "json"},
     }
-    text = json.dumps(_to_jsonable(document), indent=2, allow_nan=False, ensure_ascii=False)
-    atomic_write_text(paths["json"], text + "\n")
+    text = json.dumps(_to_jsonable(document), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    atomic_write_text(paths["markdown"], markdown)
+    atomic_write_text(paths["json"], text)
     return paths

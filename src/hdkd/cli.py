@@ -1,0 +1,145 @@
+"""The command line: a thin layer over the Python API (`hdkd.training.train`, `hdkd.pipeline.run_pipeline`, ...)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import HDKDError
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
+                   help="config file (repeatable; later files override earlier ones)")
+    p.add_argument("--data", help="dataset: class folders, a CSV-labelled folder or a MedMNIST .npz "
+                                  "(default: the embedded synthetic dataset)")
+    p.add_argument("--output", "-o", help="output folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--img-size", type=int, help="input resolution (a multiple of 16)")
+    p.add_argument("--in-chans", type=int, choices=(1, 3))
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=("none", "bf16"))
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--max-per-class", type=int, help="cap images per class and split (quick runs)")
+    p.add_argument("--workers", type=int, help="data-loader workers (-1: sized to the machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set distill.lam=1 --set optim.lr=1e-4")
+
+
+def _build(args, role: Optional[str]):
+    from .config import Config, build_config
+
+    sections = {
+        "data": {"path": args.data, "max_per_class": args.max_per_class, "num_workers": args.workers},
+        "model": {"img_size": args.img_size, "in_chans": args.in_chans},
+        "optim": {"lr": args.lr},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+                  "amp": args.amp, "channels_last": args.channels_last,
+                  "progress": False if args.no_progress else None},
+        "distill": {"teacher": getattr(args, "teacher", None)},
+    }
+    cfg = build_config(role, args.config, args.set, **sections)
+    if args.output:
+        cfg.output = args.output
+    elif cfg.output == Config.output:  # not set by a file or --set: name the folder after the job
+        cfg.output = f"runs/{role or 'pipeline'}"
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from .training import train
+
+    cfg = _build(args, args.role)
+    result = train(cfg, resume=args.resume)
+    print(f"best epoch {result.best_epoch}: validation "
+          + ", ".join(f"{k} {result.best_val[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1")))
+    print(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .config import build_config
+    from .evaluation import format_metrics_table
+    from .evaluation._atomic import atomic_write_text
+    from .evaluation.evaluate import evaluate_checkpoint
+
+    data = build_config("teacher", args.config, args.set, data={"path": args.data}).data
+    metrics = evaluate_checkpoint(args.checkpoint, data, split=args.split, batch_size=args.batch_size,
+                                  device=args.device, amp=args.amp)
+    print(f"{metrics['model']} on {metrics['split']} ({metrics['data']})")
+    print(format_metrics_table(metrics))
+    out = Path(args.output) if args.output else Path(args.checkpoint).with_name(
+        f"{Path(args.checkpoint).stem}_{args.split}_metrics.json")
+    atomic_write_text(out, json.dumps(metrics, indent=2))
+    print(f"metrics written to {out}")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from .pipeline import run_pipeline
+
+    cfg = _build(args, None)
+    outcome = run_pipeline(cfg, roles=args.roles)
+    print(outcome["table"])
+    print(f"report: {outcome['paths'].get('markdown', Path(cfg.output) / 'report.md')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hdkd", description="Hybrid data-efficient knowledge distillation for "
+                                                              "medical image classification.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hdkd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model: teacher, student (alone) or hdkd (distilled)")
+    p.add_argument("role", choices=("teacher", "student", "hdkd"))
+    _add_run_options(p)
+    p.add_argument("--teacher", help="teacher checkpoint for the hdkd role")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_state.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
+    p.add_argument("checkpoint", help="best.safetensors or last.safetensors from `hdkd train`")
+    p.add_argument("--data", help="dataset (default: the embedded synthetic dataset)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
+                   help="config file whose data section describes the dataset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="none", choices=("none", "bf16"))
+    p.add_argument("--output", "-o", help="JSON file for the metrics (default: next to the checkpoint)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("pipeline", help="teacher, student and HDKD, then a side-by-side report on the test split")
+    _add_run_options(p)
+    p.add_argument("--roles", nargs="+", default=["teacher", "student", "hdkd"],
+                   choices=("teacher", "student", "hdkd"))
+    p.add_argument("--teacher", help="reuse this teacher checkpoint instead of training one")
+    p.set_defaults(func=cmd_pipeline)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HDKDError as exc:
+        print(f"hdkd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hdkd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Decode and resize every image once, and keep the result, so training never decodes a JPEG again.
+
+A split of image files becomes one uint8 array (N, size, size, C), saved as `<cache dir>/images/<key>.npy`.
+The key hashes the resolved file paths, their sizes and modification times, the size, the channel count and
+CACHE_FORMAT_VERSION, so editing, adding or removing an image (or changing the size) makes a new entry. Files
+are written to a temporary file in the same folder and then renamed (os.replace): a killed run never leaves a
+half-written cache behind. A cache that cannot be written only costs a warning: the arrays are still returned.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from .imageio import load_image, resize_image, to_channels
+from .sources import SplitData
+
+CACHE_FORMAT_VERSION = 1
+_STALE_TEMP_SECONDS = 24 * 3600
+log = logging.getLogger(__name__)
+
+
+def cache_root(cache_dir: Optional[str] = None) -> Path:
+    """cache_dir if given, else $HDKD_CACHE_DIR, else ~/.cache/hdkd."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("HDKD_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hdkd"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (respects affinity masks such as taskset or container limits where visible)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def split_images(split: SplitData, size: int, channels: int, cache_dir: Optional[str] = None) -> np.ndarray:
+    """The uint8 (N, size, size, channels) images of a split: arrays are resized in memory, files via the cache."""
+    if split.images is not None:
+        return prepare_arrays(split.images, size, channels)
+    return cached_file_images(split.paths or [], size, channels, cache_dir)
+
+
+def prepare_arrays(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """In-memory uint8 (N, H, W) or (N, H, W, 3) -> (N, size, size, channels); no resampling when already `size`."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if channels == 1:
+        images = to_channels(images, 1)  # luma first: resizing one channel is cheaper than three
+    n, height, width, c = images.shape
+    if (height, width) != (size, size):
+        resized = np.empty((n, size, size, c), dtype=np.uint8)
+
+        def work(chunk: np.ndarray) -> None:
+            for i in chunk:
+                resized[i] = resize_image(images[i], size)
+
+        _run_parallel(work, np.array_split(np.arange(n), max(1, min(n, available_cpus() * 4))))
+        images = resized
+    return to_channels(images, channels)
+
+
+def cached_file_images(paths: Sequence[Path], size: int, channels: int,
+                       cache_dir: Optional[str] = None) -> np.ndarray:
+    """Load the decoded images of `paths` from the cache, or decode them all (in parallel) and store them."""
+    key = cache_key(paths, size, channels)
+    folder = cache_root(cache_dir) / "images"
+    target = folder / f"{len(paths)}x{size}x{size}x{channels}-{key}.npy"
+    cached = _load_cached(target, (len(paths), size, size, channels))
+    if cached is not None:
+        return cached
+    log.info("decoding %d images to %dx%d (cache: %s)", len(paths), size, size, target)
+    images = decode_files(paths, size, channels)
+    _save_atomically(images, target)
+    return images
+
+
+def cache_key(paths: Sequence[Path], size: int, channels: int) -> str:
+    """Hash of the resolved paths, their sizes and mtimes, size, channels and the cache format version."""
+    digest = hashlib.sha256(f"hdkd-image-cache v{CACHE_FORMAT_VERSION} {size} {channels}\n".encode())
+    for path in paths:
+        try:
+            resolved = Path(path).resolve()
+            stat = resolved.stat()
+        except OSError as exc:
+            raise DataError(f"{path}: image file not accessible ({exc.strerror or exc})") from None
+        digest.update(f"{resolved}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def decode_files(paths: Sequence[Path], size: int, channels: int) -> np.ndarray:
+    """Decode and resize every file into one array, with a thread pool sized to the machine.
+
+    PIL releases the GIL while decoding and resampling, so threads run in parallel without copying arrays
+    between processes. Every file is tried; the first failure (in dataset order) is raised as DataError,
+    mentioning how many others failed, so the user sees all that is wrong at once.
+    """
+    out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    errors: dict[int, DataError] = {}
+
+    def work(chunk: np.ndarray) -> None:
+        for i in chunk:
+            try:
+                out[i] = resize_image(load_image(paths[i], channels), size)
+            except DataError as exc:
+                errors[int(i)] = exc
+
+    n = len(paths)
+    _run_parallel(work, np.array_split(np.arange(n), max(1, min(n, available_cpus() * 8))))
+    if errors:
+        first = errors[min(errors)]
+        more = f" (and {len(errors) - 1} more unreadable image(s))" if len(errors) > 1 else ""
+        raise DataError(f"{first}{more}")
+    return out
+
+
+def _run_parallel(work, chunks) -> None:
+    workers = min(available_cpus(), len(chunks))
+    if workers <= 1:
+        for chunk in chunks:
+            work(chunk)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hdkd-decode") as pool:
+        for _ in pool.map(work, chunks):  # re-raises unexpected exceptions from the workers
+            pass
+
+
+def _load_cached(path: Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode=None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        log.warning("ignoring unreadable cache file %s (%s)", path, exc)
+        return None
+    if array.shape != shape or array.dtype != np.uint8:
+        log.warning("ignoring cache file %s with unexpected shape %s", path, array.shape)
+        return None
+    return array
+
+
+def _save_atomically(array: np.ndarray, target: Path) -> None:
+    tmp_name = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(target.parent)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".npy.tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+        tmp_name = None
+    except OSError as exc:
+        warnings.warn(f"{target.parent}: cannot write the image cache ({exc.strerror or exc}); "
+                      f"images will be decoded again next time (set data.cache_dir)", stacklevel=3)
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Temp files left by runs killed mid-write; only old ones, so a concurrent writer is never disturbed."""
+    now = time.time()
+    for tmp in folder.glob(".*.npy.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TEMP_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass

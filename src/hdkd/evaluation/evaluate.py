@@ -1,0 +1,44 @@
+"""Evaluate a saved checkpoint on a split of a dataset, with the data built exactly as in training."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..config import DataConfig
+from ..errors import CheckpointError, DataError
+from .metrics import classification_metrics
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "test", batch_size: int = 128,
+                        device: str = "auto", amp: str = "none") -> dict[str, Any]:
+    """Metrics of `checkpoint` on `split`; the checkpoint's own img_size, channels and class names are used."""
+    from ..data import build_datasets
+    from ..data.build import resolve_num_workers
+    from ..models import create_model_from_checkpoint, read_checkpoint_metadata
+    from ..training.engine import predict
+    from ..training.trainer import make_loader, resolve_device
+
+    meta = read_checkpoint_metadata(checkpoint)
+    if not meta.get("model_name"):
+        raise CheckpointError(f"{checkpoint}: not an hdkd checkpoint (no model metadata); evaluate needs the "
+                              f"best.safetensors or last.safetensors written by `hdkd train`")
+    extra = meta.get("extra") or {}
+    args = meta["model_args"]
+    img_size = extra.get("img_size") or args.get("img_size", 224)
+    splits = build_datasets(data, img_size, args.get("in_chans"), splits=(split,))
+    dataset = splits.split(split)
+    if dataset is None:
+        raise DataError(f"{data.path}: the data has no {split!r} split")
+    names: Optional[list[str]] = extra.get("class_names")
+    if names is not None and list(names) != list(splits.class_names):
+        raise DataError(f"{data.path}: classes {splits.class_names} differ from the checkpoint's {names}")
+    dev = resolve_device(device)
+    model = create_model_from_checkpoint(checkpoint).to(dev)
+    loader = make_loader(dataset, batch_size, False, resolve_num_workers(data.num_workers))
+    y, probs, loss = predict(model, loader, dev, amp)
+    metrics = classification_metrics(y, probs, splits.class_names)
+    metrics.update(split=split, loss=loss, checkpoint=str(checkpoint), model=meta["model_name"],
+                   data=splits.description)
+    return metrics

@@ -1,0 +1,5 @@
+"""Training: one loop for every role; the criterion is what makes a run HDKD."""
+from .engine import predict, train_one_epoch
+from .trainer import TrainResult, build_model, model_args, resolve_device, train
+
+__all__ = ["train", "TrainResult", "build_model", "model_args", "predict", "train_one_epoch", "resolve_device"]

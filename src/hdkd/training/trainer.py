@@ -1,0 +1,236 @@
+"""`train(cfg)`: one parametrised path for teacher, student and HDKD (only the criterion differs).
+
+Outputs in cfg.output: `config.yaml`, `best.safetensors` (chosen on validation, never on test), `last.safetensors`,
+`last_state.pt` (everything needed to resume exactly), `log.jsonl` (one line per epoch) and, when the run has
+finished, `summary.json`. Checkpoints are written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..config import Config, save_yaml
+from ..data import DataSplits, build_datasets
+from ..data.build import resolve_num_workers
+from ..distillation import HDKDLoss, SupervisedLoss
+from ..errors import CheckpointError, ConfigError
+from ..evaluation import classification_metrics
+from ..models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
+from ..models.checkpoint import atomic_torch_save, read_checkpoint_metadata
+from .engine import predict, train_one_epoch
+from .optim import build_optimizer, build_scheduler
+
+_ARCH_KEYS = ("img_size", "in_chans", "block", "stem_stride", "depths", "widths", "dflt_depth", "dflt_heads",
+              "dflt_patch_size")
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_epoch: int
+    best_val: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    params: int = 0
+    train_time_s: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def model_args(cfg: Config, num_classes: int, in_chans: int) -> dict[str, Any]:
+    """Arguments for timm.create_model; stored in checkpoints so they can rebuild their model."""
+    m = cfg.model
+    args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
+    if m.name.startswith("hdkd"):
+        args.update(img_size=m.img_size, block=m.block, stem_stride=m.stem_stride, widths=list(m.widths),
+                    dflt_depth=m.dflt_depth, dflt_heads=m.dflt_heads, dflt_patch_size=m.dflt_patch_size)
+        if m.depths is not None:
+            args["depths"] = list(m.depths)
+    args.update(m.kwargs)
+    return args
+
+
+def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
+    try:
+        return timm.create_model(cfg.model.name, **model_args(cfg, num_classes, in_chans))
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ConfigError(f"model.name: unknown model {cfg.model.name!r}") from None
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: cannot build {cfg.model.name!r}: {exc}") from None
+
+
+def load_teacher(cfg: Config, num_classes: int, in_chans: int, class_names: list[str]) -> nn.Module:
+    """The frozen teacher for the hdkd role: a project checkpoint, an authors' .pth, or any timm model's weights."""
+    path = cfg.distill.teacher
+    if not path:
+        raise ConfigError("distill.teacher: the hdkd role needs a trained teacher checkpoint "
+                          "(train one with `hdkd train teacher`, or run `hdkd pipeline`)")
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: teacher checkpoint not found")
+    meta = read_checkpoint_metadata(path)
+    if meta.get("model_name"):
+        saved_classes = (meta.get("extra") or {}).get("class_names")
+        if saved_classes and list(saved_classes) != list(class_names):
+            raise CheckpointError(f"{path}: teacher was trained on classes {saved_classes}, the data has {class_names}")
+        teacher = create_model_from_checkpoint(path)
+        if teacher.num_classes != num_classes:
+            raise CheckpointError(f"{path}: teacher has {teacher.num_classes} classes, the data has {num_classes}")
+        return teacher
+    name = cfg.distill.teacher_model or "hdkd_teacher"
+    tcfg = Config(model=dataclasses.replace(cfg.model, name=name, depths=None))
+    teacher = build_model(tcfg, num_classes, in_chans)
+    return load_checkpoint(teacher, path)
+
+
+def build_criterion(cfg: Config, data: DataSplits, device: torch.device) -> nn.Module:
+    if cfg.role != "hdkd":
+        return SupervisedLoss()
+    teacher = load_teacher(cfg, data.num_classes, data.in_chans, data.class_names).to(device)
+    d = cfg.distill
+    return HDKDLoss(teacher, alpha=d.alpha, tau=d.tau, lam=d.lam, kd=d.kd, beta=d.beta,
+                    kd_reduction=d.kd_reduction, feature_stages=d.feature_stages)
+
+
+def _single_threaded_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers only augment; intra-op threads there would steal the model's cores
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, drop_last=drop_last, worker_init_fn=_single_threaded_worker,
+                      pin_memory=torch.cuda.is_available())
+
+
+def _select_value(metrics: dict[str, Any], key: str) -> float:
+    value = metrics.get(key)
+    if value is None:
+        raise ConfigError(f"train.select_metric: {key!r} is not a validation metric "
+                          f"(try accuracy, balanced_accuracy or macro_f1)")
+    return float(value)
+
+
+def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) -> TrainResult:
+    """Train one model as configured; `data` lets a pipeline share one decoded dataset between roles."""
+    cfg = cfg.resolved()
+    device = resolve_device(cfg.train.device)
+    if cfg.train.amp not in ("none", "bf16"):
+        raise ConfigError(f"train.amp: unknown {cfg.train.amp!r}; choose none or bf16")
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs: must be at least 1, got {cfg.train.epochs}")
+    if data is None:
+        data = build_datasets(cfg.data, cfg.model.img_size, cfg.model.in_chans)
+    if data.train is None or data.val is None:
+        raise ConfigError("data: training needs a train and a validation split (set data.val_fraction > 0)")
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+
+    model = build_model(cfg, data.num_classes, data.in_chans).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = build_criterion(cfg, data, device)  # before any output exists: a bad teacher leaves nothing behind
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    (out / "summary.json").unlink(missing_ok=True)  # a stale summary must not look like this run's result
+    args = model_args(cfg, data.num_classes, data.in_chans)
+    extra = {"class_names": data.class_names, "role": cfg.role, "img_size": cfg.model.img_size,
+             "in_chans": data.in_chans}
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_value, best_epoch, best_val = 0, -float("inf"), -1, {}
+    state_path = out / "last_state.pt"
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
+        best_val, history = json.loads(state["best_val"]), json.loads(state["history"])
+    elif not resume:
+        (out / "log.jsonl").unlink(missing_ok=True)
+
+    workers = resolve_num_workers(cfg.data.num_workers)
+    val_loader = make_loader(data.val, cfg.train.eval_batch_size, False, workers)
+    params = count_params(model)
+    select = cfg.train.select_metric
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        scheduler.step(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        # a fresh, epoch-seeded generator makes shuffling and augmentation resumable at epoch boundaries
+        train_loader = make_loader(data.train, cfg.train.batch_size, True, workers,
+                                   seed=cfg.train.seed * 1000 + epoch, drop_last=len(data.train) > cfg.train.batch_size)
+        torch.manual_seed(cfg.train.seed * 1000 + epoch)
+        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, cfg.train.amp,
+                                cfg.train.channels_last, cfg.train.progress, cfg.train.max_steps_per_epoch,
+                                desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}")
+        y, probs, val_loss = predict(model, val_loader, device, cfg.train.amp, cfg.train.channels_last)
+        val = classification_metrics(y, probs, data.class_names)
+        value = _select_value(val, select)
+        record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val_loss, "val_accuracy": val["accuracy"],
+                  "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"]}
+        improved = value > best_value
+        if improved:
+            best_value, best_epoch, best_val = value, epoch + 1, val
+            save_checkpoint(model, out / "best.safetensors", cfg.model.name, args,
+                            extra={**extra, "epoch": epoch + 1, f"val_{select}": value})
+        save_checkpoint(model, out / "last.safetensors", cfg.model.name, args, extra={**extra, "epoch": epoch + 1})
+        history.append(record)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "epoch": epoch, "best_value": best_value,
+                           "best_epoch": best_epoch, "best_val": json.dumps(best_val),
+                           "history": json.dumps(history)}, state_path)
+        with open(out / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        if cfg.train.progress:
+            print(f"{cfg.role} epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f} "
+                  f"train acc {stats['train_accuracy']:.3f} | val acc {val['accuracy']:.3f} "
+                  f"bal acc {val['balanced_accuracy']:.3f} | {stats['train_images_per_s']:.0f} img/s"
+                  + (" *" if improved else ""), flush=True)
+    train_time = time.perf_counter() - run_start
+    result = TrainResult(output=out, best_checkpoint=out / "best.safetensors", last_checkpoint=out / "last.safetensors",
+                         best_epoch=best_epoch, best_val=best_val, history=history, params=params,
+                         train_time_s=train_time)
+    summary = {"role": cfg.role, "model": cfg.model.name, "params": params, "best_epoch": best_epoch,
+               f"best_val_{select}": best_value, "best_val": best_val, "train_time_s": train_time,
+               "data": data.description, "counts": data.counts}
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "summary.json")
+    return result
