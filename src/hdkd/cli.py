@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .config import build_config
     from .evaluation import format_metrics_table
-    from .evaluation._atomic import atomic_write_text
+    from .io import atomic_write_text
     from .evaluation.evaluate import evaluate_checkpoint
 
     data = build_config("teacher", args.config, args.set, data={"path": args.data}).data

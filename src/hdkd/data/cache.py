@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..io import atomic_write
 from .imageio import load_image, resize_image, to_channels
 from .sources import SplitData
 
@@ -151,32 +151,19 @@ def _load_cached(path: Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
 
 
 def _save_atomically(array: np.ndarray, target: Path) -> None:
-    tmp_name = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp_files(target.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-        tmp_name = None
+        atomic_write(target, lambda handle: np.save(handle, array, allow_pickle=False))
     except OSError as exc:
         warnings.warn(f"{target.parent}: cannot write the image cache ({exc.strerror or exc}); "
                       f"images will be decoded again next time (set data.cache_dir)", stacklevel=3)
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 def _remove_stale_temp_files(folder: Path) -> None:
     """Temp files left by runs killed mid-write; only old ones, so a concurrent writer is never disturbed."""
     now = time.time()
-    for tmp in folder.glob(".*.npy.tmp"):
+    for tmp in folder.glob(".*.npy.*.tmp"):
         try:
             if now - tmp.stat().st_mtime > _STALE_TEMP_SECONDS:
                 tmp.unlink()

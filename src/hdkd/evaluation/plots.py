@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ._atomic import atomic_write
+from ..io import atomic_write
 
 __all__ = ["plot_confusion_matrices", "plot_training_curves"]
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._atomic import atomic_write_text
+from ..io import atomic_write_text
 from .metrics import _dec, _format_gflops, _format_params, _md_escape, _pct, format_comparison_table
 from .plots import plot_confusion_matrices, plot_training_curves
 

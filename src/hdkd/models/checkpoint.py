@@ -8,18 +8,17 @@ checkpoint of another architecture or class count is refused with a message sayi
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
 from ..errors import CheckpointError
+from ..io import atomic_write
 
 FORMAT = "hdkd-checkpoint-v1"
 
@@ -77,21 +76,8 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, model_name: str, model_args: dict[str, Any],
@@ -101,7 +87,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, model_name: str, model_a
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "model_name": model_name, "model_args": json.dumps(model_args),
                 "extra": json.dumps(extra or {})}
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    data = save(state, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 

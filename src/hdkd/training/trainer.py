@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from ..data.build import resolve_num_workers
 from ..distillation import HDKDLoss, SupervisedLoss
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import classification_metrics
+from ..io import atomic_write_text
 from ..models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
 from ..models.checkpoint import atomic_torch_save, read_checkpoint_metadata
 from .engine import predict, train_one_epoch
@@ -230,7 +230,5 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     summary = {"role": cfg.role, "model": cfg.model.name, "params": params, "best_epoch": best_epoch,
                f"best_val_{select}": best_value, "best_val": best_val, "train_time_s": train_time,
                "data": data.description, "counts": data.counts}
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return result

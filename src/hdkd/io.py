@@ -1,4 +1,6 @@
-"""Atomic file writes: write a temporary file in the destination's folder, then ``os.replace`` it into place.
+"""The one way files are written: atomically.
+
+Atomic file writes: write a temporary file in the destination's folder, then ``os.replace`` it into place.
 
 A reader (or a crash) therefore never sees a half-written file: the destination is either the old file or the new one.
 """

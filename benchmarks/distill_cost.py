@@ -1,0 +1,108 @@
+"""Distillation cost: the HDKD training step against its floor, measured in one run on the same batch.
+
+floor = one student training step (forward, CE, backward, AdamW step) + one teacher inference pass (no autograd).
+The HDKD step adds only the feature/logit loss terms to that, so its cost should stay close to the floor.
+Steps are interleaved (student, teacher, HDKD, student, ...) so machine noise hits all three alike; medians reported.
+
+    python benchmarks/distill_cost.py --sizes 64 112 224 --batch 16 --amp none bf16 --json docs/bench/distill_cost.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+import hdkd
+from hdkd.training.engine import autocast
+
+
+def step_timers(img_size: int, batch: int, amp: str, channels_last: bool, classes: int = 4):
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    teacher = timm.create_model("hdkd_teacher", num_classes=classes, img_size=img_size).eval()
+    student = timm.create_model("hdkd", num_classes=classes, img_size=img_size).train()
+    if channels_last:
+        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=0.05)
+    x = torch.randn(batch, 3, img_size, img_size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,))
+    supervised, distill = hdkd.SupervisedLoss(), hdkd.HDKDLoss(teacher)
+
+    def student_step():
+        with autocast(device, amp):
+            out = supervised(student, x, y)
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def teacher_pass():
+        with autocast(device, amp):
+            final, maps = teacher.forward_intermediates(x)
+            teacher.forward_head(final)
+
+    def hdkd_step():
+        with autocast(device, amp):
+            out = distill(student, x, y)
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        opt.step()
+
+    return {"student_step": student_step, "teacher_pass": teacher_pass, "hdkd_step": hdkd_step}
+
+
+def measure(timers: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    for fn in timers.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, fn in timers.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 112, 224])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    print(f"{'size':>5} {'amp':>5} {'student ms':>11} {'teacher ms':>11} {'floor ms':>9} {'hdkd ms':>8} "
+          f"{'hdkd/floor':>10} {'hdkd img/s':>10}")
+    for amp in args.amp:
+        for size in args.sizes:
+            t = measure(step_timers(size, args.batch, amp, args.channels_last), args.repeats)
+            floor = t["student_step"] + t["teacher_pass"]
+            row = {"img_size": size, "amp": amp, "batch": args.batch, "channels_last": args.channels_last,
+                   **{f"{k}_s": v for k, v in t.items()}, "floor_s": floor, "ratio": t["hdkd_step"] / floor,
+                   "hdkd_images_per_s": args.batch / t["hdkd_step"]}
+            rows.append(row)
+            print(f"{size:>5} {amp:>5} {t['student_step'] * 1e3:>11.1f} {t['teacher_pass'] * 1e3:>11.1f} "
+                  f"{floor * 1e3:>9.1f} {t['hdkd_step'] * 1e3:>8.1f} {row['ratio']:>10.3f} "
+                  f"{row['hdkd_images_per_s']:>10.1f}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                         "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                         "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
