@@ -47,7 +47,7 @@ def test_module_entry_point_runs():
     assert done.returncode == 0 and done.stdout.startswith("hdkd ")
 
 
-def _folder_dataset(root, classes=("a", "b"), per_class=3):
+def _folder_dataset(root, classes=("a", "b"), per_class=10):
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for c in classes:

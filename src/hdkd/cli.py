@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 
 from .errors import HDKDError
 
+QUICKSTART = Path(__file__).parent / "presets" / "quickstart.yaml"
+
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
@@ -44,7 +46,10 @@ def _build(args, role: Optional[str]):
                   "progress": False if args.no_progress else None},
         "distill": {"teacher": getattr(args, "teacher", None)},
     }
-    cfg = build_config(role, args.config, args.set, **sections)
+    files = list(args.config)
+    if args.data is None and not files:  # the embedded synthetic dataset gets a schedule sized for it
+        files = [str(QUICKSTART)]
+    cfg = build_config(role, files, args.set, **sections)
     if args.output:
         cfg.output = args.output
     elif cfg.output == Config.output:  # not set by a file or --set: name the folder after the job
