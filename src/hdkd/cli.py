@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import HDKDError
+from .errors import ConfigError, HDKDError
 
 QUICKSTART = Path(__file__).parent / "presets" / "quickstart.yaml"
 
@@ -75,8 +75,10 @@ def cmd_evaluate(args) -> int:
     from .evaluation.evaluate import evaluate_checkpoint
 
     data = build_config("teacher", args.config, args.set, data={"path": args.data}).data
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
     metrics = evaluate_checkpoint(args.checkpoint, data, split=args.split, batch_size=args.batch_size,
-                                  device=args.device, amp=args.amp)
+                                  device=args.device, amp=args.amp, n_boot=args.bootstrap)
     print(f"{metrics['model']} on {metrics['split']} ({metrics['data']})")
     print(format_metrics_table(metrics))
     out = Path(args.output) if args.output else Path(args.checkpoint).with_name(
@@ -87,12 +89,61 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from .pipeline import run_pipeline
+    from .pipeline import run_pipeline, run_seeds
 
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
     cfg = _build(args, None)
-    outcome = run_pipeline(cfg, roles=args.roles)
+    if args.seeds:
+        outcome = run_seeds(cfg, args.seeds, roles=args.roles, n_boot=args.bootstrap, resume=args.resume)
+        print(outcome["table"])
+        print(f"summary over seeds: {outcome['paths']['markdown']}")
+        return 0
+    outcome = run_pipeline(cfg, roles=args.roles, n_boot=args.bootstrap, resume=args.resume)
     print(outcome["table"])
     print(f"report: {outcome['paths'].get('markdown', Path(cfg.output) / 'report.md')}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    import torch
+
+    from .benchmark import DEFAULT_MODELS, FOLD_SUFFIX, benchmark_meta, format_table, run_benchmark, write_benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = list(args.models or DEFAULT_MODELS)
+    if args.fold_bn:  # add an inference-only BN-folded variant of each HDKD model
+        models += [m + FOLD_SUFFIX for m in list(models) if m.startswith("hdkd") and not m.endswith(FOLD_SUFFIX)]
+    rows = run_benchmark(models, img_size=args.img_size, batch_sizes=args.batch, device=args.device, amp=args.amp,
+                         repeats=args.repeats, warmup=args.warmup, num_classes=args.num_classes,
+                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(format_table(rows))
+    device = next((r["device"] for r in rows if r["status"] == "ok"), "cpu")
+    paths = write_benchmark(rows, args.output, benchmark_meta(device))
+    print(f"written: {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .config import build_config
+    from .data.audit import audit_data, write_audit
+
+    data = build_config("teacher", args.config, args.set, data={"path": args.data}).data
+    result = audit_data(data, threshold=args.threshold, exact_only=args.exact_only)
+    paths = write_audit(result, args.output, root=data.path)
+    print(f"audit: {result.one_line()}")
+    print(f"report: {paths['markdown']}, {paths['json']}")
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from .data.download import download_medmnist
+
+    path = download_medmnist(args.name, size=args.size, cache=args.cache, url_base=args.url_base, md5=args.md5,
+                             log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(path)
+    print(f"use it with: hdkd pipeline --data {path}", file=sys.stderr)
     return 0
 
 
@@ -122,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="none", choices=("none", "bf16"))
     p.add_argument("--output", "-o", help="JSON file for the metrics (default: next to the checkpoint)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for 95%% confidence intervals of the headline metrics (0: none)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("pipeline", help="teacher, student and HDKD, then a side-by-side report on the test split")
@@ -129,7 +182,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roles", nargs="+", default=["teacher", "student", "hdkd"],
                    choices=("teacher", "student", "hdkd"))
     p.add_argument("--teacher", help="reuse this teacher checkpoint instead of training one")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="run the whole pipeline once per training seed into OUTPUT/seed_<S>/ and summarise "
+                        "mean and std over seeds in OUTPUT/seeds_summary.md/.json (replaces --seed)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for 95%% confidence intervals of the test metrics (0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse models already trained in OUTPUT/<role>/ with the same settings; continue an "
+                        "interrupted one from its last epoch")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("benchmark", help="parameters, FLOPs, latency and throughput of HDKD models and timm peers")
+    p.add_argument("--models", nargs="+", metavar="NAME",
+                   help="timm model names (default: hdkd_teacher, hdkd_student, hdkd and seven timm peers)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch", type=int, nargs="+", default=[32], help="batch size(s) for the throughputs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="none", choices=("none", "bf16"))
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed samples per measurement (median)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--num-classes", type=int, default=4)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="also measure each HDKD model with BatchNorm folded (inference only)")
+    p.add_argument("--output", "-o", default="runs/benchmark",
+                   help="folder for benchmark.json, benchmark.md and benchmark.png")
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("audit", help="leakage audit: exact and near-duplicate images within and across splits")
+    p.add_argument("data", help="dataset: class folders, a CSV-labelled folder or a MedMNIST .npz")
+    p.add_argument("--output", "-o", default="runs/audit", help="folder for audit.json and audit.md")
+    p.add_argument("--threshold", type=int, metavar="N",
+                   help="near duplicate: pHash Hamming distance <= N of 256 bits (default: data.duplicate_threshold)")
+    p.add_argument("--exact-only", action="store_true", help="byte-identical duplicates only (decodes nothing)")
+    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
+                   help="config file whose data section describes the dataset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="data options, e.g. --set data.format=csv --set data.val_fraction=0.2")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("data", help="dataset utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("download", help="download an official dataset file, checksum-verified")
+    p.add_argument("source", choices=("medmnist",))
+    p.add_argument("name", help="MedMNIST dataset, e.g. breastmnist, dermamnist, pneumoniamnist")
+    p.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size in pixels")
+    p.add_argument("--cache", metavar="DIR", help="folder for the file (default: ~/.cache/hdkd/medmnist, or "
+                                                  "$HDKD_CACHE_DIR/medmnist)")
+    p.add_argument("--url-base", metavar="URL", help="where the files are (default: the MedMNIST v3 Zenodo record)")
+    p.add_argument("--md5", help="expected MD5 (required for files without a published checksum in hdkd)")
+    p.set_defaults(func=cmd_data_download)
     return parser
 
 

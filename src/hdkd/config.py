@@ -52,6 +52,10 @@ class DataConfig:
     split_column: Optional[str] = None  # None -> "split" when the CSV has it
     image_dirs: Optional[list[str]] = None  # folders holding <image_id>.<ext>; None -> path and its subfolders
     image_ext: Optional[str] = None
+    # leakage and class imbalance (hdkd audit; README "Duplicates and leakage", "Class imbalance")
+    drop_duplicates: Optional[str] = None  # test | train: where to drop exact/near duplicates across splits
+    duplicate_threshold: int = 24  # near duplicate: 256-bit pHash Hamming distance <= this (hdkd.data.audit)
+    smote: Optional[dict[str, int] | str] = None  # class name -> target train count (or a JSON file of that)
 
 
 @dataclass
@@ -76,6 +80,7 @@ class DistillConfig:
     kd_reduction: str = "deit"  # deit (sum / (B*C)) | batchmean (sum / B)
     beta: float = 1.0
     feature_stages: list[int] = field(default_factory=lambda: [1, 2, 3])
+    fold_teacher_bn: bool = False  # fold the frozen teacher's BatchNorms into its convs (faster, same outputs)
 
 
 @dataclass
@@ -91,6 +96,10 @@ class TrainConfig:
     deterministic: bool = False
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None
+    save_every_steps: Optional[int] = None  # also checkpoint mid-epoch, so a killed run resumes where it stopped
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
+    class_weight: Optional[str] = None  # balanced: cross-entropy weighted by sklearn's 'balanced' class weights
+    sampler: str = "random"  # random | balanced (WeightedRandomSampler, inverse class frequency)
 
 
 @dataclass

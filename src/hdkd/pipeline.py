@@ -19,16 +19,23 @@ from .config import Config, save_yaml
 from .data import build_datasets
 from .data.build import resolve_num_workers
 from .errors import ConfigError
-from .evaluation import classification_metrics, format_comparison_table, write_pipeline_report
+from .evaluation import assess_predictions, format_comparison_table, write_pipeline_report
 from .models import count_flops, create_model_from_checkpoint
-from .training import predict, resolve_device, train
+from .training import predict, resolve_device, train_or_reuse
 from .training.trainer import make_loader
 
 ROLE_ORDER = ("teacher", "student", "hdkd")
 
 
-def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Optional[str] = None) -> dict[str, Any]:
-    """Train the roles in order into cfg.output/<role>/, evaluate on test, write the report; returns its results."""
+def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Optional[str] = None,
+                 n_boot: int = 1000, resume: bool = False) -> dict[str, Any]:
+    """Train the roles in order into cfg.output/<role>/, evaluate on test, write the report; returns its results.
+
+    Each model is also run on the validation split at its best checkpoint: the temperature for temperature scaling
+    is fitted there (never on test). ``n_boot`` bootstrap resamples of the test split give 95 % confidence intervals
+    of the headline metrics (0: none). ``resume`` reuses roles already finished in OUTPUT/<role>/ with the same
+    settings and continues an interrupted one from its last epoch.
+    """
     unknown = [r for r in roles if r not in ROLE_ORDER]
     if unknown:
         raise ConfigError(f"roles: unknown {unknown}; choose from {list(ROLE_ORDER)}")
@@ -40,10 +47,12 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
         raise ConfigError(f"data: {base.data.path or 'the embedded dataset'} has no test split to report on")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.md", "report.json"):
+    for stale in ("report.md", "report.json", "report.html"):
         (out / stale).unlink(missing_ok=True)  # never leave an old report looking like this run's
     device = resolve_device(base.train.device)
     test_loader = make_loader(data.test, base.train.eval_batch_size, False, resolve_num_workers(base.data.num_workers))
+    val_loader = None if data.val is None else make_loader(data.val, base.train.eval_batch_size, False,
+                                                           resolve_num_workers(base.data.num_workers))
 
     results: dict[str, dict[str, Any]] = {}
     teacher_ckpt = cfg.distill.teacher
@@ -51,12 +60,17 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
         role_cfg = dataclasses.replace(cfg.for_role(role), output=str(out / role))
         if role == "hdkd":
             role_cfg.distill.teacher = str(teacher_ckpt)
-        result = train(role_cfg, data=data)
+        result = train_or_reuse(role_cfg, data=data, resume=resume)
         if role == "teacher":
             teacher_ckpt = result.best_checkpoint
         model = create_model_from_checkpoint(result.best_checkpoint).to(device)
         y, probs, test_loss = predict(model, test_loader, device, role_cfg.train.amp)
-        metrics = classification_metrics(y, probs, data.class_names)
+        y_val = probs_val = None
+        if val_loader is not None:  # same checkpoint on validation: temperature scaling is fitted there only
+            y_val, probs_val, _ = predict(model, val_loader, device, role_cfg.train.amp)
+        assessed = assess_predictions(y, probs, data.class_names, y_val, probs_val, n_boot=n_boot,
+                                      seed=base.train.seed)
+        metrics = assessed["metrics"]
         metrics["loss"] = test_loss
         results[role] = {
             "model": role_cfg.model.name, "params": result.params,
@@ -64,12 +78,18 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
             "metrics": metrics, "val_metrics": result.best_val, "history": result.history,
             "best_epoch": result.best_epoch, "train_time_s": result.train_time_s,
             "checkpoint": str(result.best_checkpoint),
+            "bootstrap": assessed["bootstrap"], "temperature_scaling": assessed["temperature_scaling"],
+            "predictions": assessed["predictions"],  # for the ROC figure; not written into report.json
         }
     meta = {
         "dataset": data.description, "class_counts": data.counts, "splits": data.source,
         "img_size": base.model.img_size, "in_chans": data.in_chans,
         "epochs": {r: cfg.for_role(r).train.epochs for r in roles}, "seed": base.train.seed,
         "selection": f"best validation {base.train.select_metric}; test used only for this report",
+        "calibration": "temperature scaling fitted on the validation split" if val_loader is not None
+        else "no validation split: no temperature scaling",
+        "confidence_intervals": f"95% percentile bootstrap, {n_boot} resamples of the test images, seed "
+                                f"{base.train.seed}" if n_boot else "none",
         "command": command or " ".join(shlex.quote(a) for a in sys.argv), "hdkd_version": __version__,
         "torch": torch.__version__, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "device": str(device), "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -77,3 +97,44 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
     save_yaml(cfg, out / "config.yaml")
     paths = write_pipeline_report(out, results, meta)
     return {"results": results, "meta": meta, "paths": paths, "table": format_comparison_table(results)}
+
+
+def _seed_config(cfg: Config, seed: int, output: Path) -> Config:
+    """``cfg`` with ``train.seed = seed`` for every role (a per-role seed is dropped) and another output folder."""
+    from .config import from_dict
+
+    values = cfg.to_dict()
+    values["train"]["seed"] = int(seed)
+    for role_values in (values.get("roles") or {}).values():
+        if isinstance((role_values or {}).get("train"), dict):
+            role_values["train"].pop("seed", None)
+    values["output"] = str(output)
+    return from_dict(values)
+
+
+def run_seeds(cfg: Config, seeds: Sequence[int], roles: Sequence[str] = ROLE_ORDER, command: Optional[str] = None,
+              n_boot: int = 1000, resume: bool = False) -> dict[str, Any]:
+    """The pipeline once per training seed into OUTPUT/seed_<s>/, then the mean and std over seeds.
+
+    Only the training seed changes (initialisation, augmentation, batch order); the data split is the same for every
+    seed (``data.split_seed``). Writes OUTPUT/seeds_summary.json and OUTPUT/seeds_summary.md (see
+    ``hdkd.evaluation.seeds``); returns ``{"runs": {seed: run_pipeline outcome}, "summary", "paths", "table"}``.
+    """
+    from .evaluation.seeds import format_seeds_markdown, summarise_seeds, write_seeds_summary
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: repeated seed(s) in {seeds}")
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("seeds_summary.json", "seeds_summary.md"):
+        (out / stale).unlink(missing_ok=True)
+    runs = {}
+    for seed in seeds:
+        runs[seed] = run_pipeline(_seed_config(cfg, seed, out / f"seed_{seed}"), roles, command, n_boot, resume=resume)
+    summary = summarise_seeds({seed: run["results"] for seed, run in runs.items()},
+                              {seed: f"seed_{seed}/report.json" for seed in seeds})
+    paths = write_seeds_summary(out, summary)
+    return {"runs": runs, "summary": summary, "paths": paths, "table": format_seeds_markdown(summary, table_only=True)}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hdkd.evaluation import classification_metrics
+from hdkd.evaluation import assess_predictions, classification_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -38,6 +38,27 @@ def fake_metrics(n_classes: int, seed: int, skill: float, n: int = 120, names=No
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     names = names or [f"class {k}" for k in range(n_classes)]
     return classification_metrics(y, probs, names)
+
+
+def fake_predictions(n_classes: int, seed: int, skill: float, n: int = 120, temperature: float = 1.0):
+    """(labels, softmax probabilities) of a fake model whose logits are ``skill`` higher on the true class; the
+    probabilities are those of the logits divided by ``temperature`` (> 1: under-confident, < 1: over-confident)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, size=n)
+    y[:n_classes] = np.arange(n_classes)
+    logits = rng.normal(size=(n, n_classes))
+    logits[np.arange(n), y] += skill
+    z = logits / temperature
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    return y, probs / probs.sum(axis=1, keepdims=True)
+
+
+def fake_assessed(n_classes: int, seed: int, skill: float, n: int = 120, names=None, n_boot: int = 200) -> dict:
+    """``assess_predictions`` of a fake over-confident model (test and validation predictions)."""
+    names = names or [f"class {k}" for k in range(n_classes)]
+    y, probs = fake_predictions(n_classes, seed, skill, n, temperature=0.5)
+    y_val, probs_val = fake_predictions(n_classes, seed + 100, skill, n, temperature=0.5)
+    return assess_predictions(y, probs, names, y_val, probs_val, n_boot=n_boot, seed=seed)
 
 
 def fake_history(epochs: int, seed: int) -> list[dict]:

@@ -209,7 +209,7 @@ def test_format_metrics_table_contains_names_and_numbers():
         row = next(line for line in lines if line.split()[:1] == [name])  # first row: per-class table
         assert row.split()[1:] == [
             f"{100 * pc['precision']:.2f}", f"{100 * pc['recall']:.2f}", f"{100 * pc['specificity']:.2f}",
-            f"{100 * pc['f1']:.2f}", str(pc["support"]),
+            f"{100 * pc['f1']:.2f}", f"{pc['auc']:.4f}", f"{pc['pr_auc']:.4f}", str(pc["support"]),
         ]
     cm_start = next(i for i, line in enumerate(lines) if line.startswith("Confusion matrix"))
     header = lines[cm_start + 1].split()
@@ -244,13 +244,14 @@ def test_format_comparison_table():
     lines = table.splitlines()
     assert _cells(lines[0]) == [
         "Model", "Params", "GFLOPs", "Accuracy (%)", "Balanced accuracy (%)", "Macro-F1 (%)", "AUC (OvR macro)",
+        "ECE (%)", "ECE after temp. scaling (%)",
     ]
     assert set(lines[1]) <= set("|-: ")
     rows = {(c := _cells(line))[0]: c for line in lines[2:]}
     assert list(rows) == ["teacher", "student", "hdkd"]
     assert rows["teacher"] == [
         "teacher", "12,345,678", "4.500", f"{100 * m['accuracy']:.2f}", f"{100 * m['balanced_accuracy']:.2f}",
-        f"{100 * m['macro_f1']:.2f}", f"{m['auc_ovr_macro']:.4f}",
+        f"{100 * m['macro_f1']:.2f}", f"{m['auc_ovr_macro']:.4f}", f"{100 * m['ece']:.2f}", "n/a",
     ]
     assert rows["student"][2] == "0.600"
     assert rows["student"][3] == f"{100 * m_no_auc['accuracy']:.2f}"

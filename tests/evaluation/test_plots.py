@@ -1,9 +1,11 @@
-"""The two report figures are complete PNG files, written atomically, whatever the histories look like."""
+"""The report figures are complete PNG files, written atomically, whatever the inputs look like."""
 from __future__ import annotations
 
-from hdkd.evaluation import plot_confusion_matrices, plot_training_curves
+import numpy as np
 
-from ._helpers import assert_valid_png, fake_history, fake_metrics, png_size
+from hdkd.evaluation import plot_confusion_matrices, plot_reliability_diagrams, plot_roc_curves, plot_training_curves
+
+from ._helpers import assert_valid_png, fake_assessed, fake_history, fake_metrics, fake_predictions, png_size
 
 
 def test_confusion_matrices_one_panel_per_model(tmp_path):
@@ -46,3 +48,38 @@ def test_png_is_replaced_atomically(tmp_path):
     plot_confusion_matrices({"m": fake_metrics(2, 0, 1.0)}, path)
     assert_valid_png(path)
     assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]
+
+
+def test_roc_curves_one_panel_per_model_binary_multiclass_and_missing(tmp_path):
+    y4, p4 = fake_predictions(4, 0, 1.5)
+    y2, p2 = fake_predictions(2, 1, 1.0)
+    y3, p3 = fake_predictions(3, 2, 1.0)
+    y3 = np.where(y3 == 2, 0, y3)  # a class absent from y_true: no curve, no crash
+    one = plot_roc_curves({"m": {"y_true": y4, "probs": p4, "class_names": list("abcd")}}, tmp_path / "one.png")
+    three = plot_roc_curves(
+        {"teacher": {"y_true": y4, "probs": p4, "class_names": list("abcd")},
+         "student": {"y_true": y2, "probs": p2},
+         "hdkd": {"y_true": y3, "probs": p3, "class_names": list("xyz")},
+         "none": None},
+        tmp_path / "three.png",
+    )
+    assert_valid_png(one)
+    assert_valid_png(three)
+    assert png_size(three)[0] > 3 * png_size(one)[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "three.png"]
+
+
+def test_reliability_diagrams_before_and_after(tmp_path):
+    a = fake_assessed(4, 0, 2.0)
+    ts = a["temperature_scaling"]
+    both = plot_reliability_diagrams(
+        {"teacher": {"before": ts["test_before"]["reliability"], "after": ts["test_after"]["reliability"],
+                     "temperature": ts["temperature"]},
+         "student": {"before": a["metrics"]["reliability"], "after": None, "temperature": None}},
+        tmp_path / "both.png",
+    )
+    before_only = plot_reliability_diagrams({"m": {"before": a["metrics"]["reliability"]}}, tmp_path / "b.png")
+    missing = plot_reliability_diagrams({"m": {"before": None}}, tmp_path / "none.png")
+    for path in (both, before_only, missing):
+        assert_valid_png(path, min_bytes=2_000)
+    assert png_size(both)[1] > 1.6 * png_size(before_only)[1]  # second row: after temperature scaling

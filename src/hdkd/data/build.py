@@ -6,7 +6,10 @@ Order of operations, each seeded with cfg.split_seed and never touching the test
    has groups); val_fraction 0 -> no validation split;
 3. cfg.train_fraction < 1 -> a stratified subset of the remaining train split;
 4. cfg.max_per_class -> at most that many images per class in every split (seeded shuffle, first N);
-5. decode and resize the chosen images once (cached) and wrap them with the transforms.
+5. cfg.drop_duplicates -> drop the images with an exact or near duplicate across the test boundary: from test
+   ("test") or from train and val ("train"); see hdkd.data.audit;
+6. decode and resize the chosen images once (cached); cfg.smote -> SMOTE on the train images only
+   (hdkd.data.imbalance); wrap them with the transforms.
 """
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from .audit import drop_cross_split_duplicates
 from .cache import available_cpus, cache_root, split_images
 from .datasets import CachedImageDataset
+from .imbalance import apply_smote, resolve_smote_targets
 from .sources import SPLITS, DatasetSource, SplitData, discover_source, split_indices
 from .synthetic import SYNTHETIC_VERSION, make_synthetic_dataset
 from .transforms import eval_transform, train_transform
@@ -60,8 +65,12 @@ def build_datasets(cfg: DataConfig, img_size: int, in_chans: Optional[int] = Non
     train_transform(cfg.augment)  # report a bad recipe before any decoding
 
     source = discover(cfg)
-    chosen = select_splits(source, cfg)
+    notes: list[str] = []
+    chosen = select_splits(source, cfg, notes)
     channels = resolve_in_chans(in_chans, source)
+    smote = None
+    if cfg.smote is not None and "train" in splits and chosen["train"] is not None:  # checked before decoding
+        smote = resolve_smote_targets(cfg.smote, source.class_names, chosen["train"].labels)
 
     datasets: dict[str, Optional[CachedImageDataset]] = {name: None for name in SPLITS}
     counts, origins = {}, {}
@@ -70,14 +79,19 @@ def build_datasets(cfg: DataConfig, img_size: int, in_chans: Optional[int] = Non
         if split is None:
             continue
         images = split_images(split, img_size, channels, cfg.cache_dir)
+        labels, origin = split.labels, split.origin
+        if name == "train" and smote:  # after decoding and caching, before augmentation; never val or test
+            images, labels = apply_smote(images, labels, smote, cfg.split_seed)
+            origin = f"{origin}, plus {len(labels) - len(split)} SMOTE image(s) (seed {cfg.split_seed})"
+            notes.append(f"SMOTE added {len(labels) - len(split)} train image(s)")
         transform = train_transform(cfg.augment, channels) if name == "train" else eval_transform(channels)
-        datasets[name] = CachedImageDataset(images, split.labels, transform, source.class_names)
-        counts[name] = class_counts(split.labels, source.class_names)
-        origins[name] = split.origin
+        datasets[name] = CachedImageDataset(images, labels, transform, source.class_names)
+        counts[name] = class_counts(labels, source.class_names)
+        origins[name] = origin
     sizes = ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items())
+    description = f"{source.description}; {sizes}" if sizes else source.description
     return DataSplits(**datasets, class_names=list(source.class_names), in_chans=channels, counts=counts,
-                      description=f"{source.description}; {sizes}" if sizes else source.description,
-                      source=origins)
+                      description="; ".join([description] + notes), source=origins)
 
 
 def build_eval_dataset(cfg: DataConfig, img_size: int, in_chans: Optional[int] = None,
@@ -100,8 +114,12 @@ def discover(cfg: DataConfig) -> DatasetSource:
     return source
 
 
-def select_splits(source: DatasetSource, cfg: DataConfig) -> dict[str, Optional[SplitData]]:
-    """Steps 2-4 of the module docstring: which images (by index into the source) each split gets."""
+def select_splits(source: DatasetSource, cfg: DataConfig,
+                  notes: Optional[list[str]] = None) -> dict[str, Optional[SplitData]]:
+    """Steps 2-5 of the module docstring: which images (by index into the source) each split gets.
+
+    `notes` (optional) receives a line for the run's data description when duplicates are dropped.
+    """
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: expected a value in [0, 1), got {cfg.val_fraction}")
     if not 0.0 < cfg.train_fraction <= 1.0:
@@ -130,6 +148,14 @@ def select_splits(source: DatasetSource, cfg: DataConfig) -> dict[str, Optional[
         for split_id, name in enumerate(SPLITS):
             if chosen[name] is not None:
                 chosen[name] = cap_per_class(chosen[name], cfg.max_per_class, np.random.default_rng([seed, split_id]))
+
+    if cfg.drop_duplicates is not None:  # last: only duplicates among the images actually used count
+        chosen, dropped = drop_cross_split_duplicates(chosen, cfg.drop_duplicates, cfg.duplicate_threshold,
+                                                      cfg.cache_dir)
+        if notes is not None:
+            where = ", ".join(f"{n} from {name}" for name, n in dropped.items() if n) or "none"
+            notes.append(f"dropped cross-split duplicates (data.drop_duplicates={cfg.drop_duplicates}, pHash "
+                         f"distance <= {cfg.duplicate_threshold}): {where}")
 
     if chosen["train"] is not None:
         missing = [n for n, c in class_counts(chosen["train"].labels, source.class_names).items() if c == 0]

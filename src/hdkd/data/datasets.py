@@ -25,6 +25,15 @@ class CachedImageDataset(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
         self.class_names = list(class_names) if class_names is not None else None
+        self.augment_seed: Optional[int] = None  # set by the trainer each epoch; see set_epoch
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Make each item's random augmentation a function of (seed, epoch, index) alone.
+
+        Then a run's augmentations do not depend on the number of loader workers or processes, nor on where a
+        resumed run restarts, which is what makes resume and data-parallel runs reproduce a single uninterrupted run.
+        """
+        self.augment_seed = (int(seed) * 1_000_003 + int(epoch)) * 1_000_003
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -33,7 +42,12 @@ class CachedImageDataset(Dataset):
         # contiguous CHW: several v2 kernels (colour jitter, sharpness) are several times slower on a strided view
         image = torch.from_numpy(self.images[index]).permute(2, 0, 1).contiguous()
         if self.transform is not None:
-            image = self.transform(image)
+            if self.augment_seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.augment_seed + int(index))
+                    image = self.transform(image)
         return image, int(self.labels[index])
 
     @property

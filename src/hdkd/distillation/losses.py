@@ -78,11 +78,14 @@ class HDKDLoss(nn.Module):
     kd_reduction: "deit" divides the summed KL by B*C (the authors' and DeiT's scaling), "batchmean" by B.
     lam = 0 gives logit-only distillation; then any timm classifier can be the teacher. A student without a
     distillation token distils the logits through its single head.
+    fold_teacher_bn: distil from a copy of the teacher with its BatchNorms folded into the convs
+    (`hdkd.models.fuse.fold_batchnorm`); the caller's teacher is left untouched.
     """
 
     def __init__(self, teacher: nn.Module, alpha: float = 0.5, tau: float = 1.0, lam: float = 10.0,
                  kd: str = "soft", beta: float = 1.0, kd_reduction: str = "deit",
-                 feature_stages: Sequence[int] = (1, 2, 3), class_weight: Optional[torch.Tensor] = None):
+                 feature_stages: Sequence[int] = (1, 2, 3), class_weight: Optional[torch.Tensor] = None,
+                 fold_teacher_bn: bool = False):
         super().__init__()
         if kd not in ("soft", "hard", "none"):
             raise ConfigError(f"distill.kd: unknown {kd!r}; choose soft, hard or none")
@@ -99,6 +102,9 @@ class HDKDLoss(nn.Module):
         if lam > 0 and not hasattr(teacher, "forward_intermediates"):
             raise ConfigError("distill.lam > 0 needs a teacher with stage maps (forward_intermediates); "
                               "use lam=0 for a logit-only teacher")
+        if fold_teacher_bn:  # the frozen teacher's eval-mode BNs folded into its convs (same outputs, less work)
+            from ..models.fuse import fold_batchnorm
+            teacher = fold_batchnorm(teacher)
         self.teacher = teacher
         self.alpha, self.tau, self.lam, self.kd, self.beta = alpha, tau, lam, kd, beta
         self.kd_reduction = kd_reduction
@@ -117,9 +123,16 @@ class HDKDLoss(nn.Module):
         return self
 
     def _stage_maps(self, model: nn.Module, images: torch.Tensor):
-        indices = [i - 1 for i in self.feature_stages]
-        final, maps = model.forward_intermediates(images, indices=indices)
-        return model.forward_head(final), maps
+        core = getattr(model, "module", model)  # DistributedDataParallel wraps the student
+        if getattr(core, "supports_return_stages", False):
+            logits, maps = model(images, return_stages=True)
+        else:
+            final, maps = model.forward_intermediates(images)
+            logits = model.forward_head(final)
+        if max(self.feature_stages) > len(maps):
+            raise HDKDError(f"feature distillation: distill.feature_stages {list(self.feature_stages)} asks for stage "
+                            f"{max(self.feature_stages)} but {type(core).__name__} has {len(maps)}")
+        return logits, [maps[i - 1] for i in self.feature_stages]
 
     def _check_shapes(self, t_maps, s_maps) -> None:
         for i, t, s in zip(self.feature_stages, t_maps, s_maps):

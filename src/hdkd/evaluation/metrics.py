@@ -1,8 +1,24 @@
 """Classification metrics for a model's softmax outputs, and plain-text / Markdown tables of them.
 
-Every number comes from scikit-learn (the reference implementation); the only hand-made metric is the per-class
-specificity, TN / (TN + FP), read off the confusion matrix. The result is a JSON-serialisable dict of plain Python
-floats, ints, lists and ``None`` so it can be written straight into ``report.json``.
+Every number comes from scikit-learn (the reference implementation) except three simple ones computed here with
+numpy: the per-class specificity, TN / (TN + FP), read off the confusion matrix; the expected calibration error
+(ECE, which scikit-learn does not have); and the multi-class Brier score (scikit-learn only has it from 1.7 on). The
+result is a JSON-serialisable dict of plain Python floats, ints, lists and ``None`` so it can be written straight
+into ``report.json``.
+
+Calibration (how far the predicted probabilities are from the observed frequencies):
+
+* **ECE**, expected calibration error (Guo et al., 2017): the top-label confidence ``max_k p_k`` of each sample is
+  put into one of ``n_bins`` (default 15) equal-width bins, right-closed ``((b-1)/M, b/M]`` (a confidence of exactly
+  0 goes into the first bin); ECE = sum over bins of (bin size / N) * |accuracy in bin - mean confidence in bin|.
+  0 is perfect; empty bins contribute nothing. The per-bin values are returned too (``reliability``) for the
+  reliability diagram.
+* **Brier score**, multi-class form (Brier, 1950): mean over samples of sum over classes of (p_k - onehot_k)^2, in
+  [0, 2]. With two classes this is *twice* the binary Brier score scikit-learn's ``brier_score_loss(y, p[:, 1])``
+  returns (both classes' squared errors are counted); the same definition is used for every class count so that
+  numbers stay comparable.
+* **NLL**, negative log-likelihood (mean cross-entropy) of the true class, scikit-learn's ``log_loss`` with
+  ``labels`` = every class (probabilities clipped by scikit-learn to its float epsilon).
 """
 from __future__ import annotations
 
@@ -17,7 +33,18 @@ from sklearn.exceptions import UndefinedMetricWarning
 
 from ..errors import DataError
 
-__all__ = ["classification_metrics", "format_metrics_table", "format_comparison_table"]
+__all__ = [
+    "classification_metrics",
+    "calibration_metrics",
+    "expected_calibration_error",
+    "brier_score",
+    "reliability_bins",
+    "format_metrics_table",
+    "format_comparison_table",
+    "ECE_BINS",
+]
+
+ECE_BINS = 15  # equal-width confidence bins for the ECE and the reliability diagram
 
 # Tolerance on "each row of probs sums to 1" (and on the [0, 1] range): float32 and even float16 softmax outputs are
 # inside it; logits or unnormalised scores are almost always far outside it.
@@ -85,6 +112,83 @@ def _float_or_none(x: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
+def _default_names(probs: Any) -> list[str]:
+    p = _as_numpy(probs)
+    n = p.shape[1] if p.ndim == 2 else 0
+    return [str(k) for k in range(n)]
+
+
+def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Right-closed equal-width bins ((b-1)/M, b/M], b = 1..M, as 0-based indices; 0 goes into the first bin."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+
+
+def reliability_bins(y_true: Any, probs: Any, n_bins: int = ECE_BINS) -> dict:
+    """Per-bin data of the reliability diagram (top-label confidence, ``n_bins`` equal-width bins on [0, 1]).
+
+    Returns ``{"n_bins", "edges", "count", "confidence", "accuracy"}``: ``edges`` has ``n_bins + 1`` values;
+    ``count`` the samples per bin; ``confidence`` / ``accuracy`` the mean top-label probability and the fraction
+    of correct predictions in each bin (``None`` for empty bins). Bins are right-closed, see the module docstring.
+    """
+    y, p, _ = _validate(y_true, probs, _default_names(probs))
+    if int(n_bins) < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    n_bins = int(n_bins)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    idx = _bin_index(conf, n_bins)
+    count = np.bincount(idx, minlength=n_bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
+    return {
+        "n_bins": n_bins,
+        "edges": [float(e) for e in np.linspace(0.0, 1.0, n_bins + 1)],
+        "count": [int(c) for c in count],
+        "confidence": [float(conf_sum[b] / count[b]) if count[b] else None for b in range(n_bins)],
+        "accuracy": [float(acc_sum[b] / count[b]) if count[b] else None for b in range(n_bins)],
+    }
+
+
+def _ece_from_bins(bins: Mapping[str, Any]) -> float:
+    total = sum(bins["count"])
+    return float(
+        sum(c / total * abs(a - f) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"]) if c)
+    )
+
+
+def expected_calibration_error(y_true: Any, probs: Any, n_bins: int = ECE_BINS) -> float:
+    """ECE with ``n_bins`` equal-width bins on the top-label confidence (fraction in [0, 1]; 0 is perfect)."""
+    return _ece_from_bins(reliability_bins(y_true, probs, n_bins))
+
+
+def brier_score(y_true: Any, probs: Any) -> float:
+    """Multi-class Brier score: mean over samples of sum over classes of (p_k - onehot_k)^2, in [0, 2].
+
+    For two classes it is twice scikit-learn's binary ``brier_score_loss(y, p[:, 1])``.
+    """
+    y, p, _ = _validate(y_true, probs, _default_names(probs))
+    onehot = np.zeros_like(p)
+    onehot[np.arange(y.shape[0]), y] = 1.0
+    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+
+
+def calibration_metrics(y_true: Any, probs: Any, n_bins: int = ECE_BINS) -> dict:
+    """``{"ece", "ece_bins", "brier", "nll", "reliability"}`` of softmax probabilities (see the module docstring)."""
+    y, p, _ = _validate(y_true, probs, _default_names(probs))
+    bins = reliability_bins(y, p, n_bins)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "y_pred values do not sum to one" after float rounding
+        nll = skm.log_loss(y, p, labels=list(range(p.shape[1])))
+    return {
+        "ece": _ece_from_bins(bins),
+        "ece_bins": bins["n_bins"],
+        "brier": brier_score(y, p),
+        "nll": _float_or_none(nll),
+        "reliability": bins,
+    }
+
+
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
     """Metrics of predictions ``argmax(probs)`` against ``y_true``.
 
@@ -94,9 +198,11 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
         class_names: C names, index-aligned with the columns of ``probs``.
 
     Returns a JSON-serialisable dict with keys ``n``, ``accuracy``, ``balanced_accuracy``, ``macro_f1``,
-    ``weighted_f1``, ``auc_ovr_macro``, ``auc_ovr_weighted``, ``auc_note``, ``mcc``, ``cohen_kappa``, ``per_class``
-    ({name: {precision, recall, specificity, f1, support, auc}}), ``confusion_matrix`` (rows = true class, columns =
-    predicted class, every class present) and ``class_names``. Accuracy-type values are fractions in [0, 1].
+    ``weighted_f1``, ``auc_ovr_macro``, ``auc_ovr_weighted``, ``auc_note``, ``pr_auc_macro``, ``pr_auc_positive``,
+    ``mcc``, ``cohen_kappa``, ``ece``, ``ece_bins``, ``brier``, ``nll``, ``reliability``, ``per_class``
+    ({name: {precision, recall, specificity, f1, support, auc, pr_auc}}), ``confusion_matrix`` (rows = true class,
+    columns = predicted class, every class present) and ``class_names``. Accuracy-type values are fractions in
+    [0, 1]; ECE, Brier, NLL and ``reliability`` are described in the module docstring.
 
     Conventions:
         * Undefined ratios (a class never predicted, or absent) count as 0 (``zero_division=0``); specificity too.
@@ -106,6 +212,12 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
         * AUC is one-vs-rest on the probabilities; with 2 classes both AUC keys hold the binary AUC of class 1. When a
           class is absent from ``y_true`` the AUC is undefined: the keys are ``None`` and ``auc_note`` says why
           (``auc_note`` is ``None`` otherwise). Per-class AUC is ``None`` only for the absent classes.
+        * PR-AUC is scikit-learn's average precision (the area under the precision-recall curve as a step
+          function), one-vs-rest per class on ``probs[:, k]``; ``pr_auc_macro`` is the unweighted mean over every
+          class (for two classes too: the mean of both classes' APs); ``pr_auc_positive`` is the AP of class 1 for
+          binary problems (the usual "positive class" number) and ``None`` otherwise. A class absent from ``y_true``
+          has no AP (``None``) and then ``pr_auc_macro`` is ``None`` too, as for the ROC AUC. The AP of a
+          classifier that guesses equals the class prevalence, not 0.5.
         * ``cohen_kappa`` is ``None`` when undefined (e.g. every label and prediction is the same single class).
 
     Raises:
@@ -136,10 +248,18 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
 
         present = np.bincount(y, minlength=n_classes) > 0
         per_class_auc: list[Optional[float]] = [None] * n_classes
+        per_class_ap: list[Optional[float]] = [None] * n_classes
+        for k in range(n_classes):
+            if present[k]:
+                per_class_ap[k] = _float_or_none(skm.average_precision_score((y == k).astype(int), p[:, k]))
         if present.sum() >= 2:
             for k in range(n_classes):
                 if present[k]:
                     per_class_auc[k] = _float_or_none(skm.roc_auc_score((y == k).astype(int), p[:, k]))
+        pr_auc_macro = (
+            _float_or_none(np.mean(per_class_ap)) if all(v is not None for v in per_class_ap) else None
+        )
+        pr_auc_positive = per_class_ap[1] if n_classes == 2 else None
         if present.all():
             auc_note = None
             if n_classes == 2:
@@ -172,7 +292,9 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
             "f1": float(f1[k]),
             "support": int(support[k]),
             "auc": per_class_auc[k],
+            "pr_auc": per_class_ap[k],
         }
+    calibration = calibration_metrics(y, p)
 
     return {
         "n": int(y.shape[0]),
@@ -183,8 +305,15 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
         "auc_ovr_macro": auc_macro,
         "auc_ovr_weighted": auc_weighted,
         "auc_note": auc_note,
+        "pr_auc_macro": pr_auc_macro,
+        "pr_auc_positive": pr_auc_positive,
         "mcc": _float_or_none(mcc),
         "cohen_kappa": _float_or_none(kappa),
+        "ece": calibration["ece"],
+        "ece_bins": calibration["ece_bins"],
+        "brier": calibration["brier"],
+        "nll": calibration["nll"],
+        "reliability": calibration["reliability"],
         "per_class": per_class,
         "confusion_matrix": cm.astype(int).tolist(),
         "class_names": names,
@@ -215,37 +344,74 @@ def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], align_left
     return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
 
 
+def _ci_entry(ci: Optional[Mapping[str, Any]], key: str) -> Optional[Mapping[str, Any]]:
+    """``bootstrap_ci(...)["metrics"][key]`` when it has an interval, else ``None``."""
+    if not ci:
+        return None
+    entry = (ci.get("metrics") or {}).get(key)
+    if not entry or entry.get("low") is None or entry.get("high") is None:
+        return None
+    return entry
+
+
+def _with_ci(value: Any, ci: Optional[Mapping[str, Any]], key: str, percent: bool = True) -> str:
+    """``92.50 [90.10, 94.60]`` (percent) or ``0.9512 [0.9301, 0.9688]``; the bare value without an interval."""
+    fmt = _pct if percent else _dec
+    text = fmt(value)
+    entry = _ci_entry(ci, key)
+    if entry is not None and value is not None:
+        text += f" [{fmt(entry['low'])}, {fmt(entry['high'])}]"
+    return text
+
+
 def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     """Plain-text report of one ``classification_metrics`` dict: headline metrics, per-class table, confusion matrix.
 
-    Accuracy-type values are shown as percentages with 2 decimals; AUC, MCC and kappa as 4-decimal numbers.
+    Accuracy-type values are shown as percentages with 2 decimals; AUC, MCC and kappa as 4-decimal numbers; ECE as a
+    percentage, Brier score and NLL as 4-decimal numbers. When ``metrics`` has a ``bootstrap`` entry (a
+    ``bootstrap_ci`` result) the headline metrics are followed by their confidence interval in brackets.
     """
     names = list(metrics["class_names"])
+    ci = metrics.get("bootstrap")
     lines = [f"Samples: {metrics['n']}"]
     headline = [
-        ("Accuracy (%)", _pct(metrics.get("accuracy"))),
-        ("Balanced accuracy (%)", _pct(metrics.get("balanced_accuracy"))),
-        ("Macro F1 (%)", _pct(metrics.get("macro_f1"))),
+        ("Accuracy (%)", _with_ci(metrics.get("accuracy"), ci, "accuracy")),
+        ("Balanced accuracy (%)", _with_ci(metrics.get("balanced_accuracy"), ci, "balanced_accuracy")),
+        ("Macro F1 (%)", _with_ci(metrics.get("macro_f1"), ci, "macro_f1")),
         ("Weighted F1 (%)", _pct(metrics.get("weighted_f1"))),
-        ("ROC AUC, OvR macro", _dec(metrics.get("auc_ovr_macro"))),
+        ("ROC AUC, OvR macro", _with_ci(metrics.get("auc_ovr_macro"), ci, "auc_ovr_macro", percent=False)),
         ("ROC AUC, OvR weighted", _dec(metrics.get("auc_ovr_weighted"))),
+        ("PR AUC (avg. precision), macro", _dec(metrics.get("pr_auc_macro"))),
+    ]
+    if metrics.get("pr_auc_positive") is not None:
+        headline.append(("PR AUC, positive class", _dec(metrics.get("pr_auc_positive"))))
+    headline += [
         ("Matthews corr. coef.", _dec(metrics.get("mcc"))),
         ("Cohen's kappa", _dec(metrics.get("cohen_kappa"))),
     ]
+    if "ece" in metrics:
+        headline += [
+            (f"ECE, {metrics.get('ece_bins', ECE_BINS)} bins (%)", _pct(metrics.get("ece"))),
+            ("Brier score (multi-class)", _dec(metrics.get("brier"))),
+            ("Negative log-likelihood", _dec(metrics.get("nll"))),
+        ]
     width = max(len(k) for k, _ in headline)
     lines += [f"{k.ljust(width)}  {v}" for k, v in headline]
+    entry = _ci_entry(ci, "accuracy")
+    if entry is not None:
+        lines.append(f"[brackets: {100 * ci['level']:g}% {ci['method']} interval, {ci['n_boot']} resamples]")
     if metrics.get("auc_note"):
         lines.append(f"Note: {metrics['auc_note']}")
 
-    lines += ["", "Per class (%):"]
+    lines += ["", "Per class (%; AUC and PR-AUC one-vs-rest, as fractions):"]
     rows = []
     for name in names:
         pc = metrics["per_class"][name]
         rows.append(
             [name, _pct(pc["precision"]), _pct(pc["recall"]), _pct(pc["specificity"]), _pct(pc["f1"]),
-             str(pc["support"])]
+             _dec(pc.get("auc")), _dec(pc.get("pr_auc")), str(pc["support"])]
         )
-    lines += _text_table(["class", "precision", "recall", "specificity", "F1", "support"], rows)
+    lines += _text_table(["class", "precision", "recall", "specificity", "F1", "AUC", "PR-AUC", "support"], rows)
 
     lines += ["", "Confusion matrix (rows = true class, columns = predicted class):"]
     cm = metrics["confusion_matrix"]
@@ -271,34 +437,54 @@ def _format_gflops(flops: Any) -> str:
     return f"{flops / 1e9:.3f}" if flops >= 1e7 else f"{flops / 1e9:.3g}"
 
 
-def format_comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table comparing models: one row per model (in the given order).
+def comparison_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (plain strings) of the model comparison; shared by the Markdown and the HTML report.
 
-    Each value needs ``metrics`` (a ``classification_metrics`` dict) and may have ``params`` (int) and ``flops``
-    (FLOPs per image, shown as GFLOPs). Accuracy, balanced accuracy and macro-F1 are percentages with 2 decimals;
-    AUC (one-vs-rest macro) has 4 decimals; anything missing or undefined shows as ``n/a``.
+    Columns: model, parameters, GFLOPs, accuracy, balanced accuracy, macro-F1 (percent), macro ROC AUC, ECE before
+    and after temperature scaling (percent). When a result has ``bootstrap`` (a ``bootstrap_ci`` result) the
+    accuracy, balanced accuracy, macro-F1 and AUC cells carry the interval in brackets, and the headers say so.
     """
-    lines = [
-        "| Model | Params | GFLOPs | Accuracy (%) | Balanced accuracy (%) | Macro-F1 (%) | AUC (OvR macro) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    with_ci = any(_ci_entry(res.get("bootstrap"), "accuracy") is not None for res in results.values())
+    level = next((res["bootstrap"]["level"] for res in results.values() if _ci_entry(res.get("bootstrap"), "accuracy")),
+                 0.95)
+    suffix = f" [{100 * level:g}% CI]" if with_ci else ""
+    header = ["Model", "Params", "GFLOPs", f"Accuracy (%){suffix}", f"Balanced accuracy (%){suffix}",
+              f"Macro-F1 (%){suffix}", f"AUC (OvR macro){suffix}", "ECE (%)", "ECE after temp. scaling (%)"]
+    rows = []
     for label, res in results.items():
         m = res.get("metrics")
         if m is None:
             raise ValueError(f"results[{label!r}] has no 'metrics' entry")
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    _md_escape(label),
-                    _format_params(res.get("params")),
-                    _format_gflops(res.get("flops")),
-                    _pct(m.get("accuracy")),
-                    _pct(m.get("balanced_accuracy")),
-                    _pct(m.get("macro_f1")),
-                    _dec(m.get("auc_ovr_macro")),
-                ]
-            )
-            + " |"
-        )
+        ci = res.get("bootstrap")
+        scaling = res.get("temperature_scaling") or {}
+        rows.append([
+            str(label),
+            _format_params(res.get("params")),
+            _format_gflops(res.get("flops")),
+            _with_ci(m.get("accuracy"), ci, "accuracy"),
+            _with_ci(m.get("balanced_accuracy"), ci, "balanced_accuracy"),
+            _with_ci(m.get("macro_f1"), ci, "macro_f1"),
+            _with_ci(m.get("auc_ovr_macro"), ci, "auc_ovr_macro", percent=False),
+            _pct(m.get("ece")),
+            _pct((scaling.get("test_after") or {}).get("ece")),
+        ])
+    return header, rows
+
+
+def format_comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table comparing models: one row per model (in the given order).
+
+    Each value needs ``metrics`` (a ``classification_metrics`` dict) and may have ``params`` (int), ``flops``
+    (FLOPs per image, shown as GFLOPs), ``bootstrap`` (a ``bootstrap_ci`` result: intervals in brackets) and
+    ``temperature_scaling`` (a ``temperature_scaling_report``: the test ECE after scaling). Accuracy, balanced
+    accuracy, macro-F1 and ECE are percentages with 2 decimals; AUC (one-vs-rest macro) has 4 decimals; anything
+    missing or undefined shows as ``n/a``.
+    """
+    header, rows = comparison_rows(results)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""PNG figures for the report: confusion matrices side by side, and training curves of several models.
+"""PNG figures for the report: confusion matrices, ROC curves and reliability diagrams side by side (one panel per
+model), and training curves of several models.
 
 Figures are drawn with matplotlib's object-oriented API on an Agg canvas (``Figure`` + ``FigureCanvasAgg``), never
 through ``pyplot``: nothing is registered in pyplot's global figure list (so nothing needs closing and nothing leaks in
@@ -18,9 +19,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sklearn.metrics import roc_curve
+
 from ..io import atomic_write
 
-__all__ = ["plot_confusion_matrices", "plot_training_curves"]
+__all__ = ["plot_confusion_matrices", "plot_training_curves", "plot_roc_curves", "plot_reliability_diagrams"]
 
 _DPI = 120
 
@@ -130,4 +133,131 @@ def plot_training_curves(named_histories: Mapping[str, Sequence[Mapping[str, Any
     if not plotted:
         for ax in (ax_loss, ax_acc):
             ax.text(0.5, 0.5, "no training history", ha="center", va="center", transform=ax.transAxes)
+    return _save_png(fig, path)
+
+
+def _panel_message(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _area(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoidal area (numpy 2 renamed ``trapz`` to ``trapezoid``)."""
+    trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
+    return float(trapezoid(y, x))
+
+
+def plot_roc_curves(named_predictions: Mapping[str, Optional[Mapping[str, Any]]], path: os.PathLike | str) -> Path:
+    """One ROC panel per model, side by side: one-vs-rest curve of every class plus the macro-average curve.
+
+    ``named_predictions`` maps a model label to ``{"y_true": (N,), "probs": (N, C), "class_names": [...]}`` (or
+    ``None``: the panel says so). The macro-average curve is the mean of the per-class TPRs interpolated on the union
+    of their FPR points, so its area equals the mean of the per-class AUCs (the reported macro AUC). With two
+    classes only the curve of class 1 is drawn (class 0's one-vs-rest curve is the same curve). A class absent from
+    ``y_true`` has no curve and is marked "absent" in the legend. Returns ``path``.
+    """
+    if not named_predictions:
+        raise ValueError("plot_roc_curves needs at least one model")
+    n_models = len(named_predictions)
+    fig = Figure(figsize=(4.6 * n_models + 0.4, 4.9), layout="constrained")
+    axes = fig.subplots(1, n_models, squeeze=False)[0]
+    for ax, (label, pred) in zip(axes, named_predictions.items()):
+        ax.set_title(str(label), fontsize=10)
+        if not pred:
+            _panel_message(ax, "no test predictions")
+            continue
+        y = np.asarray(pred["y_true"]).astype(np.int64)
+        probs = np.asarray(pred["probs"], dtype=np.float64)
+        names = [str(c) for c in pred.get("class_names") or range(probs.shape[1])]
+        classes = [1] if probs.shape[1] == 2 else list(range(probs.shape[1]))
+        curves = []
+        for k in classes:
+            positive = y == k
+            if positive.all() or not positive.any():
+                ax.plot([], [], color=f"C{k % 10}", label=f"{names[k]} (absent)")
+                continue
+            fpr, tpr, _ = roc_curve(positive.astype(int), probs[:, k])
+            area = _area(fpr, tpr)
+            curves.append((fpr, tpr))
+            ax.plot(fpr, tpr, color=f"C{k % 10}", linewidth=1.3, label=f"{names[k]} (AUC {area:.3f})")
+        if len(classes) > 1 and len(curves) == len(classes):
+            grid = np.unique(np.concatenate([c[0] for c in curves]))
+            mean_tpr = np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in curves], axis=0)
+            area = float(np.mean([_area(f, t) for f, t in curves]))
+            ax.plot(grid, mean_tpr, color="black", linewidth=2.2, linestyle="-",
+                    label=f"macro average (AUC {area:.3f})")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.set_xlabel("false positive rate (1 - specificity)")
+        ax.set_ylabel("true positive rate (sensitivity)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7 if len(classes) <= 8 else 5, loc="lower right")
+    return _save_png(fig, path)
+
+
+def _reliability_panel(fig: Figure, cell, bins: Optional[Mapping[str, Any]], title: str) -> None:
+    """Reliability diagram in grid cell ``cell``: accuracy per bin (bars) over a small histogram of the bin sizes."""
+    ax, ax_hist = cell.subgridspec(2, 1, height_ratios=[4, 1], hspace=0.05).subplots(sharex=True)
+    if not bins or not bins.get("count"):
+        ax.set_title(title, fontsize=9.5)
+        _panel_message(ax, "not available")
+        ax_hist.set_axis_off()
+        return
+    edges = np.asarray(bins["edges"], dtype=np.float64)
+    width = np.diff(edges)
+    centers = edges[:-1] + width / 2
+    count = np.asarray(bins["count"])
+    filled = count > 0
+    acc = np.array([a if a is not None else np.nan for a in bins["accuracy"]], dtype=np.float64)
+    conf = np.array([c if c is not None else np.nan for c in bins["confidence"]], dtype=np.float64)
+    ax.bar(centers[filled], acc[filled], width=width[filled], color="#3b75af", edgecolor="white", linewidth=0.6,
+           label="accuracy in bin")
+    gap_low = np.minimum(acc, conf)[filled]
+    gap = np.abs(conf - acc)[filled]
+    ax.bar(centers[filled], gap, bottom=gap_low, width=width[filled], fill=False, hatch="///",
+           edgecolor="#d62728", linewidth=0.8, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    total = count.sum()
+    ece = float(np.nansum(count[filled] / total * np.abs(acc[filled] - conf[filled])))
+    ax.set_title(f"{title}\nECE {100 * ece:.2f}%, n = {int(total)}", fontsize=9.5)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.tick_params(labelbottom=False)
+    ax_hist.bar(centers, count / total, width=width, color="#8c8c8c", edgecolor="white", linewidth=0.6)
+    ax_hist.set_xlim(0, 1)
+    ax_hist.set_ylabel("share", fontsize=8)
+    ax_hist.tick_params(labelsize=7)
+    ax_hist.grid(True, alpha=0.3)
+    ax_hist.set_xlabel("confidence (max probability)")
+
+
+def plot_reliability_diagrams(named_calibration: Mapping[str, Mapping[str, Any]], path: os.PathLike | str) -> Path:
+    """Reliability diagrams, one column per model: as trained (top row) and after temperature scaling (bottom row).
+
+    ``named_calibration`` maps a model label to ``{"before": bins, "after": bins or None, "temperature": T or
+    None}``, where ``bins`` is a ``reliability_bins`` dict (``classification_metrics(...)["reliability"]``). Bars are
+    the accuracy per confidence bin, the hatched red band the gap to the bin's mean confidence, and the dashed
+    diagonal is perfect calibration; under each diagram a grey histogram shows the share of images per bin (bins with
+    few images are noisy). The bottom row is left out when no model has an ``after``. Returns ``path``.
+    """
+    if not named_calibration:
+        raise ValueError("plot_reliability_diagrams needs at least one model")
+    n_models = len(named_calibration)
+    two_rows = any(c.get("after") for c in named_calibration.values())
+    n_rows = 2 if two_rows else 1
+    fig = Figure(figsize=(4.2 * n_models + 0.4, 5.0 * n_rows), layout="constrained")
+    grid = fig.add_gridspec(n_rows, n_models)
+    for j, (label, c) in enumerate(named_calibration.items()):
+        _reliability_panel(fig, grid[0, j], c.get("before"), f"{label}: as trained")
+        if two_rows:
+            t = c.get("temperature")
+            title = f"{label}: temperature-scaled" + (f", T = {float(t):.3g} (from validation)"
+                                                      if t is not None else "")
+            _reliability_panel(fig, grid[1, j], c.get("after"), title)
     return _save_png(fig, path)

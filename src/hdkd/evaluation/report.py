@@ -1,8 +1,9 @@
-"""The pipeline report: ``report.json``, ``report.md`` and two PNGs comparing teacher, student and HDKD.
+"""The pipeline report: ``report.json``, ``report.md``, a self-contained ``report.html`` and the PNG figures comparing
+teacher, student and HDKD (confusion matrices, ROC curves, reliability diagrams, training curves).
 
-Write order makes a crash visible: stale ``report.json`` / ``report.md`` from an earlier run are removed first, the
-PNGs are drawn next, and the Markdown and then the JSON are written last, each atomically. A folder holding a
-``report.json`` therefore always holds a complete report of one run.
+Write order makes a crash visible: stale ``report.json`` / ``report.md`` / ``report.html`` from an earlier run are
+removed first, the PNGs are drawn next, and the Markdown, the HTML and then the JSON are written last, each
+atomically. A folder holding a ``report.json`` therefore always holds a complete report of one run.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Any, Optional
 import numpy as np
 
 from ..io import atomic_write_text
-from .metrics import _dec, _format_gflops, _format_params, _md_escape, _pct, format_comparison_table
-from .plots import plot_confusion_matrices, plot_training_curves
+from .metrics import (_ci_entry, _dec, _format_gflops, _format_params, _md_escape, _pct, _with_ci,
+                      format_comparison_table)
+from .plots import plot_confusion_matrices, plot_reliability_diagrams, plot_roc_curves, plot_training_curves
 
 __all__ = ["write_pipeline_report", "REPORT_FILES"]
 
@@ -26,9 +28,14 @@ __all__ = ["write_pipeline_report", "REPORT_FILES"]
 REPORT_FILES = {
     "json": "report.json",
     "markdown": "report.md",
+    "html": "report.html",
     "confusion_matrices": "confusion_matrices.png",
+    "roc_curves": "roc_curves.png",
+    "reliability_diagrams": "reliability_diagrams.png",
     "training_curves": "training_curves.png",
 }
+# In-memory only: per-model test predictions used for the ROC figure, never written into report.json.
+PREDICTIONS_KEY = "predictions"
 
 _TIE_EPS = 1e-12
 
@@ -263,18 +270,87 @@ def _summary_paragraph(results: Mapping[str, Mapping[str, Any]], summary: Mappin
     return " ".join(sentences)
 
 
-def _per_class_markdown(m: Mapping[str, Any]) -> list[str]:
-    lines = [
-        "| Class | Precision (%) | Recall / sensitivity (%) | Specificity (%) | F1 (%) | AUC (OvR) | Support |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+PER_CLASS_HEADER = ["Class", "Precision (%)", "Recall / sensitivity (%)", "Specificity (%)", "F1 (%)", "AUC (OvR)",
+                    "PR-AUC (OvR)", "Support"]
+
+
+def per_class_rows(m: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
     for name in m["class_names"]:
         pc = m["per_class"][name]
-        lines.append(
-            f"| {_md_escape(name)} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['specificity'])} | "
-            f"{_pct(pc['f1'])} | {_dec(pc.get('auc'))} | {pc['support']} |"
-        )
+        rows.append([str(name), _pct(pc["precision"]), _pct(pc["recall"]), _pct(pc["specificity"]), _pct(pc["f1"]),
+                     _dec(pc.get("auc")), _dec(pc.get("pr_auc")), str(pc["support"])])
+    return rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def _per_class_markdown(m: Mapping[str, Any]) -> list[str]:
+    return _md_table(PER_CLASS_HEADER, per_class_rows(m))
+
+
+CALIBRATION_HEADER = ["Model", "T (fitted on validation)", "Validation NLL", "Test ECE (%)", "Test Brier",
+                      "Test NLL"]
+
+
+def calibration_rows(results: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """One row per model: the temperature and each calibration number as ``before -> after`` scaling."""
+    rows = []
+    for label, r in results.items():
+        m = r["metrics"]
+        ts = r.get("temperature_scaling")
+        if ts:
+            before, after = ts.get("test_before") or {}, ts.get("test_after") or {}
+            rows.append([
+                str(label),
+                f"{float(ts['temperature']):.3f} (n = {ts.get('n_val', 'n/a')})",
+                f"{_dec(ts.get('val_nll_before'))} → {_dec(ts.get('val_nll_after'))}",
+                f"{_pct(before.get('ece', m.get('ece')))} → {_pct(after.get('ece'))}",
+                f"{_dec(before.get('brier', m.get('brier')))} → {_dec(after.get('brier'))}",
+                f"{_dec(before.get('nll', m.get('nll')))} → {_dec(after.get('nll'))}",
+            ])
+        else:
+            rows.append([str(label), "n/a (no validation predictions)", "n/a", _pct(m.get("ece")),
+                         _dec(m.get("brier")), _dec(m.get("nll"))])
+    return rows
+
+
+def _ci_text(r: Mapping[str, Any]) -> Optional[str]:
+    """``accuracy [a, b]%, ...`` for the model section, or ``None`` without intervals."""
+    ci = r.get("bootstrap")
+    if _ci_entry(ci, "accuracy") is None:
+        return None
+    parts = []
+    for key, name, percent in (("accuracy", "accuracy", True), ("balanced_accuracy", "balanced accuracy", True),
+                               ("macro_f1", "macro-F1", True), ("auc_ovr_macro", "AUC (OvR macro)", False)):
+        entry = _ci_entry(ci, key)
+        if entry is None:
+            parts.append(f"{name} n/a")
+        else:
+            fmt = _pct if percent else _dec
+            parts.append(f"{name} [{fmt(entry['low'])}, {fmt(entry['high'])}]{'%' if percent else ''}")
+    return ", ".join(parts)
+
+
+def _ci_method(r: Mapping[str, Any]) -> str:
+    ci = r["bootstrap"]
+    return (f"{100 * ci['level']:g}% CI, {ci['method']}, {ci['n_boot']} resamples of the {ci['n']} test images, "
+            f"seed {ci['seed']}")
+
+
+def _scaling_text(r: Mapping[str, Any]) -> Optional[str]:
+    ts = r.get("temperature_scaling")
+    if not ts:
+        return None
+    before, after = ts.get("test_before") or {}, ts.get("test_after") or {}
+    return (f"T = {float(ts['temperature']):.3f} fitted on the validation split (n = {ts.get('n_val')}; validation "
+            f"NLL {_dec(ts.get('val_nll_before'))} → {_dec(ts.get('val_nll_after'))}); on test: ECE "
+            f"{_pct(before.get('ece'))}% → {_pct(after.get('ece'))}%, Brier {_dec(before.get('brier'))} → "
+            f"{_dec(after.get('brier'))}, NLL {_dec(before.get('nll'))} → {_dec(after.get('nll'))}")
 
 
 def _confusion_markdown(m: Mapping[str, Any]) -> list[str]:
@@ -295,9 +371,16 @@ def _headline_markdown(m: Mapping[str, Any]) -> str:
         f"macro-F1 {_pct(m.get('macro_f1'))}%",
         f"weighted-F1 {_pct(m.get('weighted_f1'))}%",
         f"AUC (OvR macro / weighted) {_dec(m.get('auc_ovr_macro'))} / {_dec(m.get('auc_ovr_weighted'))}",
+        f"PR-AUC (macro) {_dec(m.get('pr_auc_macro'))}",
+    ]
+    if m.get("pr_auc_positive") is not None:
+        parts.append(f"PR-AUC (positive class) {_dec(m.get('pr_auc_positive'))}")
+    parts += [
         f"MCC {_dec(m.get('mcc'))}",
         f"Cohen's kappa {_dec(m.get('cohen_kappa'))}",
     ]
+    if "ece" in m:
+        parts += [f"ECE {_pct(m.get('ece'))}%", f"Brier {_dec(m.get('brier'))}", f"NLL {_dec(m.get('nll'))}"]
     return ", ".join(parts)
 
 
@@ -322,6 +405,12 @@ def _model_section(label: str, r: Mapping[str, Any]) -> list[str]:
             f"{_pct(val.get('balanced_accuracy'))}%, macro-F1 {_pct(val.get('macro_f1'))}%"
         )
     lines.append(f"- **Test:** {_headline_markdown(m)}")
+    ci_text = _ci_text(r)
+    if ci_text:
+        lines.append(f"- **{_md_escape(_ci_method(r))}:** {ci_text}")
+    scaling = _scaling_text(r)
+    if scaling:
+        lines.append(f"- **Temperature scaling:** {scaling}")
     if m.get("auc_note"):
         lines.append(f"- **Note:** {_md_escape(m['auc_note'])}")
     lines += ["", "Per class on the test split:", ""]
@@ -332,7 +421,41 @@ def _model_section(label: str, r: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _markdown(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+COMPARISON_NOTE = (
+    "Accuracy, balanced accuracy and macro-F1 in percent; AUC is the one-vs-rest ROC AUC (macro average; for two "
+    "classes the binary AUC). ECE: expected calibration error (15 equal-width bins of the top-class probability), "
+    "before and after temperature scaling with the temperature fitted on the validation split. Each model is "
+    "evaluated at the checkpoint chosen on the validation split."
+)
+CI_NOTE = (
+    "Brackets: {level:g}% percentile bootstrap confidence interval over {n_boot} resamples of the test images (the "
+    "uncertainty due to the finite test split, for the trained model; it does not cover training randomness)."
+)
+
+
+def comparison_note(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The note under the comparison table; it explains the brackets only when there are intervals."""
+    ci = next((r["bootstrap"] for r in results.values() if _ci_entry(r.get("bootstrap"), "accuracy")), None)
+    if ci is None:
+        return COMPARISON_NOTE
+    return COMPARISON_NOTE + " " + CI_NOTE.format(level=100 * ci["level"], n_boot=ci["n_boot"])
+CALIBRATION_NOTE = (
+    "Temperature scaling divides the logits by one number T fitted on the validation split (minimum NLL) and "
+    "applied unchanged to the test split; it never changes the predicted class, so accuracy and the confusion "
+    "matrix are the same. Arrows show before → after. ECE: expected calibration error over 15 equal-width bins of "
+    "the top-class probability (0 is perfect); Brier: mean over images of the sum over classes of (p - onehot)^2, "
+    "in [0, 2]; NLL: mean negative log-likelihood of the true class. Lower is better for all three."
+)
+FIGURE_TITLES = {
+    "confusion_matrices": "Confusion matrices",
+    "roc_curves": "ROC curves (one-vs-rest per class, and macro average)",
+    "reliability_diagrams": "Reliability diagrams (before and after temperature scaling)",
+    "training_curves": "Training curves",
+}
+
+
+def _markdown(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], summary: Mapping[str, Any],
+              figures: Mapping[str, Any] = REPORT_FILES) -> str:
     lines = ["# HDKD pipeline report", ""]
     stamp = [f"{_humanise(k)}: {_inline(k, meta[k])}" for k in _STAMP_KEYS if meta.get(k)]
     if stamp:
@@ -341,19 +464,18 @@ def _markdown(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any],
     lines += _meta_section(meta)
     lines += ["", "## Results on the test split", ""]
     lines += [format_comparison_table(results), ""]
-    lines += [
-        "Accuracy, balanced accuracy and macro-F1 in percent; AUC is the one-vs-rest ROC AUC (macro average; for two "
-        "classes the binary AUC). Each model is evaluated at the checkpoint chosen on the validation split.",
-        "",
-    ]
+    lines += [comparison_note(results), ""]
     paragraph = _summary_paragraph(results, summary)
     if paragraph:
         lines += [paragraph, ""]
+    lines += ["## Calibration", ""]
+    lines += _md_table(CALIBRATION_HEADER, calibration_rows(results))
+    lines += ["", CALIBRATION_NOTE, ""]
+    lines += ["## Figures", ""]
+    for key, title in FIGURE_TITLES.items():
+        if key in figures:
+            lines += [f"![{title}]({REPORT_FILES[key]})", ""]
     lines += [
-        f"![Confusion matrices]({REPORT_FILES['confusion_matrices']})",
-        "",
-        f"![Training curves]({REPORT_FILES['training_curves']})",
-        "",
         "## Per model",
         "",
     ]
@@ -376,42 +498,71 @@ def _check_results(results: Mapping[str, Any]) -> None:
                 raise ValueError(f"results[{label!r}]['metrics'] lacks {key!r}; use classification_metrics")
 
 
+def _json_results(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
+    return {label: {k: v for k, v in r.items() if k != PREDICTIONS_KEY} for label, r in results.items()}
+
+
 def write_pipeline_report(out_dir: Path, results: dict[str, dict], meta: dict) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md``, ``confusion_matrices.png`` and ``training_curves.png`` into ``out_dir``.
+    """Write ``report.json``, ``report.md``, ``report.html`` and the PNG figures into ``out_dir``.
 
     Args:
         out_dir: folder to write into (created if missing).
         results: model label (``"teacher"``, ``"student"``, ``"hdkd"``; order kept) -> dict with ``metrics``
             (``classification_metrics`` on the test split, required) and optionally ``model`` (timm name),
             ``params``, ``flops`` (per image), ``val_metrics``, ``history`` (per-epoch dicts), ``best_epoch``,
-            ``train_time_s`` and ``checkpoint``.
+            ``train_time_s``, ``checkpoint``, ``bootstrap`` (``bootstrap_ci``), ``temperature_scaling``
+            (``temperature_scaling_report``) and ``predictions`` (``{"y_true", "probs", "class_names"}`` of the
+            test split, for the ROC figure; used in memory only and left out of ``report.json``).
+            ``assess_predictions`` returns the last four.
         meta: free-form run information (dataset, class counts per split, img_size, epochs, seed, command,
-            hdkd_version, timestamp, ...), written to the JSON as given and listed in the Markdown.
+            hdkd_version, timestamp, ...), written to the JSON as given and listed in the Markdown and the HTML.
 
-    Returns ``{"json", "markdown", "confusion_matrices", "training_curves"}`` -> path. Stale ``report.json`` and
-    ``report.md`` are deleted first and rewritten last (atomically), so a crash never leaves a report that looks
+    Returns file key -> path for every file written: ``json``, ``markdown``, ``html``, ``confusion_matrices``,
+    ``reliability_diagrams``, ``training_curves``, and ``roc_curves`` when at least one model has ``predictions``.
+    ``report.html`` embeds the figures (base64 PNG) and its CSS: it is a single file that opens offline. Stale
+    reports are deleted first and the texts rewritten last (atomically), so a crash never leaves a report that looks
     complete.
     """
+    from .html_report import render_html
+
     _check_results(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {key: out_dir / name for key, name in REPORT_FILES.items()}
-    for key in ("json", "markdown"):
+    for key in ("json", "markdown", "html"):
         paths[key].unlink(missing_ok=True)
 
     plot_confusion_matrices({label: r["metrics"] for label, r in results.items()}, paths["confusion_matrices"])
+    predictions = {label: r.get(PREDICTIONS_KEY) for label, r in results.items()}
+    if any(predictions.values()):
+        plot_roc_curves(predictions, paths["roc_curves"])
+    else:
+        paths["roc_curves"].unlink(missing_ok=True)  # never show an earlier run's curves
+        del paths["roc_curves"]
+    calibration = {}
+    for label, r in results.items():
+        ts = r.get("temperature_scaling") or {}
+        calibration[label] = {
+            "before": (ts.get("test_before") or {}).get("reliability") or r["metrics"].get("reliability"),
+            "after": (ts.get("test_after") or {}).get("reliability"),
+            "temperature": ts.get("temperature"),
+        }
+    plot_reliability_diagrams(calibration, paths["reliability_diagrams"])
     plot_training_curves({label: r.get("history") or [] for label, r in results.items()}, paths["training_curves"])
 
-    # Render both texts before writing either, so a rendering error leaves neither file behind.
+    # Render every text before writing any, so a rendering error leaves none behind.
+    figures = {key: paths[key] for key in FIGURE_TITLES if key in paths}
     summary = _summary(results)
-    markdown = _markdown(results, meta, summary)
+    markdown = _markdown(results, meta, summary, figures)
+    html_text = render_html(results, meta, summary, figures)
     document = {
         "meta": meta,
         "summary": summary,
-        "results": results,
-        "files": {key: name for key, name in REPORT_FILES.items() if key != "json"},
+        "results": _json_results(results),
+        "files": {key: REPORT_FILES[key] for key in paths if key != "json"},
     }
     text = json.dumps(_to_jsonable(document), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     atomic_write_text(paths["markdown"], markdown)
+    atomic_write_text(paths["html"], html_text)
     atomic_write_text(paths["json"], text)
     return paths

@@ -266,6 +266,7 @@ class HDKDNet(nn.Module):
             self.head_dist = (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) \
                 if self.distilled else None
         self.distilled_training = True  # train mode returns both logits (what the distillation loss needs)
+        self.supports_return_stages = True
 
     # ----------------------------------------------------------------------------------------------- timm API
     @torch.jit.ignore
@@ -346,7 +347,12 @@ class HDKDNet(nn.Module):
             return logits, logits_dist
         return (logits + logits_dist) / 2
 
-    def forward(self, x):
+    def forward(self, x, return_stages: bool = False):
+        """Logits; with `return_stages`, (logits, [stage maps]) from the same pass: what distillation needs,
+        through `forward` so that wrappers such as DistributedDataParallel see the call."""
+        if return_stages:
+            maps = self.forward_stages(x)
+            return self.forward_head(self._forward_tail(maps[-1])), maps
         return self.forward_head(self.forward_features(x))
 
 

@@ -23,13 +23,15 @@ from torch.utils.data import DataLoader
 from ..config import Config, save_yaml
 from ..data import DataSplits, build_datasets
 from ..data.build import resolve_num_workers
+from ..data.imbalance import balanced_sample_weights, check_sampler, class_weights
 from ..distillation import HDKDLoss, SupervisedLoss
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import classification_metrics
 from ..io import atomic_write_text
 from ..models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
 from ..models.checkpoint import atomic_torch_save, read_checkpoint_metadata
-from .engine import predict, train_one_epoch
+from .distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
+from .engine import EpochStats, predict, train_one_epoch
 from .optim import build_optimizer, build_scheduler
 
 _ARCH_KEYS = ("img_size", "in_chans", "block", "stem_stride", "depths", "widths", "dflt_depth", "dflt_heads",
@@ -114,12 +116,16 @@ def load_teacher(cfg: Config, num_classes: int, in_chans: int, class_names: list
 
 
 def build_criterion(cfg: Config, data: DataSplits, device: torch.device) -> nn.Module:
+    labels = data.train.labels if data.train is not None else np.zeros(0, dtype=np.int64)
+    weight = class_weights(cfg.train.class_weight, labels, data.num_classes)  # train.class_weight (None: off)
+    weight = None if weight is None else torch.as_tensor(weight, device=device)
     if cfg.role != "hdkd":
-        return SupervisedLoss()
+        return SupervisedLoss(weight=weight)
     teacher = load_teacher(cfg, data.num_classes, data.in_chans, data.class_names).to(device)
     d = cfg.distill
     return HDKDLoss(teacher, alpha=d.alpha, tau=d.tau, lam=d.lam, kd=d.kd, beta=d.beta,
-                    kd_reduction=d.kd_reduction, feature_stages=d.feature_stages)
+                    kd_reduction=d.kd_reduction, feature_stages=d.feature_stages,
+                    fold_teacher_bn=d.fold_teacher_bn, class_weight=weight)
 
 
 def _single_threaded_worker(worker_id: int) -> None:
@@ -128,6 +134,7 @@ def _single_threaded_worker(worker_id: int) -> None:
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
                 drop_last: bool = False) -> DataLoader:
+    """Evaluation loaders (in order); training batches come from `_train_loader`."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
@@ -143,14 +150,44 @@ def _select_value(metrics: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+def _train_loader(data: DataSplits, cfg: Config, epoch: int, workers: int, ctx: DistContext,
+                  start_batch: int = 0) -> DataLoader:
+    """This rank's batches of the epoch: the same images and augmentations whatever the worker or process count,
+    and from any batch on (resume)."""
+    data.train.set_epoch(cfg.train.seed, epoch)
+    weights = None
+    if cfg.train.sampler == "balanced":
+        weights = torch.as_tensor(balanced_sample_weights(data.train.labels))
+    drop_last = ctx.enabled or len(data.train) > cfg.train.batch_size
+    sampler = GlobalBatchSampler(len(data.train), cfg.train.batch_size, cfg.train.seed, epoch, ctx.rank,
+                                 ctx.world_size, drop_last, start_batch, weights)
+    return DataLoader(data.train, batch_sampler=sampler, num_workers=workers,
+                      worker_init_fn=_single_threaded_worker, pin_memory=torch.cuda.is_available())
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) -> TrainResult:
-    """Train one model as configured; `data` lets a pipeline share one decoded dataset between roles."""
+    """Train one model as configured; `data` lets a pipeline share one decoded dataset between roles.
+
+    Under torchrun (WORLD_SIZE > 1) this is data-parallel: each process takes its slice of every global batch of
+    train.batch_size images, the frozen teacher is replicated on each, metrics are summed over processes, and only
+    rank 0 validates, logs and writes checkpoints.
+    """
     cfg = cfg.resolved()
-    device = resolve_device(cfg.train.device)
     if cfg.train.amp not in ("none", "bf16"):
         raise ConfigError(f"train.amp: unknown {cfg.train.amp!r}; choose none or bf16")
+    check_sampler(cfg.train.sampler)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs: must be at least 1, got {cfg.train.epochs}")
+    if cfg.train.save_every_steps is not None and cfg.train.save_every_steps < 1:
+        raise ConfigError(f"train.save_every_steps: must be >= 1, got {cfg.train.save_every_steps}")
+    ctx = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
     if data is None:
         data = build_datasets(cfg.data, cfg.model.img_size, cfg.model.in_chans)
     if data.train is None or data.val is None:
@@ -165,42 +202,67 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
 
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
-    (out / "summary.json").unlink(missing_ok=True)  # a stale summary must not look like this run's result
+    state_path = out / "last_state.pt"
+    history: list[dict[str, Any]] = []
+    start_epoch, start_batch, best_value, best_epoch, best_val = 0, 0, -float("inf"), -1, {}
+    epoch_stats: Optional[dict[str, float]] = None
+    if resume and state_path.is_file():
+        state = _load_state(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, start_batch = state["epoch"], state["batch"]
+        best_value, best_epoch = state["best_value"], state["best_epoch"]
+        best_val, history = json.loads(state["best_val"]), json.loads(state["history"])
+        epoch_stats = json.loads(state["epoch_stats"]) if start_batch else None
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+        (out / "summary.json").unlink(missing_ok=True)  # a stale summary must not look like this run's result
+        if not (resume and state_path.is_file()):
+            (out / "log.jsonl").unlink(missing_ok=True)
     args = model_args(cfg, data.num_classes, data.in_chans)
     extra = {"class_names": data.class_names, "role": cfg.role, "img_size": cfg.model.img_size,
              "in_chans": data.in_chans}
 
-    history: list[dict[str, Any]] = []
-    start_epoch, best_value, best_epoch, best_val = 0, -float("inf"), -1, {}
-    state_path = out / "last_state.pt"
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
-        best_val, history = json.loads(state["best_val"]), json.loads(state["history"])
-    elif not resume:
-        (out / "log.jsonl").unlink(missing_ok=True)
+    core = model  # the unwrapped model: evaluated and saved
+    if ctx.enabled:
+        if cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            core = model
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_state(epoch: int, batch: int, stats: Optional[EpochStats]) -> None:
+        atomic_torch_save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch,
+                           "epoch_stats": json.dumps(stats.sums if stats else {}), "best_value": best_value,
+                           "best_epoch": best_epoch, "best_val": json.dumps(best_val),
+                           "history": json.dumps(history)}, state_path)
 
     workers = resolve_num_workers(cfg.data.num_workers)
     val_loader = make_loader(data.val, cfg.train.eval_batch_size, False, workers)
-    params = count_params(model)
+    params = count_params(core)
     select = cfg.train.select_metric
+    every = cfg.train.save_every_steps
     run_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.train.epochs):
         scheduler.step(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        # a fresh, epoch-seeded generator makes shuffling and augmentation resumable at epoch boundaries
-        train_loader = make_loader(data.train, cfg.train.batch_size, True, workers,
-                                   seed=cfg.train.seed * 1000 + epoch, drop_last=len(data.train) > cfg.train.batch_size)
-        torch.manual_seed(cfg.train.seed * 1000 + epoch)
+        first = start_batch if epoch == start_epoch else 0
+        train_loader = _train_loader(data, cfg, epoch, workers, ctx, first)
+
+        def on_step(steps_done: int, stats: EpochStats, epoch=epoch) -> None:
+            if every and ctx.is_main and steps_done % every == 0:
+                save_state(epoch, steps_done, stats)
+
         stats = train_one_epoch(model, criterion, train_loader, optimizer, device, cfg.train.amp,
-                                cfg.train.channels_last, cfg.train.progress, cfg.train.max_steps_per_epoch,
-                                desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}")
-        y, probs, val_loss = predict(model, val_loader, device, cfg.train.amp, cfg.train.channels_last)
+                                cfg.train.channels_last, cfg.train.progress and ctx.is_main,
+                                cfg.train.max_steps_per_epoch, desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}",
+                                stats=EpochStats(epoch_stats if epoch == start_epoch else None), on_step=on_step,
+                                first_step=first, world_size=ctx.world_size)
+        if not ctx.is_main:
+            continue
+        y, probs, val_loss = predict(core, val_loader, device, cfg.train.amp, cfg.train.channels_last)
         val = classification_metrics(y, probs, data.class_names)
         value = _select_value(val, select)
         record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val_loss, "val_accuracy": val["accuracy"],
@@ -208,14 +270,11 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
         improved = value > best_value
         if improved:
             best_value, best_epoch, best_val = value, epoch + 1, val
-            save_checkpoint(model, out / "best.safetensors", cfg.model.name, args,
+            save_checkpoint(core, out / "best.safetensors", cfg.model.name, args,
                             extra={**extra, "epoch": epoch + 1, f"val_{select}": value})
-        save_checkpoint(model, out / "last.safetensors", cfg.model.name, args, extra={**extra, "epoch": epoch + 1})
+        save_checkpoint(core, out / "last.safetensors", cfg.model.name, args, extra={**extra, "epoch": epoch + 1})
         history.append(record)
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "epoch": epoch, "best_value": best_value,
-                           "best_epoch": best_epoch, "best_val": json.dumps(best_val),
-                           "history": json.dumps(history)}, state_path)
+        save_state(epoch + 1, 0, None)
         with open(out / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
         if cfg.train.progress:
@@ -227,8 +286,51 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     result = TrainResult(output=out, best_checkpoint=out / "best.safetensors", last_checkpoint=out / "last.safetensors",
                          best_epoch=best_epoch, best_val=best_val, history=history, params=params,
                          train_time_s=train_time)
-    summary = {"role": cfg.role, "model": cfg.model.name, "params": params, "best_epoch": best_epoch,
-               f"best_val_{select}": best_value, "best_val": best_val, "train_time_s": train_time,
-               "data": data.description, "counts": data.counts}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if ctx.is_main:
+        summary = {"role": cfg.role, "model": cfg.model.name, "params": params, "best_epoch": best_epoch,
+                   f"best_val_{select}": best_value, "best_val": best_val, "train_time_s": train_time,
+                   "data": data.description, "counts": data.counts, "world_size": ctx.world_size}
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    cleanup_distributed(ctx)
     return result
+
+
+# settings that change where or how verbosely a run happens, not what it computes
+_RESULT_NEUTRAL = {("output",), ("train", "progress"), ("train", "device"), ("data", "num_workers"),
+                   ("data", "cache_dir"), ("roles",)}
+
+
+def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple = ()) -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = prefix + (key,)
+        if path in _RESULT_NEUTRAL:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_differences(va, vb, path)
+        elif va != vb:
+            out.append(".".join(path))
+    return out
+
+
+def train_or_reuse(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) -> TrainResult:
+    """With `resume`: reuse a finished run in cfg.output made with the same settings, or continue an unfinished
+    one from its last_state.pt; otherwise train from scratch."""
+    cfg = cfg.resolved()
+    out = Path(cfg.output)
+    if resume and (out / "summary.json").is_file() and (out / "config.yaml").is_file():
+        import yaml
+
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        differences = _config_differences(saved, cfg.to_dict())
+        if differences:
+            raise ConfigError(f"{out}: was trained with other settings ({', '.join(differences[:4])}); "
+                              f"delete it or choose another --output")
+        summary = json.loads((out / "summary.json").read_text())
+        history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+        return TrainResult(output=out, best_checkpoint=out / "best.safetensors",
+                           last_checkpoint=out / "last.safetensors", best_epoch=summary["best_epoch"],
+                           best_val=summary["best_val"], history=history, params=summary["params"],
+                           train_time_s=summary["train_time_s"])
+    return train(cfg, data=data, resume=resume)

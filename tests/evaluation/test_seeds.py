@@ -1,0 +1,80 @@
+"""`hdkd pipeline --seeds`: one run per seed, and a summary whose mean / std are numpy's over the per-seed reports."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hdkd.cli import main
+from hdkd.evaluation.seeds import SEED_METRICS, format_seeds_markdown, summarise_seeds, write_seeds_summary
+
+
+def test_summary_of_fake_runs(tmp_path):
+    rng = np.random.default_rng(0)
+    per_seed = {}
+    for seed in (0, 1, 2):
+        per_seed[seed] = {label: {"metrics": {k: float(rng.uniform(0.5, 1.0)) for k in SEED_METRICS}}
+                          for label in ("teacher", "student", "hdkd")}
+    per_seed[1]["student"]["metrics"]["auc_ovr_macro"] = None  # undefined in one run: left out
+    summary = summarise_seeds(per_seed)
+    assert summary["seeds"] == [0, 1, 2] and list(summary["models"]) == ["teacher", "student", "hdkd"]
+    for label in ("teacher", "student", "hdkd"):
+        for key in SEED_METRICS:
+            values = [per_seed[s][label]["metrics"][key] for s in (0, 1, 2)]
+            defined = [v for v in values if v is not None]
+            entry = summary["models"][label][key]
+            assert entry["values"] == values and entry["n"] == len(defined)
+            assert entry["mean"] == pytest.approx(np.mean(defined))
+            assert entry["std"] == pytest.approx(np.std(defined, ddof=1))
+    single = summarise_seeds({5: per_seed[0]})
+    assert single["models"]["hdkd"]["accuracy"]["std"] is None
+    assert "± " not in format_seeds_markdown(single, table_only=True)
+    paths = write_seeds_summary(tmp_path, summary)
+    assert json.loads(paths["json"].read_text()) == summary
+    md = paths["markdown"].read_text()
+    acc = summary["models"]["hdkd"]["accuracy"]
+    assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in md and "seed 2" in md
+
+
+def test_pipeline_seeds_end_to_end(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    code = main(["pipeline", "-o", str(out), "--epochs", "1", "--img-size", "32", "--set", "data.max_per_class=4",
+                 "--roles", "student", "--seeds", "3", "7", "--bootstrap", "50", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads((out / "seeds_summary.json").read_text())
+    assert summary["seeds"] == [3, 7]
+    reports = {s: json.loads((out / f"seed_{s}" / "report.json").read_text()) for s in (3, 7)}
+    for s, report in reports.items():
+        assert report["meta"]["seed"] == s
+        assert (out / f"seed_{s}" / "report.html").is_file()
+        assert report["results"]["student"]["bootstrap"]["n_boot"] == 50
+        assert report["results"]["student"]["temperature_scaling"]["fitted_on"] == "validation"
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro"):
+        values = [reports[s]["results"]["student"]["metrics"][key] for s in (3, 7)]
+        entry = summary["models"]["student"][key]
+        assert entry["values"] == values
+        assert entry["mean"] == pytest.approx(np.mean(values))
+        assert entry["std"] == pytest.approx(np.std(values, ddof=1))
+    md = (out / "seeds_summary.md").read_text()
+    assert "| student |" in md and "| student |" in captured.out
+
+    # `hdkd evaluate --bootstrap N` on one of the checkpoints: the same test metrics, with intervals
+    ckpt = out / "seed_3" / "student" / "best.safetensors"
+    code = main(["evaluate", str(ckpt), "--split", "test", "--set", "data.max_per_class=4", "--bootstrap", "200",
+                 "-o", str(tmp_path / "m.json")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    expected = reports[3]["results"]["student"]["metrics"]
+    assert metrics["accuracy"] == pytest.approx(expected["accuracy"])
+    assert metrics["bootstrap"]["n_boot"] == 200
+    acc = metrics["bootstrap"]["metrics"]["accuracy"]
+    assert acc["low"] <= metrics["accuracy"] <= acc["high"]
+    assert f"[{100 * acc['low']:.2f}, {100 * acc['high']:.2f}]" in captured.out
+    code = main(["evaluate", str(ckpt), "--set", "data.max_per_class=4", "--bootstrap", "0",
+                 "-o", str(tmp_path / "m0.json")])
+    assert code == 0 and "bootstrap" not in json.loads((tmp_path / "m0.json").read_text())
+    assert main(["evaluate", str(ckpt), "--bootstrap", "-1"]) == 2
+    capsys.readouterr()

@@ -1,0 +1,66 @@
+"""Speed tooling at tiny settings: `hdkd benchmark`, the authors'-formulation baseline and the matmul peak script."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import hdkd
+from hdkd.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_cli_tiny(tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc = main(["benchmark", "--models", "hdkd", "resnet18", "no_such_model", "--img-size", "32", "--batch", "2",
+               "--repeats", "1", "--warmup", "0", "--device", "cpu", "-o", str(out)])
+    assert rc == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert {"torch", "threads"} <= set(report["meta"])
+    rows = {r["model"]: r for r in report["rows"]}
+    assert rows["no_such_model"]["status"] == "skipped" and "no_such_model" in rows["no_such_model"]["reason"]
+    for name in ("hdkd", "resnet18"):
+        r = rows[name]
+        assert r["status"] == "ok" and r["img_size"] == 32 and r["batch"] == 2 and r["amp"] == "none"
+        assert r["device"] == "cpu"
+        for key in ("latency_ms", "infer_images_per_s", "train_images_per_s"):
+            assert r[key] > 0, key
+        model = timm.create_model(name, pretrained=False, num_classes=4,
+                                  **({"img_size": 32} if name == "hdkd" else {}))
+        assert r["params"] == hdkd.count_params(model)
+        assert r["flops"] == hdkd.count_flops(model, 32)
+    table = (out / "benchmark.md").read_text()
+    assert "| hdkd |" in table and "| resnet18 |" in table and "no_such_model" in table
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| hdkd |" in capsys.readouterr().out
+
+
+def test_benchmark_rejects_bad_amp():
+    from hdkd.benchmark import run_benchmark
+
+    with pytest.raises(hdkd.ConfigError):
+        run_benchmark(["hdkd"], img_size=32, batch_sizes=[2], amp="fp8")
+
+
+def test_authors_formulation_gives_our_loss():
+    bench = _load_script("authors_vs_single_pass")
+    teacher, student, x, y = bench.build(32, 2)
+    ours = hdkd.HDKDLoss(teacher)(student, x, y).total.item()
+    theirs = bench.authors_loss(teacher, student, x, y).item()
+    assert abs(ours - theirs) <= 1e-5 * abs(ours)
+
+
+def test_matmul_peak_tiny():
+    peak = _load_script("matmul_peak")
+    rows = peak.measure_peak([64], ["fp32", "bf16"], torch.device("cpu"), repeats=1, warmup=0, inner=1)
+    assert [r["dtype"] for r in rows] == ["fp32", "bf16"] and all(r["gflops_median"] > 0 for r in rows)
