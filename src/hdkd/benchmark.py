@@ -34,6 +34,7 @@ import torch.nn as nn
 from .distillation import SupervisedLoss
 from .errors import ConfigError
 from .io import atomic_write, atomic_write_text
+from .models.factory import create_model
 from .models import count_flops, count_params
 from .training.engine import autocast
 
@@ -61,13 +62,7 @@ def _sync(device: torch.device) -> None:
 
 def _create(name: str, num_classes: int, img_size: int, in_chans: int) -> nn.Module:
     base = name[: -len(FOLD_SUFFIX)] if name.endswith(FOLD_SUFFIX) else name
-    try:
-        model = timm.create_model(base, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                  img_size=img_size)
-    except TypeError as exc:  # convolutional timm models take no img_size: they run at any size
-        if "img_size" not in str(exc):
-            raise
-        model = timm.create_model(base, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    model = create_model(base, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     if name.endswith(FOLD_SUFFIX):
         from .models.fuse import fold_batchnorm
 

@@ -62,6 +62,8 @@ def cmd_train(args) -> int:
 
     cfg = _build(args, args.role)
     result = train(cfg, resume=args.resume)
+    if not result.best_val:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
     print(f"best epoch {result.best_epoch}: validation "
           + ", ".join(f"{k} {result.best_val[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1")))
     print(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")

@@ -83,3 +83,9 @@ def test_reliability_diagrams_before_and_after(tmp_path):
     for path in (both, before_only, missing):
         assert_valid_png(path, min_bytes=2_000)
     assert png_size(both)[1] > 1.6 * png_size(before_only)[1]  # second row: after temperature scaling
+
+
+def test_training_curves_with_losses_on_very_different_scales(tmp_path):
+    histories = {"student": fake_history(4, 0),
+                 "hdkd": [dict(row, train_loss=100 * row["train_loss"]) for row in fake_history(4, 1)]}
+    assert_valid_png(plot_training_curves(histories, tmp_path / "log.png"))  # loss axis switches to log scale

@@ -83,3 +83,13 @@ def test_assess_predictions_without_validation_has_no_scaling():
     a = assess_predictions(y, _softmax(z), ["a", "b", "c"], n_boot=0)
     assert a["temperature_scaling"] is None and a["bootstrap"] is None
     assert a["metrics"]["n"] == 200 and a["predictions"]["probs"].shape == (200, 3)
+
+
+def test_report_flags_a_temperature_at_the_bound():
+    y = np.array([0, 1, 2, 3] * 10)
+    constant = np.tile([0.1, 0.1, 0.7, 0.1], (40, 1))  # always predicts class 2 with confidence 0.7
+    report = temperature_scaling_report(y, constant, y, constant)
+    assert report["at_bound"] and report["temperature"] == pytest.approx(T_BOUNDS[1], rel=0.01)
+    assert report["test_after"]["ece"] < 0.01  # flattened to about 1/4, the accuracy
+    z, yy = _draw(1.0, 500, 3, seed=8)
+    assert not temperature_scaling_report(yy, _softmax(z), yy, _softmax(z))["at_bound"]

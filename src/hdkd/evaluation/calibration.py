@@ -155,8 +155,10 @@ def temperature_scaling_report(val_labels: Any, val_probs: Any, test_labels: Any
                                class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Fit ``T`` on validation, then the test calibration before and after scaling with it (JSON-serialisable).
 
-    Returns ``{"temperature", "fitted_on": "validation", "n_val", "val_nll_before", "val_nll_after", "test_before",
-    "test_after"}``; ``test_before`` / ``test_after`` are ``calibration_metrics`` dicts (ECE, Brier, NLL, bins).
+    Returns ``{"temperature", "at_bound", "fitted_on": "validation", "n_val", "val_nll_before", "val_nll_after",
+    "test_before", "test_after"}``; ``test_before`` / ``test_after`` are ``calibration_metrics`` dicts (ECE, Brier,
+    NLL, bins); ``at_bound`` is true when the fitted T is (within 1 %) at an end of ``T_BOUNDS`` (e.g. a model that
+    always predicts one class is "calibrated" by flattening its probabilities: T -> large).
     ``class_names`` is accepted for symmetry with the other evaluation functions and not needed.
     """
     del class_names
@@ -166,6 +168,7 @@ def temperature_scaling_report(val_labels: Any, val_probs: Any, test_labels: Any
     test_after = apply_temperature(test_probs, temperature, kind="probs")
     return {
         "temperature": temperature,
+        "at_bound": bool(temperature <= 1.01 * T_BOUNDS[0] or temperature >= T_BOUNDS[1] / 1.01),
         "fitted_on": "validation",
         "n_val": int(y_val.shape[0]),
         "val_nll_before": _nll(z_val, y_val, 1.0),

@@ -103,11 +103,14 @@ def plot_training_curves(named_histories: Mapping[str, Sequence[Mapping[str, Any
 
     Each history is a list of per-epoch dicts with ``epoch``, ``train_loss``, ``train_accuracy``, ``val_loss`` and
     ``val_accuracy``; other keys are ignored, and missing or ``None`` values leave a gap. Accuracy is plotted as given
-    (fraction or percentage). An empty history just has no line. Returns ``path``.
+    (fraction or percentage). An empty history just has no line. The loss axis is logarithmic when the positive
+    losses span more than a factor of 20 (e.g. an HDKD training loss with its feature term next to plain
+    cross-entropies), so that every curve stays readable. Returns ``path``.
     """
     fig = Figure(figsize=(12.0, 4.6), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     plotted = False
+    losses: list[np.ndarray] = []
     for i, (label, history) in enumerate(named_histories.items()):
         history = list(history or [])
         if not history:
@@ -122,8 +125,14 @@ def plot_training_curves(named_histories: Mapping[str, Sequence[Mapping[str, Any
                     continue
                 ax.plot(x, y, linestyle=style, color=color, marker=marker, markersize=3, label=f"{label} ({split})")
                 plotted = True
+                if metric == "loss":
+                    losses.append(y[np.isfinite(y)])
+    loss_values = np.concatenate(losses) if losses else np.array([])
+    log_loss = bool(loss_values.size and loss_values.min() > 0 and loss_values.max() / loss_values.min() > 20)
+    if log_loss:
+        ax_loss.set_yscale("log")
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_title(name)
+        ax.set_title(name + (" (log scale)" if ax is ax_loss and log_loss else ""))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)

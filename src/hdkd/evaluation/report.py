@@ -307,7 +307,8 @@ def calibration_rows(results: Mapping[str, Mapping[str, Any]]) -> list[list[str]
             before, after = ts.get("test_before") or {}, ts.get("test_after") or {}
             rows.append([
                 str(label),
-                f"{float(ts['temperature']):.3f} (n = {ts.get('n_val', 'n/a')})",
+                f"{float(ts['temperature']):.3f} ({'at the search bound; ' if ts.get('at_bound') else ''}"
+                f"n = {ts.get('n_val', 'n/a')})",
                 f"{_dec(ts.get('val_nll_before'))} → {_dec(ts.get('val_nll_after'))}",
                 f"{_pct(before.get('ece', m.get('ece')))} → {_pct(after.get('ece'))}",
                 f"{_dec(before.get('brier', m.get('brier')))} → {_dec(after.get('brier'))}",

@@ -173,12 +173,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 
 def create_model_from_checkpoint(path: str | Path, **overrides) -> nn.Module:
     """Rebuild the model a project checkpoint was saved from, and load its weights."""
-    import timm
+    from .factory import create_model
 
     meta = read_checkpoint_metadata(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an hdkd checkpoint with model metadata; create the model yourself and "
                               f"use hdkd.load_checkpoint(model, path)")
     args = {**meta["model_args"], **overrides}
-    model = timm.create_model(meta["model_name"], **args)
+    model = create_model(meta["model_name"], **args)
     return load_checkpoint(model, path)

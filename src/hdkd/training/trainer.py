@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import timm
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -28,6 +27,7 @@ from ..distillation import HDKDLoss, SupervisedLoss
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import classification_metrics
 from ..io import atomic_write_text
+from ..models.factory import create_model
 from ..models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
 from ..models.checkpoint import atomic_torch_save, read_checkpoint_metadata
 from .distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
@@ -70,9 +70,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 def model_args(cfg: Config, num_classes: int, in_chans: int) -> dict[str, Any]:
     """Arguments for timm.create_model; stored in checkpoints so they can rebuild their model."""
     m = cfg.model
-    args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
+    args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "img_size": m.img_size}
     if m.name.startswith("hdkd"):
-        args.update(img_size=m.img_size, block=m.block, stem_stride=m.stem_stride, widths=list(m.widths),
+        args.update(block=m.block, stem_stride=m.stem_stride, widths=list(m.widths),
                     dflt_depth=m.dflt_depth, dflt_heads=m.dflt_heads, dflt_patch_size=m.dflt_patch_size)
         if m.depths is not None:
             args["depths"] = list(m.depths)
@@ -82,7 +82,7 @@ def model_args(cfg: Config, num_classes: int, in_chans: int) -> dict[str, Any]:
 
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     try:
-        return timm.create_model(cfg.model.name, **model_args(cfg, num_classes, in_chans))
+        return create_model(cfg.model.name, **model_args(cfg, num_classes, in_chans))
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ConfigError(f"model.name: unknown model {cfg.model.name!r}") from None
@@ -188,6 +188,8 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     device = resolve_device(cfg.train.device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    if cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU implementation)")
     if data is None:
         data = build_datasets(cfg.data, cfg.model.img_size, cfg.model.in_chans)
     if data.train is None or data.val is None:
@@ -305,6 +307,8 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple = ()
     for key in sorted(set(a) | set(b)):
         path = prefix + (key,)
         if path in _RESULT_NEUTRAL:
+            continue
+        if key not in a:  # an option newer than the saved run: it ran with the option's default
             continue
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
