@@ -149,6 +149,30 @@ def cmd_data_download(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from .ablation import describe_registry, plan_ablation, resolve_variants, run_ablation
+    from .ablation_report import write_ablation_report
+
+    if args.list:
+        print(describe_registry())
+        return 0
+    if args.report:
+        paths = write_ablation_report(args.report, args.output)
+        print(f"report: {', '.join(str(p) for p in paths.values())}")
+        return 0
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
+    variants = resolve_variants(args.variants)
+    cfg = _build(args, None)
+    output = args.output or (cfg.output if cfg.output != "runs/pipeline" else "runs/ablation")
+    if args.dry_run:
+        print(plan_ablation(cfg, variants, args.seeds, output).describe())
+        return 0
+    results = run_ablation(cfg, variants, args.seeds, output, n_boot=args.bootstrap)
+    print(f"results: {results}; report: {Path(output) / 'ablation_report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hdkd", description="Hybrid data-efficient knowledge distillation for "
                                                               "medical image classification.")
@@ -234,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url-base", metavar="URL", help="where the files are (default: the MedMNIST v3 Zenodo record)")
     p.add_argument("--md5", help="expected MD5 (required for files without a published checksum in hdkd)")
     p.set_defaults(func=cmd_data_download)
+
+    p = sub.add_parser("ablate", help="ablation grid: named variants x seeds into OUTPUT/results.jsonl and a report")
+    _add_run_options(p)
+    p.add_argument("--variants", nargs="+", metavar="NAME",
+                   help="variants and/or groups (default: all; see --list)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+                   help="training seeds (default: 0 1 2; replaces --seed)")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="bootstrap resamples for 95%% confidence intervals of each run's test metrics (0: none)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs, teachers and models; train nothing")
+    p.add_argument("--list", action="store_true", help="list the variants and groups")
+    p.add_argument("--report", metavar="RESULTS.jsonl",
+                   help="only write the report of a results file (into --output, default: beside it)")
+    p.set_defaults(func=cmd_ablate)
     return parser
 
 
