@@ -31,21 +31,26 @@ Decisions (documented here, reported in the results):
   ``student_alone`` in two ways. With ``hdkd_student`` it differs from ``student_alone`` by the feature loss alone.
 * ``teacher_resnet18`` distils logits only (``distill.lam=0``): a timm ResNet-18's stage maps do not match the
   student's in shape. Its reference is ``logit_soft`` (the same logit-only distillation from the HDKD teacher).
-* ``stem_stride_4`` needs ``model.img_size`` to be a multiple of 32 (8 x 4 at the stem, x 2 DFLT patches); the
-  configurations of every requested variant are checked before anything is trained.
+* ``stem_stride_4`` needs ``model.img_size`` to be a multiple of 32 (stem stride 4, two halving stages, 2 x 2 DFLT
+  patches: 4 x 4 x 2); the configurations of every requested variant are checked before anything is trained.
 * the data-efficiency arms ``frac_<p>_student`` / ``frac_<p>_hdkd`` train on p % of the configured training set:
   ``data.train_fraction`` = p / 100 x the base config's ``data.train_fraction`` (1.0 unless a CPU preset shrinks the
   train split; then 100 % is the preset's training set, and p % is a subset of it, not of the official split).
   ``train_fraction`` takes a stratified subset of the train split fixed by ``data.split_seed`` (validation and
   test are unchanged), and the teacher of ``frac_<p>_hdkd`` is trained on the same subset, as a user holding only
   that data would. The number of epochs stays the role's, so a smaller fraction also gets fewer optimiser steps
-  (what a user with less data running the same recipe gets).
+  (what a user with less data running the same recipe gets). ``data.max_per_class`` caps every split *after* the
+  fraction is taken, so with a cap the larger fractions can end up equal; to shrink the training set for CPU
+  runs, set ``data.train_fraction`` in the base config instead (as ``configs/ablation_*.yaml`` do).
+
+Runs are sequential in one process (not under torchrun). The report: ``hdkd.ablation_report``.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import subprocess
 import time
@@ -86,7 +91,7 @@ class Variant:
     fraction: Optional[float] = None  # train on this fraction of the base config's training set
 
     def overrides_for(self, cfg: Config) -> tuple[str, ...]:
-        """The overrides applied to ``cfg``: ``overrides``, plus the scaled ``data.train_fraction`` of a fraction arm."""
+        """The overrides applied to ``cfg``: ``overrides``, plus a fraction arm's scaled ``data.train_fraction``."""
         if self.fraction is None:
             return self.overrides
         return self.overrides + (f"data.train_fraction={round(cfg.data.train_fraction * self.fraction, 10)!r}",)
@@ -393,12 +398,23 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a float (a diverged run's loss) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line by rewriting the file atomically: readers never see a torn line."""
     old = path.read_text() if path.is_file() else ""
     if old and not old.endswith("\n"):
         old += "\n"
-    atomic_write_text(path, old + json.dumps(record, allow_nan=False, default=str) + "\n")
+    atomic_write_text(path, old + json.dumps(_finite(record), allow_nan=False, default=str) + "\n")
 
 
 def git_commit(where: Optional[Path] = None) -> tuple[Optional[str], Optional[bool]]:

@@ -85,7 +85,8 @@ def _t_quantile(df: int) -> float:
 def paired_difference(a: Mapping[int, Mapping[str, Any]], b: Mapping[int, Mapping[str, Any]],
                       metric: str) -> dict[str, Any]:
     """Mean ± sample std of ``metric(a) - metric(b)`` over the seeds both have; 95 % t interval and a verdict."""
-    seeds = sorted(s for s in set(a) & set(b) if _metric(a[s], metric) is not None and _metric(b[s], metric) is not None)
+    seeds = sorted(s for s in set(a) & set(b)
+                   if _metric(a[s], metric) is not None and _metric(b[s], metric) is not None)
     diffs = np.array([_metric(a[s], metric) - _metric(b[s], metric) for s in seeds], dtype=np.float64)
     out: dict[str, Any] = {"metric": metric, "seeds": seeds, "n": len(seeds),
                            "differences": [float(d) for d in diffs], "mean": None, "std": None,
@@ -265,8 +266,8 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
     if not c["gains"]:
         lines += ["Not measured: needs the `data_efficiency` group (student alone and HDKD at several fractions).", ""]
     else:
-        lines += ["", "| Fraction of the training set | " + " | ".join(f"Gain, {_NAMES[m]}" for m in TABLE_METRICS) + " |",
-                  "|---:|" + "---:|" * len(TABLE_METRICS)]
+        header = " | ".join(f"Gain, {_NAMES[m]}" for m in TABLE_METRICS)
+        lines += ["", f"| Fraction of the training set | {header} |", "|---:|" + "---:|" * len(TABLE_METRICS)]
         for f, gains in c["gains"].items():
             counts = sorted({n for arm in summary["data_efficiency"].values()
                              for n in (arm.get(f) or {}).get("train_images", [])})
@@ -276,7 +277,7 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
         lines.append("")
         if c.get("largest_mean_accuracy_gain_at") is not None:
             lines.append(f"Largest mean accuracy gain at {100 * c['largest_mean_accuracy_gain_at']:g}% of the "
-                         f"train split.")
+                         f"training set.")
         if c["present"]:
             lo, hi = 100 * c["smallest_fraction"], 100 * c["largest_fraction"]
             for m in TABLE_METRICS:

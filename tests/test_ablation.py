@@ -1,0 +1,260 @@
+"""`hdkd ablate`: the variant registry's resolved configs, shared teachers, results.jsonl, resuming, and the report."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hdkd.training.trainer as trainer_module
+from hdkd.ablation import (GROUPS, VARIANTS, model_config, plan_ablation, read_results, resolve_variants,
+                           run_ablation, teacher_config, teacher_key, variant_config)
+from hdkd.ablation_report import summarise_ablation, write_ablation_report
+from hdkd.cli import main
+from hdkd.config import build_config
+from hdkd.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.img_size=32", "data.max_per_class=6", "train.epochs=1", "train.max_steps_per_epoch=1",
+        "train.batch_size=4", "train.progress=false", "data.num_workers=0", "model.depths=[1,1,1]",
+        "model.widths=[8,8,16]", "model.dflt_depth=1", "model.dflt_heads=2"]
+RECORD_FIELDS = {"variant", "group", "seed", "config", "git_commit", "hdkd_version", "metrics", "best_epoch",
+                 "val_metrics", "params", "train_time_s", "wall_time_s", "timestamp", "settings_key", "teacher"}
+
+
+def tiny_config(*extra):
+    return build_config(None, [], TINY + list(extra))
+
+
+def _teacher_key(cfg, name):
+    return teacher_key(teacher_config(variant_config(cfg, name, seed=0)))
+
+
+# ----------------------------------------------------------------------------------------------------- registry
+def test_registry_overrides_give_the_intended_resolved_configs():
+    cfg = tiny_config()
+    hdkd = model_config(variant_config(cfg, "hdkd", 0), "hdkd")
+    assert (hdkd.model.name, hdkd.distill.kd, hdkd.distill.lam) == ("hdkd", "soft", 10)
+    assert (hdkd.model.depths, hdkd.model.widths) == ([1, 1, 1], [8, 8, 16])  # the base config is kept
+
+    soft = model_config(variant_config(cfg, "logit_soft", 0), "hdkd")
+    hard = model_config(variant_config(cfg, "logit_hard", 0), "hdkd")
+    assert (soft.distill.kd, soft.distill.lam, hard.distill.kd, hard.distill.lam) == ("soft", 0, "hard", 0)
+    feature = model_config(variant_config(cfg, "feature_only", 0), "hdkd")
+    assert (feature.model.name, feature.distill.kd, feature.distill.lam) == ("hdkd_student", "none", 10)
+    assert [model_config(variant_config(cfg, f"lam_{x}", 0), "hdkd").distill.lam for x in (1, 10, 100)] == [1, 10, 100]
+    assert VARIANTS["student_alone"].trains == ("student",) and VARIANTS["hdkd"].trains == ("teacher", "hdkd")
+
+    # block_mbconv changes the teacher (and the student); the default teacher is MBCSA
+    mbconv = variant_config(cfg, "block_mbconv", 0)
+    assert teacher_config(mbconv).model.block == "mbconv" and model_config(mbconv, "hdkd").model.block == "mbconv"
+    assert teacher_config(variant_config(cfg, "hdkd", 0)).model.block == "mbcsa"
+    assert _teacher_key(cfg, "block_mbconv") != _teacher_key(cfg, "hdkd")
+    # a student-side change shares the teacher; a train fraction changes it
+    assert model_config(variant_config(cfg, "dflt_depth_6", 0), "hdkd").model.dflt_depth == 6
+    assert _teacher_key(cfg, "dflt_depth_6") == _teacher_key(cfg, "hdkd") == _teacher_key(cfg, "logit_hard")
+    frac = variant_config(cfg, "frac_25_hdkd", 0)
+    assert frac.data.train_fraction == pytest.approx(0.25)
+    assert teacher_config(frac).data.train_fraction == pytest.approx(0.25)
+    assert _teacher_key(cfg, "frac_25_hdkd") != _teacher_key(cfg, "hdkd")
+    assert _teacher_key(cfg, "frac_100_hdkd") == _teacher_key(cfg, "hdkd")
+    # fractions are of the configured training set
+    assert variant_config(tiny_config("data.train_fraction=0.4"), "frac_25_student").data.train_fraction == \
+        pytest.approx(0.1)
+    # a timm teacher, logit-only
+    timm_variant = variant_config(cfg, "teacher_resnet18", 0)
+    assert teacher_config(timm_variant).model.name == "resnet18"
+    assert model_config(timm_variant, "hdkd").distill.lam == 0
+    assert variant_config(cfg, "stem_stride_4", 0).model.stem_stride == 4
+
+    # the documented flag agrees with the computed key, for every distilled variant
+    for v in VARIANTS.values():
+        if v.role == "hdkd":
+            assert (_teacher_key(cfg, v.name) != _teacher_key(cfg, "hdkd")) == v.changes_teacher, v.name
+
+
+def test_variant_wins_over_base_and_per_role_values_and_seed_is_set_for_every_role():
+    cfg = build_config(None, [], TINY + ["distill.lam=3", "roles.hdkd.distill.lam=5", "roles.teacher.train.seed=9"])
+    vcfg = variant_config(cfg, "lam_100", seed=2)
+    assert vcfg.for_role("hdkd").distill.lam == 100
+    assert vcfg.for_role("teacher").train.seed == 2 and vcfg.for_role("hdkd").train.seed == 2
+
+
+def test_groups_select_variants_and_unknown_names_fail():
+    assert [v.name for v in resolve_variants(["block"])] == ["hdkd", "block_mbconv"]
+    assert len(resolve_variants(None)) == len(VARIANTS) == len(GROUPS["all"])
+    assert {v.name for v in resolve_variants(["frac_10", "student_alone"])} == \
+        {"student_alone", "frac_10_student", "frac_10_hdkd"}
+    assert len(resolve_variants(["data_efficiency"])) == 8
+    with pytest.raises(ConfigError, match="unknown variant or group 'nope'"):
+        resolve_variants(["nope"])
+
+
+def test_stem_stride_4_needs_a_multiple_of_32_checked_before_training(tmp_path):
+    cfg = tiny_config("model.img_size=48")
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        plan_ablation(cfg, resolve_variants(["stem"]), [0], tmp_path)
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("preset", ["ablation_cpu_brain_mri.yaml", "ablation_dermamnist.yaml"])
+def test_presets_plan_the_whole_grid(preset, tmp_path):
+    cfg = build_config(None, [str(REPO / "configs" / preset)])
+    plan = plan_ablation(cfg, resolve_variants(["all"]), [0, 1, 2], tmp_path)
+    needed = plan.trainings()
+    assert len(plan.runs) == 3 * len(VARIANTS)
+    assert len(needed["teachers"]) == 3 * 7  # default, mbconv, stem 4, three fractions, resnet18
+    assert len(needed["models"]) == 3 * 18
+    assert cfg.model.img_size % 32 == 0
+
+
+# --------------------------------------------------------------------------------------------------- the grid
+VARIANTS_RUN = ["student_alone", "logit_soft", "hdkd", "dflt_depth_6", "frac_50_hdkd", "lam_10"]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """One tiny grid (2 seeds), counting real trainings per role with a spy on the trainer."""
+    out = tmp_path_factory.mktemp("ablation")
+    calls = []
+    original = trainer_module.train
+
+    def spy(cfg, *args, **kwargs):
+        calls.append((cfg.role, cfg.output))
+        return original(cfg, *args, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trainer_module, "train", spy)
+    mp.setenv("HDKD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hdkd-cache"))
+    try:
+        results = run_ablation(tiny_config(), resolve_variants(VARIANTS_RUN), [0, 1], out, log=None)
+        first_calls = list(calls)
+        records = read_results(results)
+        calls.clear()
+        run_ablation(tiny_config(), resolve_variants(VARIANTS_RUN), [0, 1], out, log=None)  # all done: skipped
+        rerun_calls = list(calls)
+    finally:
+        mp.undo()
+    return {"out": out, "results": results, "records": records, "calls": first_calls, "rerun_calls": rerun_calls}
+
+
+def test_teachers_are_shared_and_each_distinct_model_trained_once(grid):
+    teachers = [c for c in grid["calls"] if c[0] == "teacher"]
+    # per seed: one default teacher (student-side variants share it) + one for the 50 % subset
+    assert len(teachers) == 4 and len(set(teachers)) == 4
+    assert all(Path(o).parent.parent == grid["out"] / "teachers" for _, o in teachers)
+    assert len({Path(o).parent.name for _, o in teachers}) == 2  # two teacher keys ...
+    assert {Path(o).name for _, o in teachers} == {"seed_0", "seed_1"}  # ... each once per seed
+    models = [c for c in grid["calls"] if c[0] != "teacher"]
+    # lam_10 is the same model as hdkd: 5 distinct models per seed
+    assert len(models) == 10 and len(set(models)) == 10
+    teacher_dirs = {r["variant"]: r["teacher"]["key"] for r in grid["records"] if r["seed"] == 0 and r["teacher"]}
+    assert teacher_dirs["logit_soft"] == teacher_dirs["hdkd"] == teacher_dirs["dflt_depth_6"]
+    assert teacher_dirs["frac_50_hdkd"] != teacher_dirs["hdkd"]
+
+
+def test_results_have_one_line_per_variant_and_seed_with_the_fields(grid):
+    records = grid["records"]
+    assert sorted((r["variant"], r["seed"]) for r in records) == sorted((v, s) for v in VARIANTS_RUN for s in (0, 1))
+    for r in records:
+        assert RECORD_FIELDS <= set(r), RECORD_FIELDS - set(r)
+        assert r["config"]["role"] == VARIANTS[r["variant"]].role and r["config"]["train"]["seed"] == r["seed"]
+        assert r["group"] == VARIANTS[r["variant"]].group
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "ece"):
+            assert 0.0 <= r["metrics"][key] <= 1.0
+        assert r["metrics"]["n"] == 4 * 6  # the capped test split
+        assert r["best_epoch"] == 1 and r["params"] > 0 and r["train_time_s"] >= 0
+        if r["model_trained"]:
+            assert r["wall_time_s"] >= r["train_time_s"]
+        assert r["hdkd_version"] and (r["git_commit"] is None or len(r["git_commit"]) == 40)
+    by = {(r["variant"], r["seed"]): r for r in records}
+    assert by[("hdkd", 0)]["config"]["distill"]["lam"] == 10
+    assert by[("dflt_depth_6", 0)]["config"]["model"]["dflt_depth"] == 6
+    assert by[("frac_50_hdkd", 1)]["config"]["data"]["train_fraction"] == pytest.approx(0.5)
+    assert by[("student_alone", 0)]["teacher"] is None
+    assert by[("lam_10", 0)]["checkpoint"] == by[("hdkd", 0)]["checkpoint"]  # same settings, one model
+    assert by[("lam_10", 0)]["metrics"]["accuracy"] == by[("hdkd", 0)]["metrics"]["accuracy"]
+
+
+def test_rerun_skips_done_runs_and_a_changed_config_reruns(grid, tmp_path, monkeypatch):
+    assert grid["rerun_calls"] == []
+    assert len(read_results(grid["results"])) == len(grid["records"])
+
+    # a copy of the results with a torn last line: the line is ignored, its run is redone
+    out = tmp_path / "copy"
+    out.mkdir()
+    lines = grid["results"].read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:50])
+    assert len(read_results(out / "results.jsonl")) == 2
+    plan = plan_ablation(tiny_config(), resolve_variants(VARIANTS_RUN), [0, 1], out)
+    assert len(plan.pending) == len(lines) - 2
+    # other settings are another run, not a done one
+    plan = plan_ablation(tiny_config("train.batch_size=3"), resolve_variants(VARIANTS_RUN), [0, 1], grid["out"])
+    assert len(plan.pending) == len(plan.runs)
+
+
+def test_report_mean_and_std_equal_numpy(grid, tmp_path):
+    paths = write_ablation_report(grid["results"], tmp_path)
+    summary = json.loads(paths["json"].read_text())
+    for variant in VARIANTS_RUN:
+        for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
+            values = np.array([r["metrics"][metric] for r in grid["records"] if r["variant"] == variant])
+            entry = summary["variants"][variant]["metrics"][metric]
+            assert entry["n"] == 2
+            assert entry["mean"] == pytest.approx(np.mean(values))
+            assert entry["std"] == pytest.approx(np.std(values, ddof=1))
+    claim = summary["claims"]["distillation"]["differences"]["accuracy"]
+    per_seed = {r["seed"]: r["metrics"]["accuracy"] for r in grid["records"] if r["variant"] == "hdkd"}
+    alone = {r["seed"]: r["metrics"]["accuracy"] for r in grid["records"] if r["variant"] == "student_alone"}
+    diffs = np.array([per_seed[s] - alone[s] for s in (0, 1)])
+    assert claim["n"] == 2 and claim["mean"] == pytest.approx(diffs.mean())
+    assert claim["std"] == pytest.approx(diffs.std(ddof=1))
+    md = paths["markdown"].read_text()
+    assert "## The paper's claims" in md and "### distillation" in md and "| hdkd | hdkd | 2 |" in md
+    assert "MBConv" in md and "Not measured" in md  # block_mbconv was not run
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_on_constructed_records_claims_and_latest_settings():
+    rng = np.random.default_rng(0)
+    records = []
+    for seed in range(4):
+        for variant, arm, frac, base in [("frac_10_student", "student_alone", 0.1, 0.50),
+                                         ("frac_10_hdkd", "hdkd", 0.1, 0.60),
+                                         ("frac_100_student", "student_alone", 1.0, 0.80),
+                                         ("frac_100_hdkd", "hdkd", 1.0, 0.82),
+                                         ("hdkd", "hdkd", 1.0, 0.82), ("student_alone", "student_alone", 1.0, 0.80),
+                                         ("block_mbconv", None, None, 0.70)]:
+            acc = base + 0.01 * rng.standard_normal()
+            records.append({"variant": variant, "seed": seed, "arm": arm, "fraction_of_base": frac,
+                            "settings_key": "k", "metrics": {"accuracy": acc, "balanced_accuracy": acc,
+                                                             "macro_f1": acc}})
+    records.append({"variant": "block_mbconv", "seed": 0, "settings_key": "old", "metrics": {"accuracy": 0.0}})
+    records.append(dict(records[-2], metrics={"accuracy": 0.71, "balanced_accuracy": 0.71, "macro_f1": 0.71}))
+    summary = summarise_ablation(records)
+    claims = summary["claims"]
+    assert claims["block"]["differences"]["accuracy"]["verdict"].startswith("supported")
+    assert claims["distillation"]["differences"]["accuracy"]["n"] == 4
+    eff = claims["data_efficiency"]
+    assert eff["largest_mean_accuracy_gain_at"] == 0.1
+    assert eff["differences"]["accuracy"]["verdict"].startswith("supported")
+    gains = [r["metrics"]["accuracy"] for r in records if r["variant"] == "frac_10_hdkd"]
+    alone = [r["metrics"]["accuracy"] for r in records if r["variant"] == "frac_10_student"]
+    assert eff["gains"]["0.1"]["accuracy"]["mean"] == pytest.approx(np.mean(np.subtract(gains, alone)))
+    # the "old" settings record is left out, and the repeated seed-0 record replaced by the latest
+    mbconv = summary["variants"]["block_mbconv"]["metrics"]["accuracy"]
+    assert mbconv["n"] == 4 and 0.71 in mbconv["values"]
+    assert any("other settings" in note for note in summary["notes"])
+
+
+def test_cli_report_list_and_bad_variant(grid, tmp_path, capsys):
+    assert main(["ablate", "--report", str(grid["results"]), "-o", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "ablation_report.md").is_file()
+    assert (tmp_path / "rep" / "ablation_data_efficiency.png").is_file()
+    assert main(["ablate", "--list"]) == 0
+    assert "block_mbconv" in capsys.readouterr().out
+    assert main(["ablate", "--variants", "nope", "-o", str(tmp_path / "x")]) == 2
+    assert "unknown variant or group" in capsys.readouterr().err
+    assert main(["ablate", "--report", str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["ablate", "--dry-run", "--variants", "block", "--seeds", "0", "-o", str(tmp_path / "d")]
+                + sum((["--set", s] for s in TINY), [])) == 0
+    assert "2 run(s)" in capsys.readouterr().out and not (tmp_path / "d").exists()
