@@ -31,8 +31,6 @@ import argparse
 import copy
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import timm
@@ -42,6 +40,7 @@ import torch.nn.functional as F
 import hdkd
 from hdkd.io import atomic_write_text
 from hdkd.training.engine import autocast
+from timing import interleaved_medians  # benchmarks/timing.py
 
 ALPHA, TAU, LAM, BETA = 0.5, 1.0, 10.0, 1.0  # the authors' defaults (HDKD_SPEC section 3)
 STAGES = (1, 2, 3)
@@ -115,17 +114,8 @@ def step_timers(img_size: int, batch: int, amp: str, fold_teacher_bn: bool,
     return timers, first
 
 
-def measure(timers: dict, repeats: int, warmup: int) -> dict[str, float]:
-    for fn in timers.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: [] for name in timers}
-    for _ in range(repeats):
-        for name, fn in timers.items():  # interleaved
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+def measure(timers: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    return interleaved_medians(timers, repeats, warmup)
 
 
 def main() -> None:

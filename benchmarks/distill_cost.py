@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import timm
@@ -27,6 +25,7 @@ import torch
 
 import hdkd
 from hdkd.training.engine import autocast
+from timing import interleaved_medians  # benchmarks/timing.py
 
 
 def step_timers(img_size: int, batch: int, amp: str, channels_last: bool, classes: int = 4):
@@ -74,16 +73,7 @@ def train_flops_per_image(img_size: int, classes: int = 4) -> float:
 
 
 def measure(timers: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    for fn in timers.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: [] for name in timers}
-    for _ in range(repeats):
-        for name, fn in timers.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return interleaved_medians(timers, repeats, warmup)
 
 
 def main() -> None:
