@@ -28,6 +28,7 @@ Quick check that it runs: `python benchmarks/authors_vs_single_pass.py --sizes 3
 from __future__ import annotations
 
 import argparse
+import sys
 import copy
 import json
 import platform
@@ -40,7 +41,8 @@ import torch.nn.functional as F
 import hdkd
 from hdkd.io import atomic_write_text
 from hdkd.training.engine import autocast
-from timing import interleaved_medians  # benchmarks/timing.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
+from timing import interleaved_medians  # noqa: E402
 
 ALPHA, TAU, LAM, BETA = 0.5, 1.0, 10.0, 1.0  # the authors' defaults (HDKD_SPEC section 3)
 STAGES = (1, 2, 3)

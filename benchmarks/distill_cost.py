@@ -16,6 +16,7 @@ respect to activations and to weights) + 1 x the teacher's forward FLOPs (infere
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import platform
 from pathlib import Path
@@ -25,7 +26,8 @@ import torch
 
 import hdkd
 from hdkd.training.engine import autocast
-from timing import interleaved_medians  # benchmarks/timing.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
+from timing import interleaved_medians  # noqa: E402
 
 
 def step_timers(img_size: int, batch: int, amp: str, channels_last: bool, classes: int = 4):
