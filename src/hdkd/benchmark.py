@@ -35,6 +35,7 @@ from .distillation import SupervisedLoss
 from .errors import ConfigError
 from .io import atomic_write, atomic_write_text
 from .models.factory import create_model
+from .training.trainer import resolve_device
 from .models import count_flops, count_params
 from .training.engine import autocast
 
@@ -45,14 +46,6 @@ PEERS = ["deit_tiny_distilled_patch16_224", "mobilevit_s", "efficientformerv2_s1
          "levit_128s", "resnet18"]
 DEFAULT_MODELS = HDKD_MODELS + PEERS
 FOLD_SUFFIX = "+foldbn"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available")
-    return torch.device(name)
 
 
 def _sync(device: torch.device) -> None:
@@ -140,7 +133,7 @@ def run_benchmark(models: Sequence[str] = tuple(DEFAULT_MODELS), img_size: int =
         raise ConfigError(f"amp: choose none or bf16, got {amp!r}")
     if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError("repeats >= 1, warmup >= 0 and batch sizes >= 1 are required")
-    device = resolve_device(str(device))
+    device = resolve_device(str(device), option="--device")
     say = progress or (lambda msg: None)
     results: dict[str, list[dict]] = {}
     static: dict[str, dict] = {}

@@ -50,11 +50,12 @@ class TrainResult:
     train_time_s: float = 0.0
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """"auto" -> CUDA when present; an explicit CUDA request without a GPU is an error naming `option`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} requested but no CUDA device is available")
+        raise ConfigError(f"{option}: {name} requested but no CUDA device is available")
     return torch.device(name)
 
 
