@@ -112,31 +112,10 @@ def _img(path: Path, alt: str) -> str:
 
 def _model_html(label: str, r: Mapping[str, Any]) -> str:
     m = r["metrics"]
-    facts = [f"<li><strong>Parameters:</strong> {_esc(_r._format_params(r.get('params')))}; "
-             f"<strong>GFLOPs per image:</strong> {_esc(_r._format_gflops(r.get('flops')))}</li>"]
-    if r.get("model"):
-        facts.append(f"<li><strong>Model:</strong> <code>{_esc(r['model'])}</code></li>")
-    if r.get("best_epoch") is not None:
-        facts.append(f"<li><strong>Checkpoint epoch:</strong> {_esc(r['best_epoch'])}</li>")
-    if r.get("train_time_s") is not None:
-        facts.append(f"<li><strong>Training time:</strong> {_esc(_r._format_duration(r.get('train_time_s')))}</li>")
-    if r.get("checkpoint"):
-        facts.append(f"<li><strong>Checkpoint:</strong> <code>{_esc(r['checkpoint'])}</code></li>")
-    val = r.get("val_metrics")
-    if val:
-        facts.append(
-            f"<li><strong>Validation (at the checkpoint):</strong> accuracy {_r._pct(val.get('accuracy'))}%, "
-            f"balanced accuracy {_r._pct(val.get('balanced_accuracy'))}%, macro-F1 {_r._pct(val.get('macro_f1'))}%"
-            "</li>")
-    facts.append(f"<li><strong>Test:</strong> {_esc(_r._headline_markdown(m))}</li>")
-    ci_text = _r._ci_text(r)
-    if ci_text:
-        facts.append(f"<li><strong>{_esc(_r._ci_method(r))}:</strong> {_esc(ci_text)}</li>")
-    scaling = _r._scaling_text(r)
-    if scaling:
-        facts.append(f"<li><strong>Temperature scaling:</strong> {_esc(scaling)}</li>")
-    if m.get("auc_note"):
-        facts.append(f"<li><strong>Note:</strong> {_esc(m['auc_note'])}</li>")
+    facts = [f"<li><strong>Model:</strong> <code>{_esc(r['model'])}</code></li>"] if r.get("model") else []
+    for name, text, is_code in _r.model_facts(r):
+        value = f"<code>{_esc(text)}</code>" if is_code else _esc(text)
+        facts.append(f"<li><strong>{_esc(name)}:</strong> {value}</li>")
     names = [str(n) for n in m["class_names"]]
     cm_rows = [[n, *(str(v) for v in row)] for n, row in zip(names, m["confusion_matrix"])]
     cm_table = _table(["true \\ predicted", *names], cm_rows, first_is_header=True)

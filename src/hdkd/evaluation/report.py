@@ -385,35 +385,41 @@ def _headline_markdown(m: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def model_facts(r: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """The per-model facts both reports list, as (label, text, is code); each renderer only formats them."""
+    m = r["metrics"]
+    facts = [("Parameters", f"{_format_params(r.get('params'))}; GFLOPs per image: {_format_gflops(r.get('flops'))}",
+              False)]
+    if r.get("best_epoch") is not None:
+        facts.append(("Checkpoint epoch", str(r["best_epoch"]), False))
+    if r.get("train_time_s") is not None:
+        facts.append(("Training time", _format_duration(r.get("train_time_s")), False))
+    if r.get("checkpoint"):
+        facts.append(("Checkpoint", str(r["checkpoint"]), True))
+    val = r.get("val_metrics")
+    if val:
+        facts.append(("Validation (at the checkpoint)",
+                      f"accuracy {_pct(val.get('accuracy'))}%, balanced accuracy "
+                      f"{_pct(val.get('balanced_accuracy'))}%, macro-F1 {_pct(val.get('macro_f1'))}%", False))
+    facts.append(("Test", _headline_markdown(m), False))
+    ci_text = _ci_text(r)
+    if ci_text:
+        facts.append((_ci_method(r), ci_text, False))
+    scaling = _scaling_text(r)
+    if scaling:
+        facts.append(("Temperature scaling", scaling, False))
+    if m.get("auc_note"):
+        facts.append(("Note", str(m["auc_note"]), False))
+    return facts
+
+
 def _model_section(label: str, r: Mapping[str, Any]) -> list[str]:
     m = r["metrics"]
     title = f"### {_md_escape(label)}"
     if r.get("model"):
         title += f" ({_code(r['model'])})"
     lines = [title, ""]
-    lines.append(f"- **Parameters:** {_format_params(r.get('params'))}; **GFLOPs per image:** "
-                 f"{_format_gflops(r.get('flops'))}")
-    if r.get("best_epoch") is not None:
-        lines.append(f"- **Checkpoint epoch:** {r['best_epoch']}")
-    if r.get("train_time_s") is not None:
-        lines.append(f"- **Training time:** {_format_duration(r.get('train_time_s'))}")
-    if r.get("checkpoint"):
-        lines.append(f"- **Checkpoint:** {_code(r['checkpoint'])}")
-    val = r.get("val_metrics")
-    if val:
-        lines.append(
-            f"- **Validation (at the checkpoint):** accuracy {_pct(val.get('accuracy'))}%, balanced accuracy "
-            f"{_pct(val.get('balanced_accuracy'))}%, macro-F1 {_pct(val.get('macro_f1'))}%"
-        )
-    lines.append(f"- **Test:** {_headline_markdown(m)}")
-    ci_text = _ci_text(r)
-    if ci_text:
-        lines.append(f"- **{_md_escape(_ci_method(r))}:** {ci_text}")
-    scaling = _scaling_text(r)
-    if scaling:
-        lines.append(f"- **Temperature scaling:** {scaling}")
-    if m.get("auc_note"):
-        lines.append(f"- **Note:** {_md_escape(m['auc_note'])}")
+    lines += [f"- **{_md_escape(name)}:** {_code(text) if is_code else text}" for name, text, is_code in model_facts(r)]
     lines += ["", "Per class on the test split:", ""]
     lines += _per_class_markdown(m)
     lines += ["", "Confusion matrix on the test split (rows = true class, columns = predicted class):", ""]
