@@ -258,3 +258,17 @@ def test_cli_report_list_and_bad_variant(grid, tmp_path, capsys):
     assert main(["ablate", "--dry-run", "--variants", "block", "--seeds", "0", "-o", str(tmp_path / "d")]
                 + sum((["--set", s] for s in TINY), [])) == 0
     assert "2 run(s)" in capsys.readouterr().out and not (tmp_path / "d").exists()
+
+
+def test_options_added_later_keep_the_keys_of_finished_runs():
+    """A config written before train.compile / data.augment_on existed hashes like today's config at their
+    defaults (finished runs are reused); setting such an option to a non-default value is a new setting."""
+    from hdkd.ablation import _ADDED_LATER, config_key
+
+    cfg = build_config("hdkd").resolved()
+    older = cfg.to_dict()
+    for section, key in _ADDED_LATER:
+        del older[section][key]
+    assert config_key(cfg) == config_key(older)
+    cfg.data.augment_on = "device"
+    assert config_key(cfg) != config_key(older)

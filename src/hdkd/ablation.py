@@ -251,10 +251,27 @@ def _canonical(value: Any) -> Any:
     return str(value)
 
 
+# options added after results files existed: left out of the key while they hold their default, so a new option
+# never orphans finished runs (their settings are what the default now means)
+_ADDED_LATER = (("train", "compile"), ("train", "compile_mode"), ("train", "compile_backend"), ("data", "augment_on"))
+
+
+def _at_default(values: dict[str, Any], path: tuple[str, ...]) -> bool:
+    default: Any = Config()
+    node: Any = values
+    for part in path:
+        default = getattr(default, part)
+        if not isinstance(node, dict) or part not in node:
+            return True
+        node = node[part]
+    return node == default
+
+
 def config_key(cfg: Config | dict[str, Any], extra: Any = None) -> str:
     """A short hash of a resolved config's result-relevant settings (the seed excluded: it names the folder)."""
     values = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    values = _strip(values, _NEUTRAL + (("train", "seed"),))
+    later = tuple(path for path in _ADDED_LATER if _at_default(values, path))
+    values = _strip(values, _NEUTRAL + (("train", "seed"),) + later)
     text = json.dumps(_canonical([values, extra]), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

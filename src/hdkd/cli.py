@@ -27,6 +27,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("none", "bf16"))
     p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the trained model and the teacher (train.compile; see also "
+                        "train.compile_mode and train.compile_backend)")
     p.add_argument("--max-per-class", type=int, help="cap images per class and split (quick runs)")
     p.add_argument("--workers", type=int, help="data-loader workers (-1: sized to the machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
@@ -43,6 +46,7 @@ def _build(args, role: Optional[str]):
         "optim": {"lr": args.lr},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
                   "amp": args.amp, "channels_last": args.channels_last,
+                  "compile": args.compile,
                   "progress": False if args.no_progress else None},
         "distill": {"teacher": getattr(args, "teacher", None)},
     }

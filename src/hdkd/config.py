@@ -44,6 +44,7 @@ class DataConfig:
     cache_dir: Optional[str] = None  # where decoded, resized images are cached; None -> ~/.cache/hdkd
     num_workers: int = -1  # data-loader workers; -1 -> sized to the machine
     augment: str = "authors"  # authors | none
+    augment_on: str = "auto"  # loader (per image, in workers) | device (batched on the training device) | auto (device on GPU)
     # CSV-labelled data (HAM-10000 defaults)
     csv: Optional[str] = None  # metadata CSV; None -> the only *.csv in path
     image_column: str = "image_id"
@@ -92,6 +93,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16
     channels_last: bool = False
+    compile: bool = False  # torch.compile the trained model and the frozen teacher (first steps pay the compile)
+    compile_mode: Optional[str] = None  # None | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_backend: str = "inductor"  # any of torch.compiler.list_backends()
     select_metric: str = "balanced_accuracy"  # validation metric that picks the best checkpoint
     deterministic: bool = False
     progress: bool = True

@@ -56,3 +56,95 @@ def test_short_training_on_real_brain_mri_beats_chance(tmp_path, brain_mri):
     result = train(cfg)
     assert result.best_val["n"] >= 80
     assert result.best_val["accuracy"] > 0.5, result.history
+
+
+def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypatch):
+    """train.compile wraps the student (and teacher) for the training passes only: same weights as an uncompiled
+    run (dynamo's `eager` backend: tracing without code generation, so the test stays fast), and checkpoints keep
+    the model's own keys (no `_orig_mod.` prefix) so they load anywhere."""
+    common = ("train.epochs=1", "train.deterministic=true", "train.max_steps_per_epoch=3")
+    teacher = train(_cfg(tmp_path / "t", "teacher", *common))
+    import hdkd.training.trainer as trainer_module
+
+    compiled_models = []
+
+    def recording_compile(model, *args, **kwargs):
+        compiled_models.append(type(model).__name__)
+        return real_compile(model, *args, **kwargs)
+
+    real_compile = trainer_module.compile_model
+    monkeypatch.setattr(trainer_module, "compile_model", recording_compile)
+    runs = {}
+    for compiled in (False, True):
+        cfg = _cfg(tmp_path / str(compiled), "hdkd", *common, f"distill.teacher={teacher.best_checkpoint}",
+                   f"train.compile={str(compiled).lower()}", "train.compile_backend=eager")
+        runs[compiled] = train(cfg)
+    plain, compiled = load_file(runs[False].last_checkpoint), load_file(runs[True].last_checkpoint)
+    assert plain.keys() == compiled.keys() and not any("_orig_mod" in k for k in compiled)
+    assert all(torch.allclose(plain[k], compiled[k], atol=1e-6) for k in plain)
+    assert runs[True].history[0]["train_loss"] == pytest.approx(runs[False].history[0]["train_loss"], rel=1e-6)
+    assert compiled_models == ["HDKDNet", "HDKDNet"]  # the student, then the frozen teacher
+
+
+@pytest.mark.parametrize("option, message", [("train.compile_mode=fastest", "train.compile_mode"),
+                                             ("train.compile_backend=nvcc", "train.compile_backend")])
+def test_unknown_compile_option_is_refused_before_any_output(tmp_path, option, message):
+    from hdkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        train(_cfg(tmp_path, "student", "train.compile=true", option))
+    assert not (tmp_path / "student").exists()
+
+
+def test_device_augmentation_feeds_the_model_batch_augmented_raw_images(tmp_path):
+    """data.augment_on=device: the loader yields raw uint8 images with their indices, and what reaches the model is
+    BatchAugment of exactly those images with their per-(seed, epoch, image) seeds."""
+    from torch.utils.data import DataLoader
+
+    from hdkd.data import build_datasets
+    from hdkd.data.batch_augment import BatchAugment, batch_seeds
+    from hdkd.distillation import SupervisedLoss
+    from hdkd.training.engine import train_one_epoch
+    from hdkd.training.trainer import device_augmentation
+
+    cfg = _cfg(tmp_path, "student", "data.augment_on=device").resolved()
+    data = build_datasets(cfg.data, cfg.model.img_size)
+    data.train.set_epoch(seed=3, epoch=1)
+    data.train.raw = True
+    loader = DataLoader(data.train, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0))
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(data.num_classes))
+    model(torch.zeros(1, data.in_chans, 32, 32))
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    train_one_epoch(model, SupervisedLoss(), loader, optimizer, torch.device("cpu"), progress=False, max_steps=2,
+                    batch_transform=device_augmentation(data, cfg, torch.device("cpu")))
+    batches = iter(DataLoader(data.train, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    augment = BatchAugment(data.in_chans, "authors")
+    for got in seen:
+        images, _, indices = next(batches)
+        assert images.dtype == torch.uint8
+        assert torch.equal(got, augment(images, batch_seeds(data.train.augment_seed, indices)))
+    assert len(seen) == 2
+
+
+def test_device_augmentation_training_is_reproducible_and_leaves_the_dataset_as_it_was(tmp_path):
+    from hdkd.data import build_datasets
+
+    runs = []
+    for name in ("a", "b"):
+        cfg = _cfg(tmp_path / name, "student", "train.epochs=1", "train.deterministic=true",
+                   "train.max_steps_per_epoch=3", "data.augment_on=device").resolved()
+        data = build_datasets(cfg.data, cfg.model.img_size)
+        runs.append(train(cfg, data=data))
+        assert data.train.raw is False  # the next role of a pipeline gets the usual items
+    a, b = load_file(runs[0].last_checkpoint), load_file(runs[1].last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_augment_on_is_refused(tmp_path):
+    from hdkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.augment_on"):
+        train(_cfg(tmp_path, "student", "data.augment_on=gpu"))
+    assert not (tmp_path / "student").exists()

@@ -12,7 +12,9 @@ class CachedImageDataset(Dataset):
     """uint8 images (N, H, W, C) + int64 labels (N,); items are (transform(uint8 C x H x W tensor), int label).
 
     With `transform=None` the item is the uint8 tensor itself; `build_datasets` always gives a transform that
-    returns a normalised float32 tensor.
+    returns a normalised float32 tensor. With `raw = True` items are (uint8 C x H x W tensor, int label, int index)
+    and the transform is skipped, for loaders that augment whole batches on the device (see batch_augment.py),
+    which need the index to derive each image's seed.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Optional[Callable] = None,
@@ -26,6 +28,7 @@ class CachedImageDataset(Dataset):
         self.transform = transform
         self.class_names = list(class_names) if class_names is not None else None
         self.augment_seed: Optional[int] = None  # set by the trainer each epoch; see set_epoch
+        self.raw: bool = False
 
     def set_epoch(self, seed: int, epoch: int) -> None:
         """Make each item's random augmentation a function of (seed, epoch, index) alone.
@@ -38,9 +41,11 @@ class CachedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple:
         # contiguous CHW: several v2 kernels (colour jitter, sharpness) are several times slower on a strided view
         image = torch.from_numpy(self.images[index]).permute(2, 0, 1).contiguous()
+        if self.raw:
+            return image, int(self.labels[index]), int(index)
         if self.transform is not None:
             if self.augment_seed is None:
                 image = self.transform(image)

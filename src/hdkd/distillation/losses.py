@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, HDKDError
+from ..models.factory import unwrap_model
 
 
 @dataclass
@@ -123,7 +124,7 @@ class HDKDLoss(nn.Module):
         return self
 
     def _stage_maps(self, model: nn.Module, images: torch.Tensor):
-        core = getattr(model, "module", model)  # DistributedDataParallel wraps the student
+        core = unwrap_model(model)  # DistributedDataParallel and torch.compile wrap the student
         if getattr(core, "supports_return_stages", False):
             logits, maps = model(images, return_stages=True)
         else:

@@ -64,18 +64,31 @@ def train_one_epoch(model: nn.Module, criterion, loader, optimizer: torch.optim.
                     amp: str = "none", channels_last: bool = False, progress: bool = True,
                     max_steps: Optional[int] = None, desc: str = "train", stats: Optional[EpochStats] = None,
                     on_step: Optional[Callable[[int, EpochStats], None]] = None, first_step: int = 0,
-                    world_size: int = 1) -> dict[str, float]:
-    """Train over `loader`; `on_step(steps_done, stats)` runs after each optimiser step (periodic checkpoints)."""
+                    world_size: int = 1,
+                    batch_transform: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+                    ) -> dict[str, float]:
+    """Train over `loader`; `on_step(steps_done, stats)` runs after each optimiser step (periodic checkpoints).
+
+    With `batch_transform` the loader yields raw (uint8 images, labels, indices) and the batch is augmented on
+    the device: `batch_transform(images on device, indices)`.
+    """
     model.train()
     criterion.train()
     stats = stats or EpochStats()
     step = first_step
     start = time.perf_counter() - stats.sums["elapsed"]
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-    for images, labels in bar:
+    for batch in bar:
         if max_steps is not None and step >= max_steps:
             break
-        images, labels = to_device(images, labels, device, channels_last)
+        images, labels = batch[0], batch[1]
+        if batch_transform is None:
+            images, labels = to_device(images, labels, device, channels_last)
+        else:
+            images, labels = to_device(images, labels, device, False)
+            images = batch_transform(images, batch[2])
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             out = criterion(model, images, labels)
         optimizer.zero_grad(set_to_none=True)

@@ -21,13 +21,14 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, save_yaml
 from ..data import DataSplits, build_datasets
+from ..data.batch_augment import BatchAugment, batch_seeds
 from ..data.build import resolve_num_workers
 from ..data.imbalance import balanced_sample_weights, check_sampler, class_weights
 from ..distillation import HDKDLoss, SupervisedLoss
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import classification_metrics
 from ..io import atomic_write_text
-from ..models.factory import create_model
+from ..models.factory import check_compile_options, compile_model, create_model
 from ..models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
 from ..models.checkpoint import atomic_torch_save, read_checkpoint_metadata
 from .distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
@@ -166,6 +167,30 @@ def _train_loader(data: DataSplits, cfg: Config, epoch: int, workers: int, ctx: 
                       worker_init_fn=_single_threaded_worker, pin_memory=torch.cuda.is_available())
 
 
+AUGMENT_ON = ("auto", "loader", "device")
+
+
+def resolve_augment_on(option: str, device: torch.device) -> str:
+    """data.augment_on: "auto" augments batches on the device when training on a GPU (where per-image CPU
+    augmentation in loader workers would starve it), per image in the loader otherwise."""
+    if option not in AUGMENT_ON:
+        raise ConfigError(f"data.augment_on: unknown {option!r}; choose {', '.join(AUGMENT_ON)}")
+    if option == "auto":
+        return "device" if device.type == "cuda" else "loader"
+    return option
+
+
+def device_augmentation(data: DataSplits, cfg: Config, device: torch.device):
+    """The batch transform for data.augment_on=device: the same recipe and per-(seed, epoch, image) seeds as the
+    loader path (see hdkd.data.batch_augment)."""
+    augment = BatchAugment(data.in_chans, cfg.data.augment).to(device)
+
+    def transform(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return augment(images, batch_seeds(data.train.augment_seed, indices))
+
+    return transform
+
+
 def _load_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -185,10 +210,13 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
         raise ConfigError(f"train.epochs: must be at least 1, got {cfg.train.epochs}")
     if cfg.train.save_every_steps is not None and cfg.train.save_every_steps < 1:
         raise ConfigError(f"train.save_every_steps: must be >= 1, got {cfg.train.save_every_steps}")
+    if cfg.train.compile:
+        check_compile_options(cfg.train.compile_mode, cfg.train.compile_backend)
     ctx = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    augment_on = resolve_augment_on(cfg.data.augment_on, device)
     if cfg.train.sync_bn and device.type != "cuda":
         raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU implementation)")
     if data is None:
@@ -234,6 +262,10 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             core = model
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:  # the training forward passes; validation and checkpoints use the plain `core`
+        model = compile_model(model, cfg.train.compile_mode, cfg.train.compile_backend)
+        if isinstance(criterion, HDKDLoss):
+            criterion.teacher = compile_model(criterion.teacher, cfg.train.compile_mode, cfg.train.compile_backend)
 
     def save_state(epoch: int, batch: int, stats: Optional[EpochStats]) -> None:
         atomic_torch_save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
@@ -244,6 +276,8 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
 
     workers = resolve_num_workers(cfg.data.num_workers)
     val_loader = make_loader(data.val, cfg.train.eval_batch_size, False, workers)
+    batch_transform = device_augmentation(data, cfg, device) if augment_on == "device" else None
+    data.train.raw = batch_transform is not None  # reset below: a pipeline shares `data` between roles
     params = count_params(core)
     select = cfg.train.select_metric
     every = cfg.train.save_every_steps
@@ -262,7 +296,7 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
                                 cfg.train.channels_last, cfg.train.progress and ctx.is_main,
                                 cfg.train.max_steps_per_epoch, desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}",
                                 stats=EpochStats(epoch_stats if epoch == start_epoch else None), on_step=on_step,
-                                first_step=first, world_size=ctx.world_size)
+                                first_step=first, world_size=ctx.world_size, batch_transform=batch_transform)
         if not ctx.is_main:
             continue
         y, probs, val_loss = predict(core, val_loader, device, cfg.train.amp, cfg.train.channels_last)
@@ -286,6 +320,7 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
                   f"bal acc {val['balanced_accuracy']:.3f} | {stats['train_images_per_s']:.0f} img/s"
                   + (" *" if improved else ""), flush=True)
     train_time = time.perf_counter() - run_start
+    data.train.raw = False
     result = TrainResult(output=out, best_checkpoint=out / "best.safetensors", last_checkpoint=out / "last.safetensors",
                          best_epoch=best_epoch, best_val=best_val, history=history, params=params,
                          train_time_s=train_time)
