@@ -50,7 +50,7 @@ def hdkd_step(img_size: int, batch: int, amp: str, compiled: bool, channels_last
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()
-        losses.append(float(out.total))
+        losses.append(float(out.total.detach()))
 
     return step, losses
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import hdkd.training.trainer as trainer_module
 from hdkd.ablation import (GROUPS, VARIANTS, model_config, plan_ablation, read_results, resolve_variants,
@@ -190,6 +191,33 @@ def test_rerun_skips_done_runs_and_a_changed_config_reruns(grid, tmp_path, monke
     # other settings are another run, not a done one
     plan = plan_ablation(tiny_config("train.batch_size=3"), resolve_variants(VARIANTS_RUN), [0, 1], grid["out"])
     assert len(plan.pending) == len(plan.runs)
+
+
+def test_parallel_jobs_train_the_same_models_and_record_every_run(grid, tmp_path, monkeypatch):
+    """--jobs 2: the trainings run in two worker processes (teachers before their students), then every run is
+    tested and recorded as with one process; the trained weights equal the one-process grid's."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HDKD_CACHE_DIR", str(grid["out"].parent / "hdkd-cache"))
+    lines = []
+    results = run_ablation(tiny_config(), resolve_variants(VARIANTS_RUN), [0], tmp_path, log=lines.append, jobs=2)
+    records = read_results(results)
+    assert sorted(r["variant"] for r in records) == sorted(VARIANTS_RUN)
+    assert any("2 processes" in line for line in lines)
+    trained = [line for line in lines if line.strip().startswith("trained ")]
+    assert len(trained) == 2 + 5  # two teachers, five distinct models (lam_10 is hdkd)
+    order = {line.split()[1]: i for i, line in enumerate(trained)}  # "trained <folder> (<s> s)"
+    serial = {(r["variant"]): r for r in grid["records"] if r["seed"] == 0}
+    for r in records:
+        if r["teacher"]:  # a distilled model starts only after its teacher has finished
+            teacher_dir = str(Path(r["teacher"]["checkpoint"]).parent.relative_to(tmp_path))
+            model_dir = str(Path(r["checkpoint"]).parent.relative_to(tmp_path))
+            assert order[teacher_dir] < order[model_dir]
+        a = load_file(r["checkpoint"])
+        b = load_file(serial[r["variant"]]["checkpoint"])
+        assert a.keys() == b.keys()
+        assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a), r["variant"]
+        assert r["model_trained"] is (r["variant"] != "lam_10")  # trained in this run (by a worker); lam_10 = hdkd
 
 
 def test_report_mean_and_std_equal_numpy(grid, tmp_path):

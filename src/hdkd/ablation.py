@@ -43,7 +43,13 @@ Decisions (documented here, reported in the results):
   fraction is taken, so with a cap the larger fractions can end up equal; to shrink the training set for CPU
   runs, set ``data.train_fraction`` in the base config instead (as ``configs/ablation_*.yaml`` do).
 
-Runs are sequential in one process (not under torchrun). The report: ``hdkd.ablation_report``.
+Parallel trainings (``jobs`` > 1, ``hdkd ablate --jobs N``): the grid's trainings are independent once their
+teacher exists, so N worker processes train them side by side, each with ``cpus // N`` torch threads (at least
+one), teachers first and each distilled model as soon as its teacher is done; then the main process tests and
+records every run in the usual order. On a small CPU this is the fast way to use every core: one single-threaded
+training per core keeps them all busy without the synchronisation cost of multi-threaded small convolutions.
+Each training is seeded and runs the same code whichever process runs it, so the results do not depend on N.
+Not under torchrun. The report: ``hdkd.ablation_report``.
 """
 from __future__ import annotations
 
@@ -483,15 +489,88 @@ class _DataCache:
         return self.entries[key]
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_in_worker(cfg: Config) -> tuple[float, bool]:
+    """One training in a worker process (its dataset decoded from the shared on-disk cache):
+    (seconds, whether it trained rather than reused a finished model)."""
+    from .training import train_or_reuse
+
+    start = time.perf_counter()
+    finished = (Path(cfg.output) / "summary.json").is_file()
+    train_or_reuse(cfg, resume=True)
+    return time.perf_counter() - start, not finished
+
+
+def train_in_parallel(plan: AblationPlan, jobs: int, log: Callable[[str], None]) -> set[str]:
+    """Train every teacher and model the pending runs need in `jobs` worker processes (a distilled model once its
+    teacher has finished). What is already finished is reused by the workers in no time. Returns the output
+    folders trained (not reused)."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from .data.cache import available_cpus
+
+    teachers: dict[str, Config] = {}
+    models: dict[str, tuple[Config, Optional[str]]] = {}
+    for run in plan.pending:
+        if run.teacher is not None:
+            teachers.setdefault(run.teacher.output, run.teacher)
+        models.setdefault(run.config.output, (run.config, None if run.teacher is None else run.teacher.output))
+    threads = max(1, available_cpus() // jobs)
+    log(f"training {len(teachers)} teacher(s) and {len(models)} model(s) in {jobs} processes, "
+        f"{threads} thread(s) each")
+    done_teachers: set[str] = set()
+    trained: set[str] = set()
+    waiting = dict(models)
+    context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads and state
+    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        running: dict[cf.Future, str] = {pool.submit(_train_in_worker, t): out for out, t in teachers.items()}
+
+        def submit_ready() -> None:
+            for out, (mcfg, tout) in list(waiting.items()):
+                if tout is None or tout in done_teachers:
+                    running[pool.submit(_train_in_worker, mcfg)] = out
+                    del waiting[out]
+
+        submit_ready()
+        while running:
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                out = running.pop(future)
+                try:
+                    seconds, did_train = future.result()
+                except BaseException:
+                    for other in running:
+                        other.cancel()
+                    log(f"  failed: {out}")
+                    raise
+                log(f"  {'trained' if did_train else 'reused'} {Path(out).relative_to(plan.output)} ({seconds:.0f} s)")
+                if did_train:
+                    trained.add(out)
+                if out in teachers:
+                    done_teachers.add(out)
+            submit_ready()
+    return trained
+
+
 def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence[int], output: str | Path,
-                 n_boot: int = 0, log: Optional[Callable[[str], None]] = print, report: bool = True) -> Path:
+                 n_boot: int = 0, log: Optional[Callable[[str], None]] = print, report: bool = True,
+                 jobs: int = 1) -> Path:
     """Run every (seed, variant) not yet in ``OUTPUT/results.jsonl``; returns the path of that file.
 
     For each seed, then each variant: train (or reuse) its teacher (shared by key, see the module docstring) and
     its model, test the model once on the test split at the checkpoint chosen on validation, append one record.
     ``n_boot`` > 0 adds bootstrap 95 % intervals of the test metrics to each record. With ``report`` the ablation
-    report (``hdkd.ablation_report``) is written into OUTPUT at the end.
+    report (``hdkd.ablation_report``) is written into OUTPUT at the end. ``jobs`` > 1 trains in that many processes
+    first (see the module docstring).
     """
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected at least 1 process, got {jobs}")
     import torch
 
     from .evaluation import assess_predictions
@@ -507,6 +586,17 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
     cache = _DataCache()
     pending = plan.pending
     log(plan.describe())
+    trained_by_workers: set[str] = set()
+    if jobs > 1 and pending:
+        decoded = set()
+        for run in pending:  # decode every dataset once, here, before the workers read the on-disk cache
+            for c in (run.config, run.teacher):
+                key = None if c is None else json.dumps([c.data.path, c.data.format, c.model.img_size,
+                                                          c.model.in_chans], default=str)
+                if key is not None and key not in decoded:
+                    cache.get(c)
+                    decoded.add(key)
+        trained_by_workers = train_in_parallel(plan, jobs, log)
     for i, run in enumerate(pending, 1):
         if (run.variant.name, run.seed, run.settings_key) in {(r.get("variant"), r.get("seed"), r.get("settings_key"))
                                                                for r in read_results(results_path)}:
@@ -517,14 +607,16 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
         teacher_info = None
         if run.teacher is not None:
             tdir = Path(run.teacher.output)
-            reused = (tdir / "summary.json").is_file()
+            reused = (tdir / "summary.json").is_file() and run.teacher.output not in trained_by_workers
+            trained_by_workers.discard(run.teacher.output)  # later runs sharing it reuse it, as in one process
             t_result = train_or_reuse(run.teacher, data=cache.get(run.teacher)[0], resume=True)
             teacher_info = {"key": run.teacher_key, "model": run.teacher.model.name,
                             "checkpoint": str(t_result.best_checkpoint), "trained": not reused,
                             "best_epoch": t_result.best_epoch, "val_metrics": _headline(t_result.best_val),
                             "params": t_result.params, "train_time_s": t_result.train_time_s,
                             "config": run.teacher.to_dict()}
-        reused = (run.model_dir / "summary.json").is_file()
+        reused = (run.model_dir / "summary.json").is_file() and run.config.output not in trained_by_workers
+        trained_by_workers.discard(run.config.output)
         result = train_or_reuse(run.config, data=data, resume=True)
         device = resolve_device(run.config.train.device)
         model = create_model_from_checkpoint(result.best_checkpoint).to(device)

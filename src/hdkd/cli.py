@@ -172,7 +172,7 @@ def cmd_ablate(args) -> int:
     if args.dry_run:
         print(plan_ablation(cfg, variants, args.seeds, output).describe())
         return 0
-    results = run_ablation(cfg, variants, args.seeds, output, n_boot=args.bootstrap)
+    results = run_ablation(cfg, variants, args.seeds, output, n_boot=args.bootstrap, jobs=args.jobs)
     print(f"results: {results}; report: {Path(output) / 'ablation_report.md'}")
     return 0
 
@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training seeds (default: 0 1 2; replaces --seed)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="bootstrap resamples for 95%% confidence intervals of each run's test metrics (0: none)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train in N processes side by side (e.g. one per core; default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the runs, teachers and models; train nothing")
     p.add_argument("--list", action="store_true", help="list the variants and groups")
     p.add_argument("--report", metavar="RESULTS.jsonl",
