@@ -3,7 +3,9 @@
 Settings: fp32 eager (the reference), bf16 autocast eager, and with --compile the same two under torch.compile
 (inductor). Every setting has its own student, teacher (BatchNorms folded) and optimiser built from the same seed;
 steps are interleaved (fp32, bf16, fp32+compile, ...) so machine noise hits all alike; medians reported, and each
-setting's speed-up over fp32 eager.
+setting's speed-up over fp32 eager. With --peak (the JSON of benchmarks/matmul_peak.py) also the achieved GFLOP/s
+(training FLOPs per image as in distill_cost.py: 3 x student forward + 1 x teacher forward) as a fraction of the
+machine's matmul peak for that precision.
 
     OMP_NUM_THREADS=1 python benchmarks/precision_speed.py --sizes 64 --batch 32 --compile \
         --json docs/bench/precision_speed_64.json
@@ -24,6 +26,7 @@ import hdkd
 from hdkd.training.engine import autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import interleaved_medians  # noqa: E402
+from distill_cost import train_flops_per_image  # noqa: E402
 
 
 def hdkd_step(img_size: int, batch: int, amp: str, compiled: bool, channels_last: bool, classes: int = 4):
@@ -63,7 +66,9 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--peak", type=Path, help="matmul_peak.py JSON: GFLOP/s as a fraction of peak")
     args = parser.parse_args()
+    peak = json.loads(args.peak.read_text())["peak_gflops"] if args.peak else None
     settings = [("none", False), ("bf16", False)] + ([("none", True), ("bf16", True)] if args.compile else [])
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
@@ -80,15 +85,22 @@ def main() -> None:
             timers[name] = step
         seconds = interleaved_medians(timers, args.repeats, warmup=1)
         reference = seconds["fp32"]
+        flops = train_flops_per_image(size) if peak else None
         for name, s in seconds.items():
             row = {"img_size": size, "batch": args.batch, "setting": name, "step_s": s,
                    "images_per_s": args.batch / s, "speedup_vs_fp32": reference / s,
                    "first_step_s": compile_s[name], "first_loss": first_loss[name],
                    "channels_last": args.channels_last}
+            extra = ""
+            if peak:
+                dtype = "bf16" if name.startswith("bf16") else "fp32"
+                row["gflops"] = flops * row["images_per_s"] / 1e9
+                row["fraction_of_peak"] = row["gflops"] / peak[dtype]
+                extra = f", {row['gflops']:.1f} GFLOP/s = {100 * row['fraction_of_peak']:.1f}% of {dtype} peak"
             rows.append(row)
             print(f"{size:>4}px {name:<14} {s * 1e3:9.1f} ms/step {row['images_per_s']:8.1f} img/s "
                   f"x{row['speedup_vs_fp32']:.2f} vs fp32 (first step {compile_s[name]:.1f} s, "
-                  f"loss {first_loss[name]:.4f})", flush=True)
+                  f"loss {first_loss[name]:.4f}){extra}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
