@@ -204,6 +204,9 @@ def resolve_variants(names: Optional[Sequence[str]] = None) -> list[Variant]:
 # settings that change where or how verbosely a run happens, not what it computes (as train_or_reuse ignores them)
 _NEUTRAL = (("output",), ("roles",), ("train", "progress"), ("train", "device"), ("data", "num_workers"),
             ("data", "cache_dir"))
+# settings hashed at one fixed value whatever they are: folding the frozen teacher's BatchNorms computes the same
+# function up to float rounding (hashed as false, its value when the first results were written)
+_HASHED_AS = {("distill", "fold_teacher_bn"): False}
 
 
 def _apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -278,6 +281,9 @@ def config_key(cfg: Config | dict[str, Any], extra: Any = None) -> str:
     values = cfg.to_dict() if isinstance(cfg, Config) else cfg
     later = tuple(path for path in _ADDED_LATER if _at_default(values, path))
     values = _strip(values, _NEUTRAL + (("train", "seed"),) + later)
+    for (section, key), value in _HASHED_AS.items():
+        if key in values.get(section, {}):
+            values[section][key] = value
     text = json.dumps(_canonical([values, extra]), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

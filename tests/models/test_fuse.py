@@ -77,5 +77,5 @@ def test_hdkd_loss_fold_teacher_bn_same_loss():
 def test_config_has_fold_teacher_bn():
     from hdkd.config import from_dict
 
-    assert from_dict({}).distill.fold_teacher_bn is False
-    assert from_dict({"distill": {"fold_teacher_bn": True}}).distill.fold_teacher_bn is True
+    assert from_dict({}).distill.fold_teacher_bn is True  # exact up to rounding, faster: the default
+    assert from_dict({"distill": {"fold_teacher_bn": False}}).distill.fold_teacher_bn is False

@@ -335,7 +335,7 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
 
 # settings that change where or how verbosely a run happens, not what it computes
 _RESULT_NEUTRAL = {("output",), ("train", "progress"), ("train", "device"), ("data", "num_workers"),
-                   ("data", "cache_dir"), ("roles",)}
+                   ("data", "cache_dir"), ("roles",), ("distill", "fold_teacher_bn")}  # folding: exact up to rounding
 
 
 def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple = ()) -> list[str]:
