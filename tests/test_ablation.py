@@ -206,6 +206,10 @@ def test_parallel_jobs_train_the_same_models_and_record_every_run(grid, tmp_path
     assert any("2 processes" in line for line in lines)
     trained = [line for line in lines if line.strip().startswith("trained ")]
     assert len(trained) == 2 + 5  # two teachers, five distinct models (lam_10 is hdkd)
+    # records are written as runs become ready, not after the whole grid: the first before the last training ends
+    first_record = next(i for i, line in enumerate(lines) if line.startswith("[1/"))
+    last_training = max(i for i, line in enumerate(lines) if line.strip().startswith("trained "))
+    assert first_record < last_training
     order = {line.split()[1]: i for i, line in enumerate(trained)}  # "trained <folder> (<s> s)"
     serial = {(r["variant"]): r for r in grid["records"] if r["seed"] == 0}
     for r in records:

@@ -45,8 +45,9 @@ Decisions (documented here, reported in the results):
 
 Parallel trainings (``jobs`` > 1, ``hdkd ablate --jobs N``): the grid's trainings are independent once their
 teacher exists, so N worker processes train them side by side, each with ``cpus // N`` torch threads (at least
-one), teachers first and each distilled model as soon as its teacher is done; then the main process tests and
-records every run in the usual order. On a small CPU this is the fast way to use every core: one single-threaded
+one). A free worker takes the first training in plan order (seed by seed) that can start, a distilled model once
+its teacher is done, and the main process tests and records each run, in the usual order, as soon as its
+trainings are finished (so an interrupted grid keeps the records of its finished runs). On a small CPU this is the fast way to use every core: one single-threaded
 training per core keeps them all busy without the synchronisation cost of multi-threaded small convolutions.
 Each training is seeded and runs the same code whichever process runs it, so the results do not depend on N.
 Not under torchrun. The report: ``hdkd.ablation_report``.
@@ -512,41 +513,46 @@ def _train_in_worker(cfg: Config) -> tuple[float, bool]:
     return time.perf_counter() - start, not finished
 
 
-def train_in_parallel(plan: AblationPlan, jobs: int, log: Callable[[str], None]) -> set[str]:
-    """Train every teacher and model the pending runs need in `jobs` worker processes (a distilled model once its
-    teacher has finished). What is already finished is reused by the workers in no time. Returns the output
-    folders trained (not reused)."""
+def train_in_parallel(plan: AblationPlan, jobs: int, log: Callable[[str], None],
+                      on_trained: Callable[[set[str]], None] = lambda finished: None,
+                      trained: Optional[set[str]] = None) -> set[str]:
+    """Train every teacher and model the pending runs need in `jobs` worker processes.
+
+    At most `jobs` trainings run at once; a free worker takes the first training in plan order (seed by seed) that
+    can start (a distilled model once its teacher has finished), so whole seeds complete early and
+    `on_trained(finished folders)` can record their runs while later trainings go on. What is already finished is
+    reused by the workers in no time. Returns the output folders trained (not reused), also added to `trained` as
+    they finish.
+    """
     import concurrent.futures as cf
     import multiprocessing
 
     from .data.cache import available_cpus
 
-    teachers: dict[str, Config] = {}
-    models: dict[str, tuple[Config, Optional[str]]] = {}
+    tasks: dict[str, tuple[Config, Optional[str]]] = {}  # output folder -> (config, teacher folder), plan order
     for run in plan.pending:
         if run.teacher is not None:
-            teachers.setdefault(run.teacher.output, run.teacher)
-        models.setdefault(run.config.output, (run.config, None if run.teacher is None else run.teacher.output))
+            tasks.setdefault(run.teacher.output, (run.teacher, None))
+        tasks.setdefault(run.config.output, (run.config, None if run.teacher is None else run.teacher.output))
+    n_teachers = sum(1 for _, (c, _) in tasks.items() if c.role == "teacher")
     threads = max(1, available_cpus() // jobs)
-    log(f"training {len(teachers)} teacher(s) and {len(models)} model(s) in {jobs} processes, "
+    log(f"training {n_teachers} teacher(s) and {len(tasks) - n_teachers} model(s) in {jobs} processes, "
         f"{threads} thread(s) each")
-    done_teachers: set[str] = set()
-    trained: set[str] = set()
-    waiting = dict(models)
+    finished: set[str] = set()
+    trained = set() if trained is None else trained
+    waiting = dict(tasks)
     context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads and state
     with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-        running: dict[cf.Future, str] = {pool.submit(_train_in_worker, t): out for out, t in teachers.items()}
-
-        def submit_ready() -> None:
-            for out, (mcfg, tout) in list(waiting.items()):
-                if tout is None or tout in done_teachers:
-                    running[pool.submit(_train_in_worker, mcfg)] = out
+        running: dict[cf.Future, str] = {}
+        while waiting or running:
+            for out, (tcfg, needs) in list(waiting.items()):
+                if len(running) >= jobs:
+                    break
+                if needs is None or needs in finished:
+                    running[pool.submit(_train_in_worker, tcfg)] = out
                     del waiting[out]
-
-        submit_ready()
-        while running:
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in done:
                 out = running.pop(future)
                 try:
                     seconds, did_train = future.result()
@@ -555,12 +561,12 @@ def train_in_parallel(plan: AblationPlan, jobs: int, log: Callable[[str], None])
                         other.cancel()
                     log(f"  failed: {out}")
                     raise
-                log(f"  {'trained' if did_train else 'reused'} {Path(out).relative_to(plan.output)} ({seconds:.0f} s)")
+                log(f"  {'trained' if did_train else 'reused'} {Path(out).relative_to(plan.output)} "
+                    f"({seconds:.0f} s)")
+                finished.add(out)
                 if did_train:
                     trained.add(out)
-                if out in teachers:
-                    done_teachers.add(out)
-            submit_ready()
+            on_trained(finished)
     return trained
 
 
@@ -573,7 +579,7 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
     its model, test the model once on the test split at the checkpoint chosen on validation, append one record.
     ``n_boot`` > 0 adds bootstrap 95 % intervals of the test metrics to each record. With ``report`` the ablation
     report (``hdkd.ablation_report``) is written into OUTPUT at the end. ``jobs`` > 1 trains in that many processes
-    first (see the module docstring).
+    and records each run once its trainings are done, in the same order (see the module docstring).
     """
     if jobs < 1:
         raise ConfigError(f"--jobs: expected at least 1 process, got {jobs}")
@@ -602,11 +608,11 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
                 if key is not None and key not in decoded:
                     cache.get(c)
                     decoded.add(key)
-        trained_by_workers = train_in_parallel(plan, jobs, log)
-    for i, run in enumerate(pending, 1):
+
+    def test_and_record(i: int, run: PlannedRun) -> None:
         if (run.variant.name, run.seed, run.settings_key) in {(r.get("variant"), r.get("seed"), r.get("settings_key"))
                                                                for r in read_results(results_path)}:
-            continue  # written meanwhile (a duplicate entry in the plan)
+            return  # written meanwhile (a duplicate entry in the plan)
         start = time.perf_counter()
         log(f"[{i}/{len(pending)}] seed {run.seed} variant {run.variant.name}")
         data, loaders = cache.get(run.config)
@@ -662,6 +668,24 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
         _append_record(results_path, record)
         log(f"  test accuracy {metrics['accuracy']:.4f}, balanced {metrics['balanced_accuracy']:.4f}, "
             f"macro-F1 {metrics['macro_f1']:.4f} ({record['wall_time_s']:.0f} s)")
+
+    if jobs > 1 and pending:
+        recorded = 0
+
+        def record_ready(finished: set[str]) -> None:
+            """Test and record, in plan order, every run whose model (and teacher) the workers have finished."""
+            nonlocal recorded
+            while recorded < len(pending):
+                run = pending[recorded]
+                if run.config.output not in finished or (run.teacher is not None and run.teacher.output not in finished):
+                    return
+                recorded += 1
+                test_and_record(recorded, run)
+
+        train_in_parallel(plan, jobs, log, record_ready, trained=trained_by_workers)
+    else:
+        for i, run in enumerate(pending, 1):
+            test_and_record(i, run)
     if report:
         from .ablation_report import write_ablation_report
 
