@@ -496,10 +496,26 @@ class _DataCache:
         return self.entries[key]
 
 
-def _worker_init(threads: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Stop this worker when the grid's main process is gone (killed, even by SIGKILL): an orphaned worker
+    would go on writing into model folders that a rerun of the grid trains again."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(2)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _worker_init(threads: int, parent: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    _exit_with_parent(parent)
 
 
 def _train_in_worker(cfg: Config) -> tuple[float, bool]:
@@ -526,6 +542,7 @@ def train_in_parallel(plan: AblationPlan, jobs: int, log: Callable[[str], None],
     """
     import concurrent.futures as cf
     import multiprocessing
+    import os
 
     from .data.cache import available_cpus
 
@@ -542,7 +559,8 @@ def train_in_parallel(plan: AblationPlan, jobs: int, log: Callable[[str], None],
     trained = set() if trained is None else trained
     waiting = dict(tasks)
     context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads and state
-    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                                initargs=(threads, os.getpid())) as pool:
         running: dict[cf.Future, str] = {}
         while waiting or running:
             for out, (tcfg, needs) in list(waiting.items()):
