@@ -34,6 +34,8 @@ from hdkd.data.transforms import train_transform
 from hdkd.distillation import HDKDLoss, SupervisedLoss
 from hdkd.training import build_model
 from hdkd.training.optim import build_optimizer
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
+from timing import write_result_json  # noqa: E402
 
 
 def _arch(cfg, teacher=None) -> str:
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     print(f"{len(plan.runs)} runs, {teachers} teacher and {len(rows) - teachers} model trainings: "
           f"estimated {total / 3600:.2f} h ({total / len(plan.runs) / 60:.1f} min per run on average)")
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        write_result_json(args.json, summary)
     return 0
 
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import sys
 import copy
-import json
-import platform
 from pathlib import Path
 
 import timm
@@ -39,10 +37,9 @@ import torch
 import torch.nn.functional as F
 
 import hdkd
-from hdkd.io import atomic_write_text
 from hdkd.training.engine import autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
-from timing import interleaved_medians  # noqa: E402
+from timing import interleaved_medians, write_result_json  # noqa: E402
 
 ALPHA, TAU, LAM, BETA = 0.5, 1.0, 10.0, 1.0  # the authors' defaults (HDKD_SPEC section 3)
 STAGES = (1, 2, 3)
@@ -171,10 +168,7 @@ def main() -> None:
             print(line + ("" if match else "  LOSS MISMATCH"), flush=True)
     print("first-step losses match" if all_match else "first-step losses DO NOT match")
     if args.json:
-        atomic_write_text(args.json, json.dumps({
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "target": "single-pass step >= 3x the authors' at 224 px (CPU)",
-            "rows": rows}, indent=2))
+        write_result_json(args.json, {"target": "single-pass step >= 3x the authors' at 224 px (CPU)", "rows": rows})
     if not all_match:
         raise SystemExit(1)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import json
-import platform
 from pathlib import Path
 
 import timm
@@ -27,7 +26,7 @@ import torch
 import hdkd
 from hdkd.training.engine import autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
-from timing import interleaved_medians  # noqa: E402
+from timing import interleaved_medians, write_result_json  # noqa: E402
 
 
 def step_timers(img_size: int, batch: int, amp: str, channels_last: bool, classes: int = 4):
@@ -119,10 +118,7 @@ def main() -> None:
                   f"{floor * 1e3:>9.1f} {t['hdkd_step'] * 1e3:>8.1f} {row['ratio']:>10.3f} "
                   f"{row['hdkd_images_per_s']:>10.1f}" + extra, flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                         "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "rows": rows}, indent=2))
+        write_result_json(args.json, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ For the model to be the bottleneck, the data path alone must deliver more images
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from hdkd.config import DataConfig
 from hdkd.data import build_datasets
 from hdkd.data.batch_augment import BatchAugment, batch_seeds
 from hdkd.training.engine import autocast
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
+from timing import write_result_json  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -131,11 +132,7 @@ def main() -> None:
             print(f"step + {path:>6}: {rows[key]:9.1f} img/s (data path alone / step alone = "
                   f"{rows[f'data_{path}_over_step']:.2f})", flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-        args.json.write_text(json.dumps({**meta, **rows}, indent=2))
+        write_result_json(args.json, rows, device)
 
 
 if __name__ == "__main__":

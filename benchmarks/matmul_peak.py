@@ -13,15 +13,15 @@ Quick check: `python benchmarks/matmul_peak.py --sizes 256 --repeats 1`.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from hdkd.io import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
+from timing import write_result_json  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -93,11 +93,7 @@ def main() -> None:
     peak = {d: max(r["gflops_median"] for r in rows if r["dtype"] == d) for d in args.dtypes}
     print("peak (best median over sizes): " + ", ".join(f"{d} {v:.1f} GFLOP/s" for d, v in peak.items()))
     if args.json:
-        meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "device": str(device)}
-        if device.type == "cuda":
-            meta["gpu"] = torch.cuda.get_device_name(device)
-        atomic_write_text(args.json, json.dumps({**meta, "peak_gflops": peak, "rows": rows}, indent=2))
+        write_result_json(args.json, {"peak_gflops": peak, "rows": rows}, device)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import hdkd
 from hdkd.training.engine import autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
-from timing import interleaved_medians  # noqa: E402
+from timing import interleaved_medians, write_result_json  # noqa: E402
 from distill_cost import train_flops_per_image  # noqa: E402
 
 
@@ -102,10 +101,7 @@ def main() -> None:
                   f"x{row['speedup_vs_fp32']:.2f} vs fp32 (first step {compile_s[name]:.1f} s, "
                   f"loss {first_loss[name]:.4f}){extra}", flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                         "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "rows": rows}, indent=2))
+        write_result_json(args.json, {"rows": rows})
 
 
 if __name__ == "__main__":

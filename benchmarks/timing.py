@@ -18,3 +18,23 @@ def interleaved_medians(timers: dict[str, Callable[[], object]], repeats: int, w
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def write_result_json(path, results: dict, device=None) -> None:
+    """A benchmark's results with the machine they were measured on (torch version, threads, GPU name), written
+    atomically so an interrupted run never leaves a truncated file that looks like a result."""
+    import json
+    import platform
+
+    import torch
+
+    from hdkd.io import atomic_write_text
+
+    meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+    if device is not None:
+        device = torch.device(device)
+        meta["device"] = str(device)
+        if device.type == "cuda":
+            meta["gpu"] = torch.cuda.get_device_name(device)
+    atomic_write_text(path, json.dumps({**meta, **results}, indent=2))

@@ -4,8 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 from ..config import DataConfig
 from ..errors import CheckpointError, DataError
 from .bootstrap import bootstrap_ci

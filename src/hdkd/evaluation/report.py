@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..io import atomic_write_text
-from .metrics import (_ci_entry, _dec, _format_gflops, _format_params, _md_escape, _pct, _with_ci,
+from .metrics import (_ci_entry, _dec, _format_gflops, _format_params, _md_escape, _pct,
                       format_comparison_table)
 from .plots import plot_confusion_matrices, plot_reliability_diagrams, plot_roc_curves, plot_training_curves
 
