@@ -243,6 +243,16 @@ def test_report_mean_and_std_equal_numpy(grid, tmp_path):
     md = paths["markdown"].read_text()
     assert "## The paper's claims" in md and "### distillation" in md and "| hdkd | hdkd | 2 |" in md
     assert "MBConv" in md and "Not measured" in md  # block_mbconv was not run
+    # teachers: validation metrics of each, over its seeds, with the variants distilling from it
+    teachers = summary["teachers"]
+    default = teachers[next(r["teacher"]["key"] for r in grid["records"] if r["variant"] == "hdkd")]
+    assert set(default["variants"]) == {"logit_soft", "hdkd", "dflt_depth_6", "lam_10"} and default["seeds"] == [0, 1]
+    val = [r["teacher"]["val_metrics"]["accuracy"] for r in grid["records"] if r["variant"] == "hdkd"]
+    assert default["val"]["accuracy"]["mean"] == pytest.approx(np.mean(val))
+    assert len(teachers) == 2  # the default teacher and the 50 % subset's
+    alone = [r["val_metrics"]["balanced_accuracy"] for r in grid["records"] if r["variant"] == "student_alone"]
+    assert summary["student_alone_val"]["balanced_accuracy"]["mean"] == pytest.approx(np.mean(alone))
+    assert "## Teachers (validation split)" in md and "| (student alone) |" in md
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

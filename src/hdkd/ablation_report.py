@@ -183,7 +183,34 @@ def summarise_ablation(records: Sequence[Mapping[str, Any]], source: str = "") -
     }
     return {"source": source, "std": "sample standard deviation over seeds (ddof=1)",
             "claims_method": "paired by seed; mean ± sample std of the per-seed differences; 95% Student-t CI",
-            "notes": notes, "variants": variants, "groups": groups, "claims": claims, "data_efficiency": curve}
+            "notes": notes, "variants": variants, "groups": groups, "claims": claims, "data_efficiency": curve,
+            **summarise_teachers(chosen)}
+
+
+def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Each teacher's VALIDATION metrics over seeds (teachers are never tested: nothing is chosen on test), with the
+    variants that distil from it, next to the student trained alone on validation: distillation can only help when
+    the teacher is the stronger model, so a reader needs to see whether it was."""
+    teachers: dict[str, dict[str, Any]] = {}
+    for name, per_seed in chosen.items():
+        for seed, record in per_seed.items():
+            info = record.get("teacher")
+            if not isinstance(info, Mapping) or not info.get("key"):
+                continue
+            entry = teachers.setdefault(str(info["key"]), {"model": info.get("model"), "variants": [], "per_seed": {}})
+            if name not in entry["variants"]:
+                entry["variants"].append(name)
+            entry["per_seed"][int(seed)] = info.get("val_metrics") or {}
+    out: dict[str, Any] = {}
+    for key, entry in teachers.items():
+        vals = entry.pop("per_seed")
+        out[key] = {**entry, "seeds": sorted(vals),
+                    "val": {m: _stats([None if vals[s].get(m) is None else float(vals[s][m]) for s in sorted(vals)])
+                            for m in TABLE_METRICS}}
+    alone = chosen.get("student_alone", {})
+    reference = {m: _stats([None if (r.get("val_metrics") or {}).get(m) is None else float(r["val_metrics"][m])
+                            for r in alone.values()]) for m in TABLE_METRICS} if alone else None
+    return {"teachers": out, "student_alone_val": reference}
 
 
 def _data_efficiency_claim(points: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Any]]]]) -> dict[str, Any]:
@@ -287,6 +314,22 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             lines.append("Only one training fraction measured: the claim needs at least two.")
         lines.append("")
         lines.append("![accuracy against training fraction](ablation_data_efficiency.png)")
+        lines.append("")
+
+    if summary.get("teachers"):
+        lines += ["## Teachers (validation split)", "",
+                  "Teachers are selected and reported on validation only. Distillation can help only when the "
+                  "teacher is the stronger model: compare with the student trained alone.", "",
+                  "| Teacher | Model | Distilled into | n | " + " | ".join(_NAMES[m] for m in TABLE_METRICS) + " |",
+                  "|---|---|---|---:|" + "---:|" * len(TABLE_METRICS)]
+        for key, t in summary["teachers"].items():
+            lines.append(f"| {_esc(key)} | {_esc(t['model'])} | {_esc(', '.join(t['variants']))} | "
+                         f"{t['val'][TABLE_METRICS[0]]['n']} | " + " | ".join(_fmt(t["val"][m], True)
+                                                                      for m in TABLE_METRICS) + " |")
+        reference = summary.get("student_alone_val")
+        if reference:
+            lines.append(f"| (student alone) | hdkd_student | | {reference[TABLE_METRICS[0]]['n']} | "
+                         + " | ".join(_fmt(reference[m], True) for m in TABLE_METRICS) + " |")
         lines.append("")
 
     lines += ["## Variants by group", ""]
