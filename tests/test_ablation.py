@@ -9,7 +9,7 @@ import torch
 import hdkd.training.trainer as trainer_module
 from hdkd.ablation import (GROUPS, VARIANTS, model_config, plan_ablation, read_results, resolve_variants,
                            run_ablation, teacher_config, teacher_key, variant_config)
-from hdkd.ablation_report import summarise_ablation, write_ablation_report
+from hdkd.ablation_report import format_ablation_markdown, summarise_ablation, write_ablation_report
 from hdkd.cli import main
 from hdkd.config import build_config
 from hdkd.errors import ConfigError
@@ -82,7 +82,11 @@ def test_variant_wins_over_base_and_per_role_values_and_seed_is_set_for_every_ro
 
 def test_groups_select_variants_and_unknown_names_fail():
     assert [v.name for v in resolve_variants(["block"])] == ["hdkd", "block_mbconv"]
-    assert len(resolve_variants(None)) == len(VARIANTS) == len(GROUPS["all"])
+    from hdkd.ablation import SPEED_REFERENCES
+
+    # `all` is the paper's grid; the speed settings are compared on request (`--variants speed`)
+    assert len(resolve_variants(None)) == len(GROUPS["all"]) == len(VARIANTS) - len(SPEED_REFERENCES)
+    assert not set(SPEED_REFERENCES) & set(GROUPS["all"]) and set(SPEED_REFERENCES) <= set(GROUPS["speed"])
     assert {v.name for v in resolve_variants(["frac_10", "student_alone"])} == \
         {"student_alone", "frac_10_student", "frac_10_hdkd"}
     assert len(resolve_variants(["data_efficiency"])) == 8
@@ -102,7 +106,7 @@ def test_presets_plan_the_whole_grid(preset, tmp_path):
     cfg = build_config(None, [str(REPO / "configs" / preset)])
     plan = plan_ablation(cfg, resolve_variants(["all"]), [0, 1, 2], tmp_path)
     needed = plan.trainings()
-    assert len(plan.runs) == 3 * len(VARIANTS)
+    assert len(plan.runs) == 3 * len(GROUPS["all"]) == 3 * 22
     assert len(needed["teachers"]) == 3 * 7  # default, mbconv, stem 4, three fractions, resnet18
     assert len(needed["models"]) == 3 * 18
     assert cfg.model.img_size % 32 == 0
@@ -358,3 +362,29 @@ if __name__ == "__main__":
         time.sleep(0.2)
     os.kill(worker, signal.SIGKILL)
     pytest.fail("the worker outlived the killed main process")
+
+
+def test_speed_settings_are_compared_with_their_default_within_the_seed_spread():
+    """student_bf16 against student_alone, paired by seed; 'within' when |mean difference| <= the default's std."""
+    rng = np.random.default_rng(1)
+    records = []
+    for seed in range(3):
+        base = 0.80 + 0.02 * rng.standard_normal()
+        for variant, acc in [("student_alone", base), ("student_bf16", base + 0.001),
+                             ("hdkd", base), ("hdkd_augment_device", base - 0.10)]:
+            records.append({"variant": variant, "seed": seed, "settings_key": "k",
+                            "metrics": {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc}})
+    speed = summarise_ablation(records)["speed"]
+    assert set(speed) == {"student_bf16", "hdkd_augment_device"}
+    bf16 = speed["student_bf16"]["differences"]["accuracy"]
+    assert bf16["mean"] == pytest.approx(0.001) and bf16["spread_verdict"].startswith("within")
+    alone = [r["metrics"]["accuracy"] for r in records if r["variant"] == "student_alone"]
+    assert bf16["reference_std"] == pytest.approx(np.std(alone, ddof=1))
+    device = speed["hdkd_augment_device"]["differences"]["accuracy"]
+    assert device["mean"] == pytest.approx(-0.10) and device["spread_verdict"].startswith("outside")
+    md = format_ablation_markdown(summarise_ablation(records))
+    assert "## Speed settings against the defaults" in md and "**student_bf16 minus student_alone.**" in md
+    # the bf16 and device-augmentation HDKD arms train their own teacher with the same setting
+    assert variant_config(tiny_config(), "hdkd_bf16", seed=0).for_role("teacher").train.amp == "bf16"
+    assert _teacher_key(tiny_config(), "hdkd_bf16") != _teacher_key(tiny_config(), "hdkd")
+    assert _teacher_key(tiny_config(), "hdkd_augment_device") != _teacher_key(tiny_config(), "hdkd")

@@ -70,7 +70,7 @@ from .config import Config, DistillConfig, ModelConfig, from_dict, merge, parse_
 from .errors import ConfigError
 from .io import atomic_write_text
 
-__all__ = ["Variant", "VARIANTS", "GROUPS", "HEADLINE_METRICS", "resolve_variants", "variant_config",
+__all__ = ["Variant", "VARIANTS", "GROUPS", "SPEED_REFERENCES", "HEADLINE_METRICS", "resolve_variants", "variant_config",
            "teacher_config", "model_config", "config_key", "plan_ablation", "run_ablation", "read_results",
            "describe_registry"]
 
@@ -148,7 +148,25 @@ def _registry() -> list[Variant]:
                   ("distill.kd=soft", "distill.lam=0", "roles.teacher.model.name=resnet18"),
                   "logit-only distillation from a timm ResNet-18 teacher (compare with logit_soft)",
                   changes_teacher=True)]
+    # speed settings: do they change accuracy beyond the seed-to-seed spread? (each against its fp32 / loader
+    # reference, paired by seed; not part of `all`, the paper's grid)
+    v += [
+        Variant("student_bf16", "speed", "student", ("train.amp=bf16",),
+                "the student alone trained with bf16 autocast (compare with student_alone)"),
+        Variant("hdkd_bf16", "speed", "hdkd", _HDKD + ("train.amp=bf16",),
+                "HDKD with teacher and student trained in bf16 autocast (compare with hdkd)", changes_teacher=True),
+        Variant("student_augment_device", "speed", "student", ("data.augment_on=device",),
+                "the student alone with batched augmentation on the device (compare with student_alone)"),
+        Variant("hdkd_augment_device", "speed", "hdkd", _HDKD + ("data.augment_on=device",),
+                "HDKD, teacher and student with batched augmentation on the device (compare with hdkd)",
+                changes_teacher=True),
+    ]
     return v
+
+
+# each speed variant and the default-settings variant it is compared with
+SPEED_REFERENCES = {"student_bf16": "student_alone", "hdkd_bf16": "hdkd",
+                    "student_augment_device": "student_alone", "hdkd_augment_device": "hdkd"}
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in _registry()}
@@ -161,11 +179,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "stem": ("hdkd", "stem_stride_4"),
     "data_efficiency": tuple(f"frac_{p}_{arm}" for p in (10, 25, 50, 100) for arm in ("student", "hdkd")),
     "timm_teacher": ("logit_soft", "teacher_resnet18"),
+    "speed": ("student_alone", "hdkd", *SPEED_REFERENCES),
 }
-GROUPS["all"] = tuple(VARIANTS)
+GROUPS["all"] = tuple(v for v in VARIANTS if v not in SPEED_REFERENCES)  # the paper's grid
 for _pct in (10, 25, 50, 100):
     GROUPS[f"frac_{_pct}"] = (f"frac_{_pct}_student", f"frac_{_pct}_hdkd")
-REPORT_GROUPS = ("distillation", "lambda", "block", "dflt_depth", "stem", "data_efficiency", "timm_teacher")
+REPORT_GROUPS = ("distillation", "lambda", "block", "dflt_depth", "stem", "data_efficiency", "timm_teacher", "speed")
 
 
 def describe_registry() -> str:

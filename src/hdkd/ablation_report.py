@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .ablation import GROUPS, REPORT_GROUPS, VARIANTS, read_results
+from .ablation import GROUPS, REPORT_GROUPS, SPEED_REFERENCES, VARIANTS, read_results
 from .io import atomic_write, atomic_write_text
 
 __all__ = ["REPORT_METRICS", "select_records", "summarise_ablation", "format_ablation_markdown",
@@ -184,7 +184,27 @@ def summarise_ablation(records: Sequence[Mapping[str, Any]], source: str = "") -
     return {"source": source, "std": "sample standard deviation over seeds (ddof=1)",
             "claims_method": "paired by seed; mean ± sample std of the per-seed differences; 95% Student-t CI",
             "notes": notes, "variants": variants, "groups": groups, "claims": claims, "data_efficiency": curve,
-            **summarise_teachers(chosen)}
+            **summarise_teachers(chosen), "speed": summarise_speed(chosen, compare)}
+
+
+def summarise_speed(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]], compare) -> dict[str, Any]:
+    """Each measured speed setting against its default-settings reference, paired by seed. "Within the spread"
+    when the mean paired difference is no larger than the reference's own seed-to-seed standard deviation."""
+    out = {}
+    for variant, reference in SPEED_REFERENCES.items():
+        if variant not in chosen:
+            continue
+        entry = compare(variant, reference)
+        for m, d in entry["differences"].items():
+            ref = _stats([_metric(r, m) for r in chosen.get(reference, {}).values()])
+            d["reference_std"] = ref["std"]
+            if d.get("mean") is None or ref["std"] is None or d.get("n", 0) < 2:
+                d["spread_verdict"] = "not testable: fewer than 2 paired seeds"
+            else:
+                within = abs(d["mean"]) <= ref["std"]
+                d["spread_verdict"] = ("within" if within else "outside") + " the reference's seed-to-seed spread"
+        out[variant] = entry
+    return out
 
 
 def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -315,6 +335,22 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
         lines.append("")
         lines.append("![accuracy against training fraction](ablation_data_efficiency.png)")
         lines.append("")
+
+    if summary.get("speed"):
+        lines += ["## Speed settings against the defaults", "",
+                  "Paired by seed: setting minus default. Within the spread: the mean difference is no larger than "
+                  "the default's sample standard deviation over seeds.", ""]
+        for variant, c in summary["speed"].items():
+            lines.append(f"**{_esc(variant)} minus {_esc(c['b'])}.**")
+            if not c["present"]:
+                lines += [f"Not measured: needs `{c['b']}` too.", ""]
+                continue
+            for m in TABLE_METRICS:
+                d = c["differences"][m]
+                std = "n/a" if d.get("reference_std") is None else f"{100 * d['reference_std']:.2f}"
+                lines.append(f"- {_NAMES[m].replace(' (%)', '')}: {_diff_line(d)}; default's std {std} points: "
+                             f"{d['spread_verdict']}")
+            lines.append("")
 
     if summary.get("teachers"):
         lines += ["## Teachers (validation split)", "",
