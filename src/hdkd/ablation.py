@@ -49,7 +49,9 @@ one). A free worker takes the first training in plan order (seed by seed) that c
 its teacher is done, and the main process tests and records each run, in the usual order, as soon as its
 trainings are finished (so an interrupted grid keeps the records of its finished runs). On a small CPU this is the fast way to use every core: one single-threaded
 training per core keeps them all busy without the synchronisation cost of multi-threaded small convolutions.
-Each training is seeded and runs the same code whichever process runs it, so the results do not depend on N.
+Each training is seeded and runs the same code whichever process runs it, so with the same number of threads per
+process the trained weights do not depend on N (a different thread count changes floating-point reductions, which
+Adam's first steps can amplify on near-zero gradients).
 Not under torchrun. The report: ``hdkd.ablation_report``.
 """
 from __future__ import annotations

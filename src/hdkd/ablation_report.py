@@ -163,7 +163,8 @@ def summarise_ablation(records: Sequence[Mapping[str, Any]], source: str = "") -
     other = [v for v in chosen if v not in VARIANTS]
     if other:
         groups["other"] = other
-    groups = {g: names for g, names in groups.items() if names}
+    groups = {g: names for g, names in groups.items()  # the speed group only once a speed setting was measured
+              if names and (g != "speed" or any(n in SPEED_REFERENCES for n in names))}
 
     def compare(a: str, b: str) -> dict[str, Any]:
         present = a in chosen and b in chosen
