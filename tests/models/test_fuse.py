@@ -79,3 +79,18 @@ def test_config_has_fold_teacher_bn():
 
     assert from_dict({}).distill.fold_teacher_bn is True  # exact up to rounding, faster: the default
     assert from_dict({"distill": {"fold_teacher_bn": False}}).distill.fold_teacher_bn is False
+
+
+def test_unwrap_model_removes_compile_and_ddp_wrappers_only():
+    import torch
+
+    from hdkd.models.factory import unwrap_model
+
+    class Holder(nn.Module):  # a model whose submodule happens to be called `module` is not a wrapper
+        def __init__(self):
+            super().__init__()
+            self.module = nn.Linear(2, 2)
+
+    holder = Holder()
+    assert unwrap_model(holder) is holder
+    assert unwrap_model(torch.compile(holder, backend="eager")) is holder

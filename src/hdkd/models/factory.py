@@ -27,11 +27,15 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain model inside torch.compile's and DistributedDataParallel's wrappers (its own attributes and
     state-dict keys; the wrappers add `_orig_mod.` / `module.` prefixes)."""
+    from torch.nn.parallel import DistributedDataParallel
+
     while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch.compile's wrapper (torch._dynamo.eval_frame.OptimizedModule)
+        else:
             return model
-        model = inner
 
 
 def check_compile_options(mode: str | None, backend: str, option: str = "train.compile") -> None:
