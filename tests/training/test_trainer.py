@@ -117,8 +117,10 @@ def test_device_augmentation_feeds_the_model_batch_augmented_raw_images(tmp_path
     model(torch.zeros(1, data.in_chans, 32, 32))
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    raw_view, transform = device_augmentation(data.train, cfg, torch.device("cpu"))
+    assert raw_view.raw and raw_view.images is data.train.images  # a view sharing the images
     train_one_epoch(model, SupervisedLoss(), loader, optimizer, torch.device("cpu"), progress=False, max_steps=2,
-                    batch_transform=device_augmentation(data, cfg, torch.device("cpu")))
+                    batch_transform=transform)
     batches = iter(DataLoader(data.train, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0)))
     augment = BatchAugment(data.in_chans, "authors")
     for got in seen:

@@ -6,6 +6,7 @@ finished, `summary.json`. Checkpoints are written atomically.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import random
@@ -152,18 +153,18 @@ def _select_value(metrics: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-def _train_loader(data: DataSplits, cfg: Config, epoch: int, workers: int, ctx: DistContext,
+def _train_loader(train_set, cfg: Config, epoch: int, workers: int, ctx: DistContext,
                   start_batch: int = 0) -> DataLoader:
     """This rank's batches of the epoch: the same images and augmentations whatever the worker or process count,
     and from any batch on (resume)."""
-    data.train.set_epoch(cfg.train.seed, epoch)
+    train_set.set_epoch(cfg.train.seed, epoch)
     weights = None
     if cfg.train.sampler == "balanced":
-        weights = torch.as_tensor(balanced_sample_weights(data.train.labels))
-    drop_last = ctx.enabled or len(data.train) > cfg.train.batch_size
-    sampler = GlobalBatchSampler(len(data.train), cfg.train.batch_size, cfg.train.seed, epoch, ctx.rank,
+        weights = torch.as_tensor(balanced_sample_weights(train_set.labels))
+    drop_last = ctx.enabled or len(train_set) > cfg.train.batch_size
+    sampler = GlobalBatchSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, ctx.rank,
                                  ctx.world_size, drop_last, start_batch, weights)
-    return DataLoader(data.train, batch_sampler=sampler, num_workers=workers,
+    return DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
                       worker_init_fn=_single_threaded_worker, pin_memory=torch.cuda.is_available())
 
 
@@ -180,15 +181,18 @@ def resolve_augment_on(option: str, device: torch.device) -> str:
     return option
 
 
-def device_augmentation(data: DataSplits, cfg: Config, device: torch.device):
-    """The batch transform for data.augment_on=device: the same recipe and per-(seed, epoch, image) seeds as the
-    loader path (see hdkd.data.batch_augment)."""
-    augment = BatchAugment(data.in_chans, cfg.data.augment).to(device)
+def device_augmentation(train_set, cfg: Config, device: torch.device):
+    """(raw view of the training set, batch transform) for data.augment_on=device: the same recipe and
+    per-(seed, epoch, image) seeds as the loader path (see hdkd.data.batch_augment). The view shares the images;
+    the caller's dataset, which a pipeline shares between roles, is left as it is."""
+    raw = copy.copy(train_set)
+    raw.raw = True
+    augment = BatchAugment(train_set.num_channels, cfg.data.augment).to(device)
 
     def transform(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        return augment(images, batch_seeds(data.train.augment_seed, indices))
+        return augment(images, batch_seeds(raw.augment_seed, indices))
 
-    return transform
+    return raw, transform
 
 
 def _load_state(path: Path) -> dict[str, Any]:
@@ -276,8 +280,9 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
 
     workers = resolve_num_workers(cfg.data.num_workers)
     val_loader = make_loader(data.val, cfg.train.eval_batch_size, False, workers)
-    batch_transform = device_augmentation(data, cfg, device) if augment_on == "device" else None
-    data.train.raw = batch_transform is not None  # reset below: a pipeline shares `data` between roles
+    train_set, batch_transform = data.train, None
+    if augment_on == "device":
+        train_set, batch_transform = device_augmentation(data.train, cfg, device)
     params = count_params(core)
     select = cfg.train.select_metric
     every = cfg.train.save_every_steps
@@ -286,7 +291,7 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
         scheduler.step(epoch)
         lr = optimizer.param_groups[0]["lr"]
         first = start_batch if epoch == start_epoch else 0
-        train_loader = _train_loader(data, cfg, epoch, workers, ctx, first)
+        train_loader = _train_loader(train_set, cfg, epoch, workers, ctx, first)
 
         def on_step(steps_done: int, stats: EpochStats, epoch=epoch) -> None:
             if every and ctx.is_main and steps_done % every == 0:
@@ -320,7 +325,6 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
                   f"bal acc {val['balanced_accuracy']:.3f} | {stats['train_images_per_s']:.0f} img/s"
                   + (" *" if improved else ""), flush=True)
     train_time = time.perf_counter() - run_start
-    data.train.raw = False
     result = TrainResult(output=out, best_checkpoint=out / "best.safetensors", last_checkpoint=out / "last.safetensors",
                          best_epoch=best_epoch, best_val=best_val, history=history, params=params,
                          train_time_s=train_time)
