@@ -328,49 +328,6 @@ def test_options_added_later_keep_the_keys_of_finished_runs():
     cfg.data.augment_on = "device"
     assert config_key(cfg) != config_key(older)
 
-
-def test_grid_workers_exit_when_the_main_process_is_killed(tmp_path):
-    """SIGKILL of `hdkd ablate --jobs N` must not leave workers training on into the grid's folders."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    pid_file = tmp_path / "worker.pid"
-    script = tmp_path / "grid_main.py"  # a file, so that spawned workers can import `work` from it
-    script.write_text(f"""
-import concurrent.futures as cf, multiprocessing, os, time
-from hdkd.ablation import _worker_init
-
-def work(path):
-    open(path, "w").write(str(os.getpid()))
-    time.sleep(120)
-
-if __name__ == "__main__":
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init, initargs=(1, os.getpid())) as pool:
-        pool.submit(work, {str(pid_file)!r}).result()
-""")
-    parent = subprocess.Popen([sys.executable, str(script)])
-    deadline = time.time() + 60
-    while not pid_file.is_file() or not pid_file.read_text():
-        assert time.time() < deadline and parent.poll() is None, "the worker never started"
-        time.sleep(0.2)
-    worker = int(pid_file.read_text())
-    os.kill(parent.pid, signal.SIGKILL)
-    parent.wait()
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.kill(worker, signal.SIGKILL)
-    pytest.fail("the worker outlived the killed main process")
-
-
 def test_speed_settings_are_compared_with_their_default_within_the_seed_spread():
     """student_bf16 against student_alone, paired by seed; 'within' when |mean difference| <= the default's std."""
     rng = np.random.default_rng(1)

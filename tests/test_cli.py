@@ -114,3 +114,33 @@ def test_evaluate_rejects_wrong_class_count(tmp_path, capsys, official_fixtures)
     data = _folder_dataset(tmp_path / "d")
     code, _, err = _run(["evaluate", str(official_fixtures / "teacher_4cls_224.pth"), "--data", str(data)], capsys)
     _assert_clean_failure(code, err, "teacher_4cls_224.pth")
+
+
+def test_pipeline_jobs_trains_roles_in_processes_like_one_process(tmp_path, capsys, monkeypatch):
+    """--jobs 2: teacher and student side by side, HDKD after its teacher, then the usual report; with one thread
+    per process the weights equal those of the one-process pipeline."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr("hdkd.data.cache.available_cpus", lambda: 2)  # one thread per worker
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        common = ["pipeline", "--epochs", "1", "--no-progress", "--max-per-class", "8", "--workers", "0",
+                  "--bootstrap", "0", "--set", "train.deterministic=true"]
+        code, _, err = _run([*common, "-o", str(tmp_path / "serial")], capsys)
+        assert code == 0, err
+        code, stdout, err = _run([*common, "-o", str(tmp_path / "jobs"), "--jobs", "2"], capsys)
+        assert code == 0, err
+    finally:
+        torch.set_num_threads(threads)
+    trained = [line.split()[1] for line in err.splitlines() if line.strip().startswith("trained ")]
+    assert sorted(trained) == ["hdkd", "student", "teacher"] and trained.index("teacher") < trained.index("hdkd")
+    report = json.loads((tmp_path / "jobs" / "report.json").read_text())
+    assert set(report["results"]) == {"teacher", "student", "hdkd"}
+    for role in ("teacher", "student", "hdkd"):
+        log = (tmp_path / "jobs" / role / "log.jsonl").read_text().splitlines()
+        assert len(log) == 1  # trained once, by a worker; the main process only evaluated it
+        a = load_file(tmp_path / "serial" / role / "best.safetensors")
+        b = load_file(tmp_path / "jobs" / role / "best.safetensors")
+        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a), role

@@ -517,55 +517,12 @@ class _DataCache:
         return self.entries[key]
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Stop this worker when the grid's main process is gone (killed, even by SIGKILL): an orphaned worker
-    would go on writing into model folders that a rerun of the grid trains again."""
-    import os
-    import threading
-
-    def watch() -> None:
-        while True:
-            time.sleep(2)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
-
-
-def _worker_init(threads: int, parent: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    _exit_with_parent(parent)
-
-
-def _train_in_worker(cfg: Config) -> tuple[float, bool]:
-    """One training in a worker process (its dataset decoded from the shared on-disk cache):
-    (seconds, whether it trained rather than reused a finished model)."""
-    from .training import train_or_reuse
-
-    start = time.perf_counter()
-    finished = (Path(cfg.output) / "summary.json").is_file()
-    train_or_reuse(cfg, resume=True)
-    return time.perf_counter() - start, not finished
-
-
 def train_in_parallel(plan: AblationPlan, jobs: int, log: Callable[[str], None],
                       on_trained: Callable[[set[str]], None] = lambda finished: None,
                       trained: Optional[set[str]] = None) -> set[str]:
-    """Train every teacher and model the pending runs need in `jobs` worker processes.
-
-    At most `jobs` trainings run at once; a free worker takes the first training in plan order (seed by seed) that
-    can start (a distilled model once its teacher has finished), so whole seeds complete early and
-    `on_trained(finished folders)` can record their runs while later trainings go on. What is already finished is
-    reused by the workers in no time. Returns the output folders trained (not reused), also added to `trained` as
-    they finish.
-    """
-    import concurrent.futures as cf
-    import multiprocessing
-    import os
-
-    from .data.cache import available_cpus
+    """Train every teacher and model the pending runs need in `jobs` worker processes
+    (`hdkd.training.parallel`), in plan order (seed by seed), a distilled model once its teacher has finished."""
+    from .training.parallel import train_in_processes
 
     tasks: dict[str, tuple[Config, Optional[str]]] = {}  # output folder -> (config, teacher folder), plan order
     for run in plan.pending:
@@ -573,40 +530,8 @@ def train_in_parallel(plan: AblationPlan, jobs: int, log: Callable[[str], None],
             tasks.setdefault(run.teacher.output, (run.teacher, None))
         tasks.setdefault(run.config.output, (run.config, None if run.teacher is None else run.teacher.output))
     n_teachers = sum(1 for _, (c, _) in tasks.items() if c.role == "teacher")
-    threads = max(1, available_cpus() // jobs)
-    log(f"training {n_teachers} teacher(s) and {len(tasks) - n_teachers} model(s) in {jobs} processes, "
-        f"{threads} thread(s) each")
-    finished: set[str] = set()
-    trained = set() if trained is None else trained
-    waiting = dict(tasks)
-    context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads and state
-    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                                initargs=(threads, os.getpid())) as pool:
-        running: dict[cf.Future, str] = {}
-        while waiting or running:
-            for out, (tcfg, needs) in list(waiting.items()):
-                if len(running) >= jobs:
-                    break
-                if needs is None or needs in finished:
-                    running[pool.submit(_train_in_worker, tcfg)] = out
-                    del waiting[out]
-            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                out = running.pop(future)
-                try:
-                    seconds, did_train = future.result()
-                except BaseException:
-                    for other in running:
-                        other.cancel()
-                    log(f"  failed: {out}")
-                    raise
-                log(f"  {'trained' if did_train else 'reused'} {Path(out).relative_to(plan.output)} "
-                    f"({seconds:.0f} s)")
-                finished.add(out)
-                if did_train:
-                    trained.add(out)
-            on_trained(finished)
-    return trained
+    log(f"training {n_teachers} teacher(s) and {len(tasks) - n_teachers} model(s) in {jobs} processes")
+    return train_in_processes(tasks, jobs, log, on_trained, trained, root=plan.output)
 
 
 def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence[int], output: str | Path,

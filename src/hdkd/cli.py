@@ -101,11 +101,12 @@ def cmd_pipeline(args) -> int:
         raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
     cfg = _build(args, None)
     if args.seeds:
-        outcome = run_seeds(cfg, args.seeds, roles=args.roles, n_boot=args.bootstrap, resume=args.resume)
+        outcome = run_seeds(cfg, args.seeds, roles=args.roles, n_boot=args.bootstrap, resume=args.resume,
+                            jobs=args.jobs)
         print(outcome["table"])
         print(f"summary over seeds: {outcome['paths']['markdown']}")
         return 0
-    outcome = run_pipeline(cfg, roles=args.roles, n_boot=args.bootstrap, resume=args.resume)
+    outcome = run_pipeline(cfg, roles=args.roles, n_boot=args.bootstrap, resume=args.resume, jobs=args.jobs)
     print(outcome["table"])
     print(f"report: {outcome['paths'].get('markdown', Path(cfg.output) / 'report.md')}")
     return 0
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="reuse models already trained in OUTPUT/<role>/ with the same settings; continue an "
                         "interrupted one from its last epoch")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train in N processes: teacher and student side by side, HDKD after the teacher "
+                        "(e.g. 2 on a 2-core CPU, with OMP_NUM_THREADS=1 and --workers 0)")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("benchmark", help="parameters, FLOPs, latency and throughput of HDKD models and timm peers")

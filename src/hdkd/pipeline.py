@@ -28,14 +28,18 @@ ROLE_ORDER = ("teacher", "student", "hdkd")
 
 
 def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Optional[str] = None,
-                 n_boot: int = 1000, resume: bool = False) -> dict[str, Any]:
+                 n_boot: int = 1000, resume: bool = False, jobs: int = 1) -> dict[str, Any]:
     """Train the roles in order into cfg.output/<role>/, evaluate on test, write the report; returns its results.
 
     Each model is also run on the validation split at its best checkpoint: the temperature for temperature scaling
     is fitted there (never on test). ``n_boot`` bootstrap resamples of the test split give 95 % confidence intervals
     of the headline metrics (0: none). ``resume`` reuses roles already finished in OUTPUT/<role>/ with the same
-    settings and continues an interrupted one from its last epoch.
+    settings and continues an interrupted one from its last epoch. ``jobs`` > 1 first trains the roles in that
+    many processes (``hdkd.training.parallel``): the teacher and the student side by side, HDKD once the teacher is
+    done; then everything is evaluated here as usual.
     """
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected at least 1 process, got {jobs}")
     unknown = [r for r in roles if r not in ROLE_ORDER]
     if unknown:
         raise ConfigError(f"roles: unknown {unknown}; choose from {list(ROLE_ORDER)}")
@@ -54,15 +58,24 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
     val_loader = None if data.val is None else make_loader(data.val, base.train.eval_batch_size, False,
                                                            resolve_num_workers(base.data.num_workers))
 
+    role_cfgs = {role: dataclasses.replace(cfg.for_role(role), output=str(out / role)) for role in roles}
+    if "hdkd" in role_cfgs:
+        trained_teacher = out / "teacher" / "best.safetensors"
+        role_cfgs["hdkd"].distill.teacher = str(trained_teacher if "teacher" in roles else cfg.distill.teacher)
+    if jobs > 1:
+        from .training.parallel import train_in_processes
+
+        if not resume:  # a fresh run: nothing in the role folders may be reused by the workers
+            for role_cfg in role_cfgs.values():
+                (Path(role_cfg.output) / "summary.json").unlink(missing_ok=True)
+                (Path(role_cfg.output) / "last_state.pt").unlink(missing_ok=True)
+        needs = {"hdkd": role_cfgs["teacher"].output if "teacher" in roles else None}
+        train_in_processes({c.output: (c.resolved(), needs.get(role)) for role, c in role_cfgs.items()}, jobs,
+                           log=lambda message: print(message, file=sys.stderr, flush=True), root=out)
     results: dict[str, dict[str, Any]] = {}
-    teacher_ckpt = cfg.distill.teacher
     for role in roles:
-        role_cfg = dataclasses.replace(cfg.for_role(role), output=str(out / role))
-        if role == "hdkd":
-            role_cfg.distill.teacher = str(teacher_ckpt)
-        result = train_or_reuse(role_cfg, data=data, resume=resume)
-        if role == "teacher":
-            teacher_ckpt = result.best_checkpoint
+        role_cfg = role_cfgs[role]
+        result = train_or_reuse(role_cfg, data=data, resume=resume or jobs > 1)
         model = create_model_from_checkpoint(result.best_checkpoint).to(device)
         y, probs, test_loss = predict(model, test_loader, device, role_cfg.train.amp)
         y_val = probs_val = None
@@ -113,7 +126,7 @@ def _seed_config(cfg: Config, seed: int, output: Path) -> Config:
 
 
 def run_seeds(cfg: Config, seeds: Sequence[int], roles: Sequence[str] = ROLE_ORDER, command: Optional[str] = None,
-              n_boot: int = 1000, resume: bool = False) -> dict[str, Any]:
+              n_boot: int = 1000, resume: bool = False, jobs: int = 1) -> dict[str, Any]:
     """The pipeline once per training seed into OUTPUT/seed_<s>/, then the mean and std over seeds.
 
     Only the training seed changes (initialisation, augmentation, batch order); the data split is the same for every
@@ -133,7 +146,8 @@ def run_seeds(cfg: Config, seeds: Sequence[int], roles: Sequence[str] = ROLE_ORD
         (out / stale).unlink(missing_ok=True)
     runs = {}
     for seed in seeds:
-        runs[seed] = run_pipeline(_seed_config(cfg, seed, out / f"seed_{seed}"), roles, command, n_boot, resume=resume)
+        runs[seed] = run_pipeline(_seed_config(cfg, seed, out / f"seed_{seed}"), roles, command, n_boot, resume=resume,
+                                  jobs=jobs)
     summary = summarise_seeds({seed: run["results"] for seed, run in runs.items()},
                               {seed: f"seed_{seed}/report.json" for seed in seeds})
     paths = write_seeds_summary(out, summary)
