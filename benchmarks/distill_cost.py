@@ -26,7 +26,7 @@ import torch
 import hdkd
 from hdkd.training.engine import autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
-from timing import interleaved_medians, write_result_json  # noqa: E402
+from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 
 
 def step_timers(img_size: int, batch: int, amp: str, channels_last: bool, classes: int = 4):
@@ -44,11 +44,7 @@ def step_timers(img_size: int, batch: int, amp: str, channels_last: bool, classe
     supervised, distill = hdkd.SupervisedLoss(), hdkd.HDKDLoss(teacher)
 
     def student_step():
-        with autocast(device, amp):
-            out = supervised(student, x, y)
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        opt.step()
+        training_step(supervised, student, opt, x, y, device, amp)
 
     @torch.no_grad()
     def teacher_pass():
@@ -57,11 +53,7 @@ def step_timers(img_size: int, batch: int, amp: str, channels_last: bool, classe
             teacher.forward_head(final)
 
     def hdkd_step():
-        with autocast(device, amp):
-            out = distill(student, x, y)
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        opt.step()
+        training_step(distill, student, opt, x, y, device, amp)
 
     return {"student_step": student_step, "teacher_pass": teacher_pass, "hdkd_step": hdkd_step}
 

@@ -22,9 +22,8 @@ import timm
 import torch
 
 import hdkd
-from hdkd.training.engine import autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
-from timing import interleaved_medians, write_result_json  # noqa: E402
+from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 from distill_cost import train_flops_per_image  # noqa: E402
 
 
@@ -47,12 +46,7 @@ def hdkd_step(img_size: int, batch: int, amp: str, compiled: bool, channels_last
     losses = []
 
     def step():
-        with autocast(device, amp):
-            out = criterion(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        opt.step()
-        losses.append(float(out.total.detach()))
+        losses.append(float(training_step(criterion, model, opt, x, y, device, amp).total.detach()))
 
     return step, losses
 

@@ -38,3 +38,16 @@ def write_result_json(path, results: dict, device=None) -> None:
         if device.type == "cuda":
             meta["gpu"] = torch.cuda.get_device_name(device)
     atomic_write_text(path, json.dumps({**meta, **results}, indent=2))
+
+
+def training_step(criterion, model, optimizer, images, labels, device, amp: str = "none"):
+    """One optimiser step as the trainer takes it (loss under autocast, backward, step); returns the loss output,
+    so every benchmark times the same step."""
+    from hdkd.training.engine import autocast
+
+    with autocast(device, amp):
+        out = criterion(model, images, labels)
+    optimizer.zero_grad(set_to_none=True)
+    out.total.backward()
+    optimizer.step()
+    return out
