@@ -352,3 +352,57 @@ def test_speed_settings_are_compared_with_their_default_within_the_seed_spread()
     assert variant_config(tiny_config(), "hdkd_bf16", seed=0).for_role("teacher").train.amp == "bf16"
     assert _teacher_key(tiny_config(), "hdkd_bf16") != _teacher_key(tiny_config(), "hdkd")
     assert _teacher_key(tiny_config(), "hdkd_augment_device") != _teacher_key(tiny_config(), "hdkd")
+
+
+def _claim_records(gain: float, seeds=range(3), noise: float = 0.002, seed: int = 0) -> list[dict]:
+    """Records where HDKD beats the student alone by ``gain`` (and MBConv by 0.1), at two training fractions."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for s in seeds:
+        for variant, arm, frac, base in [("student_alone", "student_alone", 1.0, 0.70),
+                                         ("hdkd", "hdkd", 1.0, 0.70 + gain),
+                                         ("block_mbconv", None, None, 0.60 + gain),
+                                         ("frac_10_student", "student_alone", 0.1, 0.40),
+                                         ("frac_10_hdkd", "hdkd", 0.1, 0.40 + 2 * gain)]:
+            acc = base + noise * rng.standard_normal()
+            records.append({"variant": variant, "seed": s, "arm": arm, "fraction_of_base": frac, "settings_key": "k",
+                            "metrics": {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc}})
+    return records
+
+
+def test_claims_across_datasets_side_by_side(tmp_path):
+    from hdkd.ablation_report import write_claims_across
+
+    for name, gain in [("brain", 0.05), ("derma", -0.05)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in _claim_records(gain)))
+    files = [tmp_path / "brain" / "results.jsonl", tmp_path / "derma" / "results.jsonl"]
+    paths = write_claims_across(files, tmp_path / "out")
+    claims = json.loads(paths["json"].read_text())
+    brain, derma = claims["brain"]["claims"], claims["derma"]["claims"]
+    assert brain["distillation"]["differences"]["accuracy"]["mean"] == pytest.approx(0.05, abs=0.01)
+    assert brain["distillation"]["differences"]["accuracy"]["verdict"].startswith("supported")
+    assert derma["distillation"]["differences"]["accuracy"]["verdict"].startswith("contradicted")
+    assert derma["block"]["differences"]["accuracy"]["verdict"].startswith("supported")  # 0.1 on both
+    md = paths["markdown"].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| brain |") or line.startswith("| derma |")]
+    assert len(rows) == 4 * 2  # three claims and the per-fraction gains, one row per dataset each
+
+    def cells(row):
+        return [c.strip() for c in row.strip("|").split("|")]
+
+    assert cells(rows[0])[:2] == ["brain", "3"] and float(cells(rows[0])[2].split()[0]) == pytest.approx(5, abs=1)
+    assert "supported" in cells(rows[0])[-1]
+    assert cells(rows[1])[:2] == ["derma", "3"] and float(cells(rows[1])[2].split()[0]) == pytest.approx(-5, abs=1)
+    assert "contradicted" in cells(rows[1])[-1]
+    gains = [float(c.split()[0]) for c in cells(rows[-1])[1:]]  # derma's gain at 10 % then at 100 %
+    assert cells(rows[-1])[0] == "derma" and gains == pytest.approx([-10, -5], abs=1)
+    # the CLI: each report beside its results file, the comparison in -o; labels checked
+    assert main(["ablate", "--report", *map(str, files), "-o", str(tmp_path / "cli"),
+                 "--labels", "Brain MRI", "DermaMNIST"]) == 0
+    assert "| Brain MRI | 3 |" in (tmp_path / "cli" / "ablation_claims.md").read_text()
+    assert (tmp_path / "derma" / "ablation_report.md").is_file()
+    assert main(["ablate", "--report", *map(str, files)]) == 2  # several need -o
+    assert main(["ablate", "--report", *map(str, files), "-o", str(tmp_path / "x"), "--labels", "one"]) == 2
+    assert not (tmp_path / "x").exists()

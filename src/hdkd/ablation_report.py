@@ -27,7 +27,7 @@ from .ablation import GROUPS, REPORT_GROUPS, SPEED_REFERENCES, VARIANTS, read_re
 from .io import atomic_write, atomic_write_text
 
 __all__ = ["REPORT_METRICS", "select_records", "summarise_ablation", "format_ablation_markdown",
-           "plot_data_efficiency", "write_ablation_report"]
+           "plot_data_efficiency", "write_ablation_report", "format_claims_across", "write_claims_across"]
 
 REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro", "ece")
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -461,3 +461,86 @@ def write_ablation_report(results: str | Path, out_dir: Optional[str | Path] = N
     paths["json"] = atomic_write_text(out / "ablation_report.json",
                                       json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
     return paths
+
+
+# ------------------------------------------------------------------------------------------- across datasets
+_CLAIM_TITLES = {"distillation": "Distillation beats the student alone (HDKD - student alone)",
+                 "block": "MBCSA beats MBConv (HDKD with MBCSA - with MBConv)",
+                 "data_efficiency": "The gain is largest with scarce data (gain at the smallest fraction - gain at "
+                                    "the full set)"}
+
+
+def _claim_difference(claim: Mapping[str, Any], metric: str) -> Optional[Mapping[str, Any]]:
+    differences = claim.get("differences") or {}
+    present = claim.get("present")
+    return differences.get(metric) if present else None
+
+
+def format_claims_across(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """One table per claim with a row per dataset: each dataset's paired differences and verdicts side by side,
+    because a claim that holds on one dataset and not on another is the finding a reader needs to see."""
+    labels = list(summaries)
+    lines = ["# HDKD's claims across datasets", "",
+             "Each row: one results file (" + ", ".join(f"`{_esc(label)}`: `{_esc(summaries[label].get('source', ''))}`"
+                                                         for label in labels) + "). "
+             "Test-split differences in percentage points, paired by seed: mean ± sample std of the per-seed "
+             "differences (n pairs), 95% Student-t interval, verdict on accuracy.", ""]
+    for key, title in _CLAIM_TITLES.items():
+        lines += [f"## {title}", "",
+                  "| Dataset | n | " + " | ".join(_NAMES[m].replace(" (%)", "") for m in TABLE_METRICS)
+                  + " | 95% CI (accuracy) | Verdict |",
+                  "|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---|"]
+        for label in labels:
+            claim = summaries[label]["claims"][key]
+            accuracy = _claim_difference(claim, "accuracy")
+            if accuracy is None:
+                lines.append(f"| {_esc(label)} | 0 | " + " | ".join("n/a" for _ in TABLE_METRICS)
+                             + " | | not measured |")
+                continue
+            cells = [_fmt(_claim_difference(claim, m) or {}, True, signed=True) for m in TABLE_METRICS]
+            ci = accuracy.get("ci95")
+            ci_text = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
+            lines.append(f"| {_esc(label)} | {accuracy['n']} | " + " | ".join(cells)
+                         + f" | {ci_text} | {_esc(accuracy['verdict'])} |")
+        lines.append("")
+    lines += ["## Data efficiency: gain of HDKD over the student alone at each training fraction (accuracy)", ""]
+    fractions = sorted({float(f) for s in summaries.values() for f in s["claims"]["data_efficiency"]["gains"]})
+    if fractions:
+        lines += ["| Dataset | " + " | ".join(f"{100 * f:g}%" for f in fractions) + " |",
+                  "|---|" + "---:|" * len(fractions)]
+        for label in labels:
+            gains = summaries[label]["claims"]["data_efficiency"]["gains"]
+            lines.append(f"| {_esc(label)} | " + " | ".join(
+                _fmt(gains[str(f)]["accuracy"], True, signed=True) if str(f) in gains else "n/a"
+                for f in fractions) + " |")
+    else:
+        lines.append("Not measured on any dataset.")
+    return "\n".join(lines) + "\n"
+
+
+def write_claims_across(results: Sequence[str | Path], out_dir: str | Path,
+                        labels: Optional[Sequence[str]] = None) -> dict[str, Path]:
+    """``ablation_claims.md`` and ``.json`` in ``out_dir`` comparing the claims of several results files; each label
+    defaults to the name of the folder holding its results file."""
+    from .errors import ConfigError, DataError
+
+    results = [Path(r) for r in results]
+    labels = list(labels) if labels else [r.parent.name or str(r) for r in results]
+    if len(labels) != len(results):
+        raise ConfigError(f"--labels: {len(labels)} label(s) for {len(results)} results file(s)")
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--labels: every results file needs its own label, got {labels} "
+                          "(two results files in folders of the same name need --labels)")
+    summaries = {}
+    for label, path in zip(labels, results):
+        if not path.is_file():
+            raise DataError(f"{path}: results file not found")
+        records = read_results(path)
+        if not records:
+            raise DataError(f"{path}: no ablation records in it")
+        summaries[label] = summarise_ablation(records, source=str(path))
+    out = Path(out_dir)
+    claims = {label: {"source": s["source"], "claims": s["claims"]} for label, s in summaries.items()}
+    return {"markdown": atomic_write_text(out / "ablation_claims.md", format_claims_across(summaries)),
+            "json": atomic_write_text(out / "ablation_claims.json",
+                                      json.dumps(claims, indent=2, allow_nan=False, default=str) + "\n")}

@@ -156,14 +156,22 @@ def cmd_data_download(args) -> int:
 
 def cmd_ablate(args) -> int:
     from .ablation import describe_registry, plan_ablation, resolve_variants, run_ablation
-    from .ablation_report import write_ablation_report
+    from .ablation_report import write_ablation_report, write_claims_across
 
     if args.list:
         print(describe_registry())
         return 0
+    if args.labels and not args.report:
+        raise ConfigError("--labels: only with --report")
     if args.report:
-        paths = write_ablation_report(args.report, args.output)
-        print(f"report: {', '.join(str(p) for p in paths.values())}")
+        if len(args.report) > 1 and not args.output:
+            raise ConfigError("--report with several results files: give -o DIR for the claims across them")
+        for results in args.report:  # several: each report beside its results file, the comparison into -o
+            paths = write_ablation_report(results, args.output if len(args.report) == 1 else None)
+            print(f"report: {', '.join(str(p) for p in paths.values())}")
+        if len(args.report) > 1:
+            paths = write_claims_across(args.report, args.output, args.labels)
+            print(f"claims across datasets: {', '.join(str(p) for p in paths.values())}")
         return 0
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
@@ -279,8 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train in N processes side by side (e.g. one per core; default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the runs, teachers and models; train nothing")
     p.add_argument("--list", action="store_true", help="list the variants and groups")
-    p.add_argument("--report", metavar="RESULTS.jsonl",
-                   help="only write the report of a results file (into --output, default: beside it)")
+    p.add_argument("--report", metavar="RESULTS.jsonl", nargs="+",
+                   help="only write the report of a results file (into --output, default: beside it); with "
+                        "several (e.g. one per dataset), each report beside its file and the claims side by side "
+                        "in --output (ablation_claims.md)")
+    p.add_argument("--labels", nargs="+", metavar="NAME",
+                   help="with --report: a name per results file for the claims table (default: its folder's name)")
     p.set_defaults(func=cmd_ablate)
     return parser
 
