@@ -293,6 +293,15 @@ def test_report_on_constructed_records_claims_and_latest_settings():
     gains = [r["metrics"]["accuracy"] for r in records if r["variant"] == "frac_10_hdkd"]
     alone = [r["metrics"]["accuracy"] for r in records if r["variant"] == "frac_10_student"]
     assert eff["gains"]["0.1"]["accuracy"]["mean"] == pytest.approx(np.mean(np.subtract(gains, alone)))
+    # the other ablations: present pairs only, the same paired statistics as the claims
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == []  # no pair of ABLATION_COMPARISONS was run
+    with_stem = records + [dict(r, variant="stem_stride_4", metrics={k: v - 0.09 for k, v in r["metrics"].items()})
+                           for r in records if r["variant"] == "hdkd"]
+    stem = summarise_ablation(with_stem)["comparisons"]
+    assert [(c["a"], c["b"]) for c in stem] == [("hdkd", "stem_stride_4")]
+    assert stem[0]["differences"]["accuracy"]["mean"] == pytest.approx(0.09)
+    assert "| stem stride 2 against 4 (own teachers) | hdkd - stem_stride_4 | 4 | +9.00 ± 0.00 |" in \
+        format_ablation_markdown(summarise_ablation(with_stem))
     # the "old" settings record is left out, and the repeated seed-0 record replaced by the latest
     mbconv = summary["variants"]["block_mbconv"]["metrics"]["accuracy"]
     assert mbconv["n"] == 4 and 0.71 in mbconv["values"]

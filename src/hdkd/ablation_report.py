@@ -182,10 +182,26 @@ def summarise_ablation(records: Sequence[Mapping[str, Any]], source: str = "") -
                   **compare("hdkd", "block_mbconv")},
         "data_efficiency": _data_efficiency_claim(points),
     }
-    return {"source": source, "std": "sample standard deviation over seeds (ddof=1)",
+    comparisons = [compare(a, b) | {"what": what} for a, b, what in ABLATION_COMPARISONS if a in chosen and b in chosen]
+    return {"source": source, "std": "sample standard deviation over seeds (ddof=1)", "comparisons": comparisons,
             "claims_method": "paired by seed; mean ± sample std of the per-seed differences; 95% Student-t CI",
             "notes": notes, "variants": variants, "groups": groups, "claims": claims, "data_efficiency": curve,
             **summarise_teachers(chosen), "speed": summarise_speed(chosen, compare)}
+
+
+# the grid's other questions, each as (variant, reference, what the difference measures), paired by seed like the claims
+ABLATION_COMPARISONS = (
+    ("logit_soft", "student_alone", "soft logit distillation alone"),
+    ("logit_hard", "student_alone", "hard logit distillation alone"),
+    ("feature_only", "student_alone", "feature distillation alone"),
+    ("hdkd", "logit_soft", "the feature term on top of soft logits (lambda 10)"),
+    ("lam_1", "lam_10", "lambda 1 against 10"),
+    ("lam_100", "lam_10", "lambda 100 against 10"),
+    ("dflt_depth_1", "dflt_depth_3", "DFLT depth 1 against 3"),
+    ("dflt_depth_6", "dflt_depth_3", "DFLT depth 6 against 3"),
+    ("hdkd", "stem_stride_4", "stem stride 2 against 4 (own teachers)"),
+    ("teacher_resnet18", "logit_soft", "a timm ResNet-18 teacher against the HDKD teacher, logits only"),
+)
 
 
 def summarise_speed(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]], compare) -> dict[str, Any]:
@@ -286,6 +302,18 @@ def _diff_line(d: Mapping[str, Any]) -> str:
     return f"{text}: {d['verdict']}"
 
 
+def _comparison_verdict(d: Mapping[str, Any]) -> str:
+    """A comparison asserts nothing, so its verdict says which way the interval points rather than "supported"."""
+    verdict = d.get("verdict", "")
+    if verdict.startswith("supported"):
+        return "variant higher (CI above 0)"
+    if verdict.startswith("contradicted"):
+        return "variant lower (CI below 0)"
+    if verdict.startswith("inconclusive"):
+        return "not resolved (CI contains 0)"
+    return _esc(verdict)
+
+
 def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
     lines = ["# HDKD ablations", ""]
     if summary.get("source"):
@@ -335,6 +363,21 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             lines.append("Only one training fraction measured: the claim needs at least two.")
         lines.append("")
         lines.append("![accuracy against training fraction](ablation_data_efficiency.png)")
+        lines.append("")
+
+    if summary.get("comparisons"):
+        lines += ["## Other ablations", "", "Paired by seed like the claims: variant minus reference, test split.", "",
+                  "| Question | Variant - reference | n | " + " | ".join(_NAMES[m].replace(" (%)", "")
+                                                                  for m in TABLE_METRICS)
+                  + " | 95% CI (accuracy) | Accuracy |", "|---|---|---:|" + "---:|" * len(TABLE_METRICS)
+                  + "---|---|"]
+        for c in summary["comparisons"]:
+            accuracy = c["differences"]["accuracy"]
+            ci = accuracy.get("ci95")
+            lines.append(f"| {_esc(c['what'])} | {_esc(c['a'])} - {_esc(c['b'])} | {accuracy['n']} | "
+                         + " | ".join(_fmt(c["differences"][m], True, signed=True) for m in TABLE_METRICS)
+                         + f" | {f'[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]' if ci else ''} | "
+                         f"{_comparison_verdict(accuracy)} |")
         lines.append("")
 
     if summary.get("speed"):
