@@ -166,6 +166,8 @@ def cmd_ablate(args) -> int:
     if args.report:
         if len(args.report) > 1 and not args.output:
             raise ConfigError("--report with several results files: give -o DIR for the claims across them")
+        if args.labels and len(args.labels) != len(args.report):  # checked before any report is written
+            raise ConfigError(f"--labels: {len(args.labels)} label(s) for {len(args.report)} results file(s)")
         for results in args.report:  # several: each report beside its results file, the comparison into -o
             paths = write_ablation_report(results, args.output if len(args.report) == 1 else None)
             print(f"report: {', '.join(str(p) for p in paths.values())}")
