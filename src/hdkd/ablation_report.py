@@ -27,7 +27,8 @@ from .ablation import GROUPS, REPORT_GROUPS, SPEED_REFERENCES, VARIANTS, read_re
 from .io import atomic_write, atomic_write_text
 
 __all__ = ["REPORT_METRICS", "select_records", "summarise_ablation", "format_ablation_markdown",
-           "plot_data_efficiency", "write_ablation_report", "format_claims_across", "write_claims_across"]
+           "plot_data_efficiency", "write_ablation_report", "format_claims_across", "write_claims_across",
+           "claim_labels"]
 
 REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro", "ece")
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -561,19 +562,27 @@ def format_claims_across(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_claims_across(results: Sequence[str | Path], out_dir: str | Path,
-                        labels: Optional[Sequence[str]] = None) -> dict[str, Path]:
-    """``ablation_claims.md`` and ``.json`` in ``out_dir`` comparing the claims of several results files; each label
-    defaults to the name of the folder holding its results file."""
-    from .errors import ConfigError, DataError
+def claim_labels(results: Sequence[str | Path], labels: Optional[Sequence[str]] = None) -> list[str]:
+    """One distinct label per results file (default: its folder's name); checked before anything is written."""
+    from .errors import ConfigError
 
-    results = [Path(r) for r in results]
-    labels = list(labels) if labels else [r.parent.name or str(r) for r in results]
+    labels = list(labels) if labels else [Path(r).parent.name or str(r) for r in results]
     if len(labels) != len(results):
         raise ConfigError(f"--labels: {len(labels)} label(s) for {len(results)} results file(s)")
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--labels: every results file needs its own label, got {labels} "
                           "(two results files in folders of the same name need --labels)")
+    return labels
+
+
+def write_claims_across(results: Sequence[str | Path], out_dir: str | Path,
+                        labels: Optional[Sequence[str]] = None) -> dict[str, Path]:
+    """``ablation_claims.md`` and ``.json`` in ``out_dir`` comparing the claims of several results files; each label
+    defaults to the name of the folder holding its results file."""
+    from .errors import DataError
+
+    results = [Path(r) for r in results]
+    labels = claim_labels(results, labels)
     summaries = {}
     for label, path in zip(labels, results):
         if not path.is_file():

@@ -156,7 +156,7 @@ def cmd_data_download(args) -> int:
 
 def cmd_ablate(args) -> int:
     from .ablation import describe_registry, plan_ablation, resolve_variants, run_ablation
-    from .ablation_report import write_ablation_report, write_claims_across
+    from .ablation_report import claim_labels, write_ablation_report, write_claims_across
 
     if args.list:
         print(describe_registry())
@@ -166,8 +166,10 @@ def cmd_ablate(args) -> int:
     if args.report:
         if len(args.report) > 1 and not args.output:
             raise ConfigError("--report with several results files: give -o DIR for the claims across them")
-        if args.labels and len(args.labels) != len(args.report):  # checked before any report is written
-            raise ConfigError(f"--labels: {len(args.labels)} label(s) for {len(args.report)} results file(s)")
+        if len(args.report) > 1:
+            claim_labels(args.report, args.labels)  # checked before any report is written
+        elif args.labels:
+            raise ConfigError("--labels: only with several results files (they name the rows of the claims table)")
         for results in args.report:  # several: each report beside its results file, the comparison into -o
             paths = write_ablation_report(results, args.output if len(args.report) == 1 else None)
             print(f"report: {', '.join(str(p) for p in paths.values())}")
