@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="none", choices=("none", "auto", "bf16"),
-                   help="precision of inference (default none: fp32, the same numbers on every machine)")
+    p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"),
+                   help="precision of inference, as train.amp (default auto, as the pipeline's test metrics; none: "
+                        "fp32, the same numbers on every machine)")
     p.add_argument("--output", "-o", help="JSON file for the metrics (default: next to the checkpoint)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for 95%% confidence intervals of the headline metrics (0: none)")
