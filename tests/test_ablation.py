@@ -337,6 +337,27 @@ def test_options_added_later_keep_the_keys_of_finished_runs():
     cfg.data.augment_on = "device"
     assert config_key(cfg) != config_key(older)
 
+COMMITTED_GRIDS = {"brain_mri_32": "ablation_cpu_brain_mri.yaml", "dermamnist_32": "ablation_dermamnist.yaml"}
+
+
+@pytest.mark.parametrize("folder", sorted(COMMITTED_GRIDS))
+def test_committed_grid_records_keep_their_keys_under_todays_preset(folder, tmp_path):
+    """A changed default (train.amp became auto) or option must not orphan the committed records: rerunning the
+    preset's command finds every (variant, seed) recorded in docs/ablation/<dataset>/ already done."""
+    records = read_results(REPO / "docs" / "ablation" / folder / "results.jsonl")
+    if not records:
+        pytest.skip(f"no committed records in docs/ablation/{folder}")
+    data = records[0]["config"]["data"]
+    cfg = build_config(None, [str(REPO / "configs" / COMMITTED_GRIDS[folder])], [],
+                       data={"path": data["path"], "num_workers": data["num_workers"]})
+    seeds = sorted({r["seed"] for r in records})
+    plan = plan_ablation(cfg, resolve_variants(sorted({r["variant"] for r in records})), seeds, tmp_path)
+    planned = {(run.variant.name, run.seed): run.settings_key for run in plan.runs}
+    orphaned = [(r["variant"], r["seed"]) for r in records if planned[(r["variant"], r["seed"])] != r["settings_key"]]
+    assert not orphaned
+    assert cfg.train.amp == "none" and build_config(None).train.amp == "auto"
+
+
 def test_speed_settings_are_compared_with_their_default_within_the_seed_spread():
     """student_bf16 against student_alone, paired by seed; 'within' when |mean difference| <= the default's std."""
     rng = np.random.default_rng(1)

@@ -39,6 +39,7 @@ def test_pipeline_end_to_end_on_embedded_data(tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["accuracy"] == pytest.approx(report["results"]["hdkd"]["metrics"]["accuracy"])
+    assert metrics["amp"] == report["results"]["hdkd"]["amp"] in ("bf16", "none")  # both in this machine's default
     assert "balanced" in stdout.lower() and "confusion" in stdout.lower()
 
 

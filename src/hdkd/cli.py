@@ -25,7 +25,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=("none", "bf16"))
+    p.add_argument("--amp", choices=("auto", "none", "bf16"),
+                   help="bf16 autocast (train.amp; default auto: bf16 where the CPU or GPU has native bf16)")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the trained model and the teacher (train.compile; see also "
@@ -214,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="none", choices=("none", "bf16"))
+    p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"),
+                   help="precision of inference, as train.amp (default auto, as the pipeline's test metrics; none: "
+                        "fp32, the same numbers on every machine)")
     p.add_argument("--output", "-o", help="JSON file for the metrics (default: next to the checkpoint)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for 95%% confidence intervals of the headline metrics (0: none)")

@@ -21,7 +21,7 @@ from .data.build import resolve_num_workers
 from .errors import ConfigError
 from .evaluation import assess_predictions, format_comparison_table, write_pipeline_report
 from .models import count_flops, create_model_from_checkpoint
-from .training import predict, resolve_device, train_or_reuse
+from .training import predict, resolve_amp, resolve_device, train_or_reuse
 from .training.trainer import make_loader
 
 ROLE_ORDER = ("teacher", "student", "hdkd")
@@ -87,6 +87,7 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
         metrics["loss"] = test_loss
         results[role] = {
             "model": role_cfg.model.name, "params": result.params,
+            "amp": resolve_amp(role_cfg.train.amp, device),  # the precision it trained and was tested in
             "flops": count_flops(model.cpu(), role_cfg.model.img_size, data.in_chans),
             "metrics": metrics, "val_metrics": result.best_val, "history": result.history,
             "best_epoch": result.best_epoch, "train_time_s": result.train_time_s,

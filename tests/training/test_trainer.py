@@ -150,3 +150,39 @@ def test_unknown_augment_on_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="data.augment_on"):
         train(_cfg(tmp_path, "student", "data.augment_on=gpu"))
     assert not (tmp_path / "student").exists()
+
+
+@pytest.mark.parametrize("caps, expected", [({"amx_bf16": True, "avx512_bf16": True}, "bf16"),
+                                            ({"avx512_bf16": True}, "bf16"), ({"avx2": True}, "none")])
+def test_auto_amp_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, caps, expected):
+    from hdkd.training.engine import resolve_amp
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert resolve_amp("auto", torch.device("cpu")) == expected
+    assert resolve_amp("none", torch.device("cpu")) == "none" and resolve_amp("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_amp("auto", torch.device("meta")) == "none"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_amp_trains_exactly_as_the_precision_it_resolves_to(tmp_path, monkeypatch, native):
+    """train.amp=auto is the default; its run is bit-identical to the explicit setting it stands for, and
+    summary.json says which precision ran."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": native})
+    steps = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.deterministic=true"]
+    auto = train(_cfg(tmp_path / "auto", "student", *steps))
+    explicit = train(_cfg(tmp_path / "explicit", "student", *steps, f"train.amp={'bf16' if native else 'none'}"))
+    other = train(_cfg(tmp_path / "other", "student", *steps, f"train.amp={'none' if native else 'bf16'}"))
+    a, b, c = (load_file(r.last_checkpoint) for r in (auto, explicit, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the two precisions do differ: the test can tell them apart
+    summary = json.loads((tmp_path / "auto" / "student" / "summary.json").read_text())
+    assert summary["amp"] == ("bf16" if native else "none")
+    assert build_config("student").train.amp == "auto"
+
+
+def test_unknown_amp_is_refused_before_any_output(tmp_path):
+    from hdkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.amp: unknown 'fp16'"):
+        train(_cfg(tmp_path, "student", "train.amp=fp16"))
+    assert not (tmp_path / "student").exists()

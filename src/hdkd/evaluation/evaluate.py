@@ -11,9 +11,10 @@ from .metrics import classification_metrics
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "test", batch_size: int = 128,
-                        device: str = "auto", amp: str = "none", n_boot: int = 0,
+                        device: str = "auto", amp: str = "auto", n_boot: int = 0,
                         seed: int = 0) -> dict[str, Any]:
     """Metrics of `checkpoint` on `split`; the checkpoint's own img_size, channels and class names are used.
+    ``amp`` as train.amp (default auto: the precision `hdkd train` and `hdkd pipeline` test in on this machine).
 
     With ``n_boot > 0`` the result also has ``bootstrap``: percentile bootstrap 95 % intervals of accuracy, balanced
     accuracy, macro-F1 and macro AUC over ``n_boot`` resamples of the split (``bootstrap_ci``, seeded by ``seed``).
@@ -21,7 +22,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "
     from ..data import build_datasets
     from ..data.build import resolve_num_workers
     from ..models import create_model_from_checkpoint, read_checkpoint_metadata
-    from ..training.engine import predict
+    from ..training.engine import predict, resolve_amp
     from ..training.trainer import make_loader, resolve_device
 
     meta = read_checkpoint_metadata(checkpoint)
@@ -39,12 +40,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "
     if names is not None and list(names) != list(splits.class_names):
         raise DataError(f"{data.path}: classes {splits.class_names} differ from the checkpoint's {names}")
     dev = resolve_device(device)
+    amp = resolve_amp(amp, dev)
     model = create_model_from_checkpoint(checkpoint).to(dev)
     loader = make_loader(dataset, batch_size, False, resolve_num_workers(data.num_workers))
     y, probs, loss = predict(model, loader, dev, amp)
     metrics = classification_metrics(y, probs, splits.class_names)
     if n_boot and n_boot > 0:
         metrics["bootstrap"] = bootstrap_ci(y, probs, splits.class_names, n_boot=n_boot, seed=seed, estimates=metrics)
-    metrics.update(split=split, loss=loss, checkpoint=str(checkpoint), model=meta["model_name"],
+    metrics.update(split=split, loss=loss, amp=amp, checkpoint=str(checkpoint), model=meta["model_name"],
                    data=splits.description)
     return metrics

@@ -11,9 +11,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..errors import ConfigError
+
+
+AMP = ("auto", "none", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively, so that bf16 autocast is a speed-up, not an emulation."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+    return False
+
+
+def resolve_amp(option: str, device: torch.device) -> str:
+    """train.amp as run on ``device``: "auto" is bf16 where the hardware has native bf16, "none" elsewhere."""
+    if option not in AMP:
+        raise ConfigError(f"train.amp: unknown {option!r}; choose {', '.join(AMP)}")
+    if option == "auto":
+        return "bf16" if native_bf16(device) else "none"
+    return option
+
 
 def autocast(device: torch.device, amp: str):
-    if amp == "bf16":
+    if resolve_amp(amp, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

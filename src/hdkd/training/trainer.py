@@ -33,7 +33,7 @@ from ..models.factory import check_compile_options, compile_model, create_model
 from ..models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
 from ..models.checkpoint import atomic_torch_save, read_checkpoint_metadata
 from .distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
-from .engine import EpochStats, predict, train_one_epoch
+from .engine import EpochStats, predict, resolve_amp, train_one_epoch
 from .optim import build_optimizer, build_scheduler
 
 _ARCH_KEYS = ("img_size", "in_chans", "block", "stem_stride", "depths", "widths", "dflt_depth", "dflt_heads",
@@ -207,8 +207,6 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     rank 0 validates, logs and writes checkpoints.
     """
     cfg = cfg.resolved()
-    if cfg.train.amp not in ("none", "bf16"):
-        raise ConfigError(f"train.amp: unknown {cfg.train.amp!r}; choose none or bf16")
     check_sampler(cfg.train.sampler)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs: must be at least 1, got {cfg.train.epochs}")
@@ -221,6 +219,7 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     augment_on = resolve_augment_on(cfg.data.augment_on, device)
+    amp = resolve_amp(cfg.train.amp, device)
     if cfg.train.sync_bn and device.type != "cuda":
         raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU implementation)")
     if data is None:
@@ -297,14 +296,14 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
             if every and ctx.is_main and steps_done % every == 0:
                 save_state(epoch, steps_done, stats)
 
-        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, cfg.train.amp,
+        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, amp,
                                 cfg.train.channels_last, cfg.train.progress and ctx.is_main,
                                 cfg.train.max_steps_per_epoch, desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}",
                                 stats=EpochStats(epoch_stats if epoch == start_epoch else None), on_step=on_step,
                                 first_step=first, world_size=ctx.world_size, batch_transform=batch_transform)
         if not ctx.is_main:
             continue
-        y, probs, val_loss = predict(core, val_loader, device, cfg.train.amp, cfg.train.channels_last)
+        y, probs, val_loss = predict(core, val_loader, device, amp, cfg.train.channels_last)
         val = classification_metrics(y, probs, data.class_names)
         value = _select_value(val, select)
         record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val_loss, "val_accuracy": val["accuracy"],
@@ -331,7 +330,8 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     if ctx.is_main:
         summary = {"role": cfg.role, "model": cfg.model.name, "params": params, "best_epoch": best_epoch,
                    f"best_val_{select}": best_value, "best_val": best_val, "train_time_s": train_time,
-                   "data": data.description, "counts": data.counts, "world_size": ctx.world_size}
+                   "data": data.description, "counts": data.counts, "world_size": ctx.world_size,
+                   "amp": amp, "augment_on": augment_on}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     cleanup_distributed(ctx)
     return result
