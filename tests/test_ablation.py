@@ -437,3 +437,31 @@ def test_claims_across_datasets_side_by_side(tmp_path):
     (tmp_path / "derma" / "ablation_report.md").unlink()
     assert main(["ablate", "--report", *map(str, files), "-o", str(tmp_path / "x"), "--labels", "one"]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "derma" / "ablation_report.md").exists()
+
+
+def test_data_efficiency_figure_plots_each_headline_metric(tmp_path):
+    """One panel per metric: balanced accuracy is plotted from balanced accuracy, not from accuracy (which misleads
+    on an imbalanced set such as DermaMNIST)."""
+    from hdkd.ablation_report import data_efficiency_series, plot_data_efficiency
+
+    records = []
+    for seed in range(3):
+        for variant, arm, frac, acc, bal in [("frac_10_student", "student_alone", 0.1, 0.50, 0.20),
+                                             ("frac_10_hdkd", "hdkd", 0.1, 0.40, 0.30 + 0.01 * seed),
+                                             ("frac_100_student", "student_alone", 1.0, 0.80, 0.35),
+                                             ("frac_100_hdkd", "hdkd", 1.0, 0.70, 0.45)]:
+            records.append({"variant": variant, "seed": seed, "arm": arm, "fraction_of_base": frac,
+                            "settings_key": "k", "metrics": {"accuracy": acc, "balanced_accuracy": bal,
+                                                             "macro_f1": bal / 2}})
+    summary = summarise_ablation(records)
+    xs, ys, errs, ns = data_efficiency_series(summary, "balanced_accuracy")["hdkd"]
+    assert xs == [10.0, 100.0] and ys == pytest.approx([31.0, 45.0]) and errs[0] == pytest.approx(1.0)
+    assert ns == [3, 3]
+    assert data_efficiency_series(summary, "accuracy")["student_alone"][1] == pytest.approx([50.0, 80.0])
+    path = plot_data_efficiency(summary, tmp_path / "eff.png")
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    assert width > 3 * height  # three panels side by side
+    assert plot_data_efficiency({"data_efficiency": {}}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

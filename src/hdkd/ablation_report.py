@@ -35,6 +35,7 @@ TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 _NAMES = {"accuracy": "Accuracy (%)", "balanced_accuracy": "Balanced accuracy (%)", "macro_f1": "Macro-F1 (%)",
           "auc_ovr_macro": "AUC (OvR macro)", "ece": "ECE (%)"}
 _PERCENT = {"accuracy", "balanced_accuracy", "macro_f1", "ece"}
+_FIGURE_LINK = "![accuracy, balanced accuracy and macro-F1 against training fraction](ablation_data_efficiency.png)"
 
 
 def select_records(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict[int, dict]], list[str]]:
@@ -363,7 +364,7 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
         else:
             lines.append("Only one training fraction measured: the claim needs at least two.")
         lines.append("")
-        lines.append("![accuracy against training fraction](ablation_data_efficiency.png)")
+        lines.append(_FIGURE_LINK)
         lines.append("")
 
     if summary.get("comparisons"):
@@ -432,49 +433,58 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def data_efficiency_series(summary: Mapping[str, Any], metric: str) -> dict[str, tuple[list, ...]]:
+    """``{arm: (fractions in %, means in %, stds in %, seeds per point)}`` of one metric, arms without points left out."""
+    series = {}
+    for arm, points in (summary.get("data_efficiency") or {}).items():
+        xs, ys, errs, ns = [], [], [], []
+        for f, stats in points.items():
+            value = stats.get(metric) or {}
+            if value.get("mean") is None:
+                continue
+            xs.append(100 * float(f))
+            ys.append(100 * value["mean"])
+            errs.append(0.0 if value["std"] is None else 100 * value["std"])
+            ns.append(value["n"])
+        if xs:
+            series[arm] = (xs, ys, errs, ns)
+    return series
+
+
 def plot_data_efficiency(summary: Mapping[str, Any], path: str | Path) -> Optional[Path]:
-    """Test accuracy against training fraction (log axis), mean ± sample std over seeds as error bars, for the
-    student alone and HDKD; None (nothing written) when no arm has a point."""
+    """Test accuracy, balanced accuracy and macro-F1 (one panel each: on an imbalanced set accuracy alone misleads)
+    against training fraction (log axis), mean ± sample std over seeds as error bars, for the student alone and
+    HDKD; None (nothing written) when no arm has a point."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     curve = summary.get("data_efficiency") or {}
     if not any(curve.values()):
         return None
-    fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    fig = Figure(figsize=(15.0, 4.2), layout="constrained")
     FigureCanvasAgg(fig)  # attach the Agg canvas explicitly (headless, no pyplot state)
-    ax = fig.add_subplot()
+    axes = fig.subplots(1, len(TABLE_METRICS), sharex=True)
     styles = {"student_alone": ("student alone", "tab:blue", "o"), "hdkd": ("HDKD", "tab:red", "s")}
-    for arm, points in curve.items():
-        label, colour, marker = styles.get(arm, (arm, None, "^"))
-        xs, ys, errs, ns = [], [], [], []
-        for f, stats in points.items():
-            acc = stats["accuracy"]
-            if acc["mean"] is None:
-                continue
-            xs.append(100 * float(f))
-            ys.append(100 * acc["mean"])
-            errs.append(0.0 if acc["std"] is None else 100 * acc["std"])
-            ns.append(acc["n"])
-        if not xs:
-            continue
-        n_text = f"n = {min(ns)}" if min(ns) == max(ns) else f"n = {min(ns)}-{max(ns)}"
-        ax.errorbar(xs, ys, yerr=errs, label=f"{label} ({n_text} seeds)", color=colour, marker=marker, capsize=4,
-                    linewidth=1.5)
-    ax.set_xscale("log")
     images: dict[float, set] = {}
     for points in curve.values():
         for f, stats in points.items():
             images.setdefault(100 * float(f), set()).update(stats.get("train_images") or [])
     ticks = sorted(images)
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}%" + (f"\n{min(images[t])} images" if len(images[t]) == 1 else "") for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("fraction of the training set")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Data efficiency: mean ± sample std over seeds")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    for ax, metric in zip(axes, TABLE_METRICS):
+        for arm, (xs, ys, errs, ns) in data_efficiency_series(summary, metric).items():
+            label, colour, marker = styles.get(arm, (arm, None, "^"))
+            n_text = f"n = {min(ns)}" if min(ns) == max(ns) else f"n = {min(ns)}-{max(ns)}"
+            ax.errorbar(xs, ys, yerr=errs, label=f"{label} ({n_text} seeds)", color=colour, marker=marker,
+                        capsize=4, linewidth=1.5)
+        ax.set_xscale("log")
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}%" + (f"\n{min(images[t])} images" if len(images[t]) == 1 else "") for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("fraction of the training set")
+        ax.set_ylabel(f"test {_NAMES[metric][0].lower()}{_NAMES[metric][1:]}")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Data efficiency: mean ± sample std over seeds")
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
@@ -500,7 +510,7 @@ def write_ablation_report(results: str | Path, out_dir: Optional[str | Path] = N
         paths["plot"] = plotted
     markdown = format_ablation_markdown(summary)
     if plotted is None:
-        markdown = markdown.replace("![accuracy against training fraction](ablation_data_efficiency.png)\n", "")
+        markdown = markdown.replace(_FIGURE_LINK + "\n", "")
     paths["markdown"] = atomic_write_text(out / "ablation_report.md", markdown)
     paths["json"] = atomic_write_text(out / "ablation_report.json",
                                       json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
