@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.img_size=32", "data.max_per_class=6", "train.epochs=1", "train.max_steps_per_epoch=1",
         "train.batch_size=4", "train.progress=false", "data.num_workers=0", "model.depths=[1,1,1]",
         "model.widths=[8,8,16]", "model.dflt_depth=1", "model.dflt_heads=2"]
-RECORD_FIELDS = {"variant", "group", "seed", "config", "git_commit", "hdkd_version", "metrics", "best_epoch",
+RECORD_FIELDS = {"variant", "group", "seed", "config", "git_commit", "hdkd_version", "metrics", "best_epoch", "amp",
                  "val_metrics", "params", "train_time_s", "wall_time_s", "timestamp", "settings_key", "teacher"}
 
 
@@ -165,6 +165,7 @@ def test_results_have_one_line_per_variant_and_seed_with_the_fields(grid):
     assert sorted((r["variant"], r["seed"]) for r in records) == sorted((v, s) for v in VARIANTS_RUN for s in (0, 1))
     for r in records:
         assert RECORD_FIELDS <= set(r), RECORD_FIELDS - set(r)
+        assert r["amp"] in ("bf16", "none")  # train.amp=auto is recorded as the precision that ran
         assert r["config"]["role"] == VARIANTS[r["variant"]].role and r["config"]["train"]["seed"] == r["seed"]
         assert r["group"] == VARIANTS[r["variant"]].group
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "ece"):

@@ -551,7 +551,7 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
 
     from .evaluation import assess_predictions
     from .models import count_flops, create_model_from_checkpoint
-    from .training import predict, resolve_device, train_or_reuse
+    from .training import predict, resolve_amp, resolve_device, train_or_reuse
 
     log = log or (lambda message: None)
     plan = plan_ablation(cfg, variants, seeds, output)
@@ -596,7 +596,7 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
         result = train_or_reuse(run.config, data=data, resume=True)
         device = resolve_device(run.config.train.device)
         model = create_model_from_checkpoint(result.best_checkpoint).to(device)
-        amp = run.config.train.amp
+        amp = resolve_amp(run.config.train.amp, device)  # train.amp: auto recorded as what ran
         y, probs, test_loss = predict(model, loaders["test"], device, amp)
         y_val = probs_val = None
         if loaders["val"] is not None:  # same checkpoint on validation: temperature scaling is fitted there only
@@ -620,7 +620,7 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
             "settings_key": run.settings_key, "config": run.config.to_dict(), "teacher": teacher_info,
             "git_commit": commit, "git_dirty": dirty, "hdkd_version": __version__, "torch": torch.__version__,
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "device": str(device),
-            "metrics": metrics, "bootstrap": assessed["bootstrap"], "best_epoch": result.best_epoch,
+            "amp": amp, "metrics": metrics, "bootstrap": assessed["bootstrap"], "best_epoch": result.best_epoch,
             "val_metrics": _headline(result.best_val), "params": result.params,
             "flops": count_flops(model.cpu(), run.config.model.img_size, data.in_chans),
             "train_time_s": result.train_time_s, "model_trained": not reused,
