@@ -1,0 +1,1 @@
+"""Deployment: using a trained model on new images (predict, export, explain, serve)."""
