@@ -1,7 +1,7 @@
 """How long an `hdkd ablate` grid takes: measured training throughput of every distinct model it trains, times the
 images it trains on.
 
-For a preset (`-c`) and the variants/seeds of the grid, the grid is planned with `hdkd.ablation.plan_ablation` (so the
+For a preset (`-c`) and the variants/seeds of the grid, the grid is planned with `hdkd.experiments.ablation.plan.plan_ablation` (so the
 count of distinct teachers and models, their epochs and training fractions are exactly what `hdkd ablate` would
 train, shared teachers and models counted once). Each distinct architecture + loss is built as training builds it
 (`build_model`, `build_criterion`'s `HDKDLoss` around a randomly initialised teacher) and timed for a few training
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdkd.ablation import plan_ablation, resolve_variants
+from hdkd.experiments.ablation.plan import plan_ablation
+from hdkd.experiments.ablation.variants import resolve_variants
 from hdkd.config import build_config
 from hdkd.data.datasets import CachedImageDataset
 from hdkd.data.transforms import train_transform

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import hdkd
-from hdkd.training.engine import autocast
+from hdkd.runtime import autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import interleaved_medians, write_result_json  # noqa: E402
 

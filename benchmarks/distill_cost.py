@@ -24,7 +24,7 @@ import timm
 import torch
 
 import hdkd
-from hdkd.training.engine import autocast
+from hdkd.runtime import autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 

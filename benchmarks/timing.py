@@ -43,7 +43,7 @@ def write_result_json(path, results: dict, device=None) -> None:
 def training_step(criterion, model, optimizer, images, labels, device, amp: str = "none"):
     """One optimiser step as the trainer takes it (loss under autocast, backward, step); returns the loss output,
     so every benchmark times the same step."""
-    from hdkd.training.engine import autocast
+    from hdkd.runtime import autocast
 
     with autocast(device, amp):
         out = criterion(model, images, labels)

@@ -7,9 +7,13 @@ import pytest
 import torch
 
 import hdkd.training.trainer as trainer_module
-from hdkd.ablation import (GROUPS, VARIANTS, model_config, plan_ablation, read_results, resolve_variants,
-                           run_ablation, teacher_config, teacher_key, variant_config)
-from hdkd.ablation_report import format_ablation_markdown, summarise_ablation, write_ablation_report
+from hdkd.experiments.ablation.variants import GROUPS, VARIANTS, resolve_variants
+from hdkd.experiments.ablation.plan import model_config, plan_ablation, teacher_config, teacher_key, variant_config
+from hdkd.experiments.ablation.records import read_results
+from hdkd.experiments.ablation.run import run_ablation
+from hdkd.reporting.ablation import format_ablation_markdown
+from hdkd.experiments.ablation.summary import summarise_ablation
+from hdkd.experiments.ablation.report import write_ablation_report
 from hdkd.cli import main
 from hdkd.config import build_config
 from hdkd.errors import ConfigError
@@ -82,7 +86,7 @@ def test_variant_wins_over_base_and_per_role_values_and_seed_is_set_for_every_ro
 
 def test_groups_select_variants_and_unknown_names_fail():
     assert [v.name for v in resolve_variants(["block"])] == ["hdkd", "block_mbconv"]
-    from hdkd.ablation import SPEED_REFERENCES
+    from hdkd.experiments.ablation.variants import SPEED_REFERENCES
 
     # `all` is the paper's grid; the speed settings are compared on request (`--variants speed`)
     assert len(resolve_variants(None)) == len(GROUPS["all"]) == len(VARIANTS) - len(SPEED_REFERENCES)
@@ -209,7 +213,7 @@ def test_parallel_jobs_train_the_same_models_and_record_every_run(grid, tmp_path
     monkeypatch.setenv("HDKD_CACHE_DIR", str(grid["out"].parent / "hdkd-cache"))
     # one thread per worker whatever this machine has, as the serial grid ran (a different thread count changes
     # float reductions, and a first Adam step amplifies that on near-zero gradients)
-    monkeypatch.setattr("hdkd.data.cache.available_cpus", lambda: 2)
+    monkeypatch.setattr("hdkd.training.parallel.available_cpus", lambda: 2)
     lines = []
     results = run_ablation(tiny_config(), resolve_variants(VARIANTS_RUN), [0], tmp_path, log=lines.append, jobs=2)
     records = read_results(results)
@@ -326,7 +330,7 @@ def test_cli_report_list_and_bad_variant(grid, tmp_path, capsys):
 def test_options_added_later_keep_the_keys_of_finished_runs():
     """A config written before train.compile / data.augment_on existed hashes like today's config at their
     defaults (finished runs are reused); setting such an option to a non-default value is a new setting."""
-    from hdkd.ablation import _ADDED_LATER, config_key
+    from hdkd.experiments.ablation.plan import _ADDED_LATER, config_key
 
     cfg = build_config("hdkd").resolved()
     older = cfg.to_dict()
@@ -402,7 +406,7 @@ def _claim_records(gain: float, seeds=range(3), noise: float = 0.002, seed: int 
 
 
 def test_claims_across_datasets_side_by_side(tmp_path):
-    from hdkd.ablation_report import write_claims_across
+    from hdkd.experiments.ablation.report import write_claims_across
 
     for name, gain in [("brain", 0.05), ("derma", -0.05)]:
         (tmp_path / name).mkdir()
@@ -443,7 +447,7 @@ def test_claims_across_datasets_side_by_side(tmp_path):
 def test_data_efficiency_figure_plots_each_headline_metric(tmp_path):
     """One panel per metric: balanced accuracy is plotted from balanced accuracy, not from accuracy (which misleads
     on an imbalanced set such as DermaMNIST)."""
-    from hdkd.ablation_report import data_efficiency_series, plot_data_efficiency
+    from hdkd.reporting.ablation import data_efficiency_series, plot_data_efficiency
 
     records = []
     for seed in range(3):

@@ -46,7 +46,7 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
 
 
 def test_benchmark_rejects_bad_amp():
-    from hdkd.benchmark import run_benchmark
+    from hdkd.experiments.benchmark import run_benchmark
 
     with pytest.raises(hdkd.ConfigError):
         run_benchmark(["hdkd"], img_size=32, batch_sizes=[2], amp="fp8")

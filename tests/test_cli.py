@@ -123,7 +123,7 @@ def test_pipeline_jobs_trains_roles_in_processes_like_one_process(tmp_path, caps
     import torch
     from safetensors.torch import load_file
 
-    monkeypatch.setattr("hdkd.data.cache.available_cpus", lambda: 2)  # one thread per worker
+    monkeypatch.setattr("hdkd.training.parallel.available_cpus", lambda: 2)  # one thread per worker
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

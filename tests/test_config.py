@@ -1,6 +1,6 @@
 import pytest
 
-from hdkd.config import AUTHORS_OPTIM, build_config, parse_override
+from hdkd.config import build_config, parse_override
 from hdkd.errors import ConfigError
 
 

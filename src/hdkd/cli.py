@@ -1,4 +1,4 @@
-"""The command line: a thin layer over the Python API (`hdkd.training.train`, `hdkd.pipeline.run_pipeline`, ...)."""
+"""The command line: a thin layer over the Python API (`hdkd.training.train`, `hdkd.experiments.pipeline.run_pipeline`, ...)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import ConfigError, HDKDError
+from hdkd.errors import ConfigError, HDKDError
 
 QUICKSTART = Path(__file__).parent / "presets" / "quickstart.yaml"
 
@@ -39,7 +39,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _build(args, role: Optional[str]):
-    from .config import Config, build_config
+    from hdkd.config import Config, build_config
 
     sections = {
         "data": {"path": args.data, "max_per_class": args.max_per_class, "num_workers": args.workers},
@@ -63,7 +63,7 @@ def _build(args, role: Optional[str]):
 
 
 def cmd_train(args) -> int:
-    from .training import train
+    from hdkd.training import train
 
     cfg = _build(args, args.role)
     result = train(cfg, resume=args.resume)
@@ -76,10 +76,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .config import build_config
-    from .evaluation import format_metrics_table
-    from .io import atomic_write_text
-    from .evaluation.evaluate import evaluate_checkpoint
+    from hdkd.config import build_config
+    from hdkd.evaluation.evaluate import evaluate_checkpoint
+    from hdkd.io import atomic_write_text
+    from hdkd.reporting.tables import format_metrics_table
 
     data = build_config("teacher", args.config, args.set, data={"path": args.data}).data
     if args.bootstrap < 0:
@@ -96,7 +96,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from .pipeline import run_pipeline, run_seeds
+    from hdkd.experiments.pipeline import run_pipeline, run_seeds
 
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
@@ -116,7 +116,14 @@ def cmd_pipeline(args) -> int:
 def cmd_benchmark(args) -> int:
     import torch
 
-    from .benchmark import DEFAULT_MODELS, FOLD_SUFFIX, benchmark_meta, format_table, run_benchmark, write_benchmark
+    from hdkd.experiments.benchmark import (
+        DEFAULT_MODELS,
+        FOLD_SUFFIX,
+        benchmark_meta,
+        format_table,
+        run_benchmark,
+        write_benchmark,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,8 +141,8 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .config import build_config
-    from .data.audit import audit_data, write_audit
+    from hdkd.config import build_config
+    from hdkd.experiments.audit import audit_data, write_audit
 
     data = build_config("teacher", args.config, args.set, data={"path": args.data}).data
     result = audit_data(data, threshold=args.threshold, exact_only=args.exact_only)
@@ -146,7 +153,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from .data.download import download_medmnist
+    from hdkd.data.download import download_medmnist
 
     path = download_medmnist(args.name, size=args.size, cache=args.cache, url_base=args.url_base, md5=args.md5,
                              log=lambda message: print(message, file=sys.stderr, flush=True))
@@ -156,8 +163,10 @@ def cmd_data_download(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .ablation import describe_registry, plan_ablation, resolve_variants, run_ablation
-    from .ablation_report import claim_labels, write_ablation_report, write_claims_across
+    from hdkd.experiments.ablation.plan import plan_ablation
+    from hdkd.experiments.ablation.report import claim_labels, write_ablation_report, write_claims_across
+    from hdkd.experiments.ablation.run import run_ablation
+    from hdkd.experiments.ablation.variants import describe_registry, resolve_variants
 
     if args.list:
         print(describe_registry())
@@ -194,7 +203,7 @@ def cmd_ablate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hdkd", description="Hybrid data-efficient knowledge distillation for "
                                                               "medical image classification.")
-    from . import __version__
+    from hdkd.version import __version__
 
     parser.add_argument("--version", action="version", version=f"hdkd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import ConfigError
+from hdkd.errors import ConfigError
 
 ROLES = ("teacher", "student", "hdkd")
 MODEL_FOR_ROLE = {"teacher": "hdkd_teacher", "student": "hdkd_student", "hdkd": "hdkd"}
@@ -55,7 +55,7 @@ class DataConfig:
     image_ext: Optional[str] = None
     # leakage and class imbalance (hdkd audit; README "Duplicates and leakage", "Class imbalance")
     drop_duplicates: Optional[str] = None  # test | train: where to drop exact/near duplicates across splits
-    duplicate_threshold: int = 24  # near duplicate: 256-bit pHash Hamming distance <= this (hdkd.data.audit)
+    duplicate_threshold: int = 24  # near duplicate: 256-bit pHash Hamming distance <= this (hdkd.data.dedup)
     smote: Optional[dict[str, int] | str] = None  # class name -> target train count (or a JSON file of that)
 
 

@@ -1,4 +1,4 @@
-"""Leakage audit (hdkd.data.audit, `hdkd audit`) and data.drop_duplicates: planted duplicates are found, exactly."""
+"""Leakage audit (hdkd.data.dedup, hdkd.experiments.audit, `hdkd audit`) and data.drop_duplicates: planted duplicates are found, exactly."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +14,8 @@ from PIL import Image
 from hdkd.cli import main
 from hdkd.config import DataConfig
 from hdkd.data import build_datasets
-from hdkd.data.audit import DEFAULT_THRESHOLD, audit_data, hamming, near_pairs, perceptual_hashes
+from hdkd.data.dedup import DEFAULT_THRESHOLD, hamming, near_pairs, perceptual_hashes
+from hdkd.experiments.audit import audit_data
 from hdkd.data.build import discover, select_splits
 from hdkd.data.imageio import load_image, resize_image
 from hdkd.errors import ConfigError

@@ -9,7 +9,8 @@ import torch
 from data_helpers import class_rows, csv_dataset, folder_dataset
 
 from hdkd.config import DataConfig
-from hdkd.data import build_datasets, resolve_num_workers
+from hdkd.data import build_datasets
+from hdkd.data.loaders import resolve_num_workers
 from hdkd.data.build import build_eval_dataset, discover, select_splits
 from hdkd.errors import ConfigError, DataError
 
@@ -138,11 +139,11 @@ def test_grey_medmnist_defaults_to_one_channel(tmp_path, cache_dir):
 
 
 def test_resolve_num_workers(monkeypatch):
-    monkeypatch.setattr("hdkd.data.build.available_cpus", lambda: 4)
+    monkeypatch.setattr("hdkd.data.loaders.available_cpus", lambda: 4)
     assert resolve_num_workers(-1) == 3
-    monkeypatch.setattr("hdkd.data.build.available_cpus", lambda: 32)
+    monkeypatch.setattr("hdkd.data.loaders.available_cpus", lambda: 32)
     assert resolve_num_workers(-1) == 8
-    monkeypatch.setattr("hdkd.data.build.available_cpus", lambda: 1)
+    monkeypatch.setattr("hdkd.data.loaders.available_cpus", lambda: 1)
     assert resolve_num_workers(-1) == 0
     assert resolve_num_workers(5) == 5
     with pytest.raises(ConfigError):

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hdkd.evaluation import (brier_score, calibration_metrics, classification_metrics, expected_calibration_error,
-                             format_metrics_table, reliability_bins)
+from hdkd.evaluation import (
+    brier_score, calibration_metrics, classification_metrics, expected_calibration_error, reliability_bins
+)
+from hdkd.reporting.tables import format_metrics_table
 
 
 def _case(n_classes: int, seed: int, n: int = 300):

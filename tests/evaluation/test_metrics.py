@@ -9,7 +9,8 @@ import pytest
 from sklearn import metrics as skm
 
 from hdkd.errors import DataError
-from hdkd.evaluation import classification_metrics, format_comparison_table, format_metrics_table
+from hdkd.evaluation import classification_metrics
+from hdkd.reporting.tables import format_comparison_table, format_metrics_table
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hdkd.evaluation.report as report_module
-from hdkd.evaluation import format_comparison_table, write_pipeline_report
+import hdkd.reporting.pipeline_report as report_module
+from hdkd.reporting.tables import format_comparison_table
+from hdkd.reporting.pipeline_report import write_pipeline_report
 
 from ._helpers import assert_valid_png, fake_assessed, fake_history, fake_metrics
 

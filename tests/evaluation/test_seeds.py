@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hdkd.cli import main
-from hdkd.evaluation.seeds import SEED_METRICS, format_seeds_markdown, summarise_seeds, write_seeds_summary
+from hdkd.evaluation.seeds import SEED_METRICS, summarise_seeds
+from hdkd.reporting.seeds import format_seeds_markdown, write_seeds_summary
 
 
 def test_summary_of_fake_runs(tmp_path):

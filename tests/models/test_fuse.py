@@ -84,7 +84,7 @@ def test_config_has_fold_teacher_bn():
 def test_unwrap_model_removes_compile_and_ddp_wrappers_only():
     import torch
 
-    from hdkd.models.factory import unwrap_model
+    from hdkd.runtime import unwrap_model
 
     class Holder(nn.Module):  # a model whose submodule happens to be called `module` is not a wrapper
         def __init__(self):

@@ -2,7 +2,6 @@ import pytest
 import timm
 import torch
 
-import hdkd
 from hdkd import count_flops, count_params
 from hdkd.models.hdkd import CBAM
 

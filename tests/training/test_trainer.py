@@ -155,7 +155,7 @@ def test_unknown_augment_on_is_refused(tmp_path):
 @pytest.mark.parametrize("caps, expected", [({"amx_bf16": True, "avx512_bf16": True}, "bf16"),
                                             ({"avx512_bf16": True}, "bf16"), ({"avx2": True}, "none")])
 def test_auto_amp_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, caps, expected):
-    from hdkd.training.engine import resolve_amp
+    from hdkd.runtime import resolve_amp
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert resolve_amp("auto", torch.device("cpu")) == expected

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .transforms import RECIPES, mean_std
+from hdkd.data.transforms import RECIPES, mean_std
+from hdkd.errors import ConfigError
 
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)

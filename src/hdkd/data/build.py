@@ -7,7 +7,7 @@ Order of operations, each seeded with cfg.split_seed and never touching the test
 3. cfg.train_fraction < 1 -> a stratified subset of the remaining train split;
 4. cfg.max_per_class -> at most that many images per class in every split (seeded shuffle, first N);
 5. cfg.drop_duplicates -> drop the images with an exact or near duplicate across the test boundary: from test
-   ("test") or from train and val ("train"); see hdkd.data.audit;
+   ("test") or from train and val ("train"); see hdkd.data.dedup;
 6. decode and resize the chosen images once (cached); cfg.smote -> SMOTE on the train images only
    (hdkd.data.imbalance); wrap them with the transforms.
 """
@@ -19,15 +19,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import ConfigError, DataError
-from .audit import drop_cross_split_duplicates
-from .cache import available_cpus, cache_root, split_images
-from .datasets import CachedImageDataset
-from .imbalance import apply_smote, resolve_smote_targets
-from .sources import SPLITS, DatasetSource, SplitData, discover_source, split_indices
-from .synthetic import SYNTHETIC_VERSION, make_synthetic_dataset
-from .transforms import eval_transform, train_transform
+from hdkd.config import DataConfig
+from hdkd.data.cache import cache_root, split_images
+from hdkd.data.datasets import CachedImageDataset
+from hdkd.data.dedup import drop_cross_split_duplicates
+from hdkd.data.imbalance import apply_smote, resolve_smote_targets
+from hdkd.data.sources import SPLITS, DatasetSource, SplitData, discover_source, split_indices
+from hdkd.data.synthetic import SYNTHETIC_VERSION, make_synthetic_dataset
+from hdkd.data.transforms import eval_transform, train_transform
+from hdkd.errors import ConfigError, DataError
 
 
 @dataclass
@@ -188,10 +188,3 @@ def resolve_in_chans(in_chans: Optional[int], source: DatasetSource) -> int:
     return in_chans
 
 
-def resolve_num_workers(num_workers: int) -> int:
-    """data.num_workers: -1 -> one less than the usable CPUs, at most 8 (at least 0); otherwise as given."""
-    if num_workers == -1:
-        return max(0, min(available_cpus() - 1, 8))
-    if num_workers < 0:
-        raise ConfigError(f"data.num_workers: expected -1 or a non-negative integer, got {num_workers}")
-    return num_workers

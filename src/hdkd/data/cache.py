@@ -19,10 +19,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import atomic_write
-from .imageio import load_image, resize_image, to_channels
-from .sources import SplitData
+from hdkd.data.imageio import load_image, resize_image, to_channels
+from hdkd.data.sources import SplitData
+from hdkd.errors import DataError
+from hdkd.io import atomic_write
+from hdkd.runtime import available_cpus
 
 CACHE_FORMAT_VERSION = 1
 _STALE_TEMP_SECONDS = 24 * 3600
@@ -35,14 +36,6 @@ def cache_root(cache_dir: Optional[str] = None) -> Path:
         return Path(cache_dir).expanduser()
     env = os.environ.get("HDKD_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hdkd"
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (respects affinity masks such as taskset or container limits where visible)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def split_images(split: SplitData, size: int, channels: int, cache_dir: Optional[str] = None) -> np.ndarray:

@@ -21,9 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import ConfigError, DataError
-from ..io import atomic_write
-from .cache import cache_root
+from hdkd.data.cache import cache_root
+from hdkd.errors import ConfigError, DataError
+from hdkd.io import atomic_write
 
 MEDMNIST_URL_BASE = "https://zenodo.org/records/10519652/files"  # MedMNIST v3 (MedMNIST+), Zenodo
 MEDMNIST_SIZES = (28, 64, 128, 224)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from hdkd.errors import DataError
 
 _GREY_MODES = {"1", "L", "LA", "La"}
 _HIGH_DEPTH_MODES = {"I", "F"}  # plus every "I;16..." variant

@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from hdkd.errors import ConfigError, DataError
 
 CLASS_WEIGHTS = ("balanced",)
 SAMPLERS = ("random", "balanced")

@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import DataError
+from hdkd.config import DataConfig
+from hdkd.errors import DataError
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")

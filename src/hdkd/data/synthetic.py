@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from hdkd.errors import DataError
 
 SYNTHETIC_VERSION = 2
 LESION_KINDS = ("blob", "ring", "streak", "spots", "cross", "square")

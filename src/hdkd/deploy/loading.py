@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 
-from ..errors import CheckpointError
-from ..evaluation.inference import Classifier, TorchClassifier
-from .onnx_classifier import OnnxClassifier
+from hdkd.deploy.onnx_classifier import OnnxClassifier
+from hdkd.errors import CheckpointError
+from hdkd.evaluation.inference import Classifier, TorchClassifier
 
 MODEL_SUFFIXES = (".safetensors", ".onnx")
 

@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ..errors import CheckpointError
-from ..evaluation.inference import Classifier, ModelInfo
+from hdkd.errors import CheckpointError
+from hdkd.evaluation.inference import Classifier, ModelInfo
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

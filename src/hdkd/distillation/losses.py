@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError, HDKDError
-from ..models.factory import unwrap_model
+from hdkd.errors import ConfigError, HDKDError
+from hdkd.models.fuse import fold_batchnorm
+from hdkd.runtime import unwrap_model
 
 
 @dataclass
@@ -104,7 +105,6 @@ class HDKDLoss(nn.Module):
             raise ConfigError("distill.lam > 0 needs a teacher with stage maps (forward_intermediates); "
                               "use lam=0 for a logit-only teacher")
         if fold_teacher_bn:  # the frozen teacher's eval-mode BNs folded into its convs (same outputs, less work)
-            from ..models.fuse import fold_batchnorm
             teacher = fold_batchnorm(teacher)
         self.teacher = teacher
         self.alpha, self.tau, self.lam, self.kd, self.beta = alpha, tau, lam, kd, beta

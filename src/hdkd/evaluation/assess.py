@@ -6,9 +6,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .bootstrap import bootstrap_ci
-from .calibration import temperature_scaling_report
-from .metrics import _validate, classification_metrics
+from hdkd.evaluation.bootstrap import bootstrap_ci
+from hdkd.evaluation.calibration import temperature_scaling_report
+from hdkd.evaluation.metrics import _validate, classification_metrics
 
 __all__ = ["assess_predictions"]
 

@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .metrics import _validate, classification_metrics
+from hdkd.evaluation.metrics import _validate, classification_metrics
 
 __all__ = ["bootstrap_ci", "HEADLINE_METRICS"]
 

@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import DataError
-from .metrics import _as_numpy, calibration_metrics
+from hdkd.errors import DataError
+from hdkd.evaluation.metrics import _as_numpy, calibration_metrics
 
 __all__ = ["fit_temperature", "apply_temperature", "temperature_nll", "temperature_scaling_report",
            "T_BOUNDS"]

@@ -4,10 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import DataConfig
-from ..errors import CheckpointError, DataError
-from .bootstrap import bootstrap_ci
-from .metrics import classification_metrics
+from hdkd.config import DataConfig
+from hdkd.data import build_datasets
+from hdkd.data.loaders import make_loader, resolve_num_workers
+from hdkd.errors import CheckpointError, DataError
+from hdkd.evaluation.bootstrap import bootstrap_ci
+from hdkd.evaluation.metrics import classification_metrics
+from hdkd.evaluation.predict import predict
+from hdkd.models import create_model_from_checkpoint, read_checkpoint_metadata
+from hdkd.runtime import resolve_amp, resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "test", batch_size: int = 128,
@@ -19,11 +24,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "
     With ``n_boot > 0`` the result also has ``bootstrap``: percentile bootstrap 95 % intervals of accuracy, balanced
     accuracy, macro-F1 and macro AUC over ``n_boot`` resamples of the split (``bootstrap_ci``, seeded by ``seed``).
     """
-    from ..data import build_datasets
-    from ..data.build import resolve_num_workers
-    from ..models import create_model_from_checkpoint, read_checkpoint_metadata
-    from ..training.engine import predict, resolve_amp
-    from ..training.trainer import make_loader, resolve_device
 
     meta = read_checkpoint_metadata(checkpoint)
     if not meta.get("model_name"):

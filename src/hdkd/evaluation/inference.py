@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data.imageio import load_image, resize_image, to_channels
-from ..data.transforms import eval_transform, mean_std
-from ..errors import CheckpointError
-from ..models import create_model_from_checkpoint, read_checkpoint_metadata
-from ..models.fuse import fold_batchnorm
-from ..version import __version__
+from hdkd.data.imageio import load_image, resize_image, to_channels
+from hdkd.data.transforms import eval_transform, mean_std
+from hdkd.errors import CheckpointError
+from hdkd.models import create_model_from_checkpoint, read_checkpoint_metadata
+from hdkd.models.fuse import fold_batchnorm
+from hdkd.version import __version__
 
 METADATA_PREFIX = "hdkd."
 _JSON_FIELDS = ("class_names", "mean", "std", "metrics")

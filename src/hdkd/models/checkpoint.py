@@ -17,8 +17,9 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
-from ..errors import CheckpointError
-from ..io import atomic_write
+from hdkd.errors import CheckpointError
+from hdkd.io import atomic_write
+from hdkd.models.factory import create_model
 
 FORMAT = "hdkd-checkpoint-v1"
 
@@ -173,7 +174,6 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 
 def create_model_from_checkpoint(path: str | Path, **overrides) -> nn.Module:
     """Rebuild the model a project checkpoint was saved from, and load its weights."""
-    from .factory import create_model
 
     meta = read_checkpoint_metadata(path)
     if meta.get("format") != FORMAT:

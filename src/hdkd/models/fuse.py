@@ -28,6 +28,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from hdkd.models.hdkd import MBCSA, StemBlock
+
 __all__ = ["fold_batchnorm", "count_batchnorms"]
 
 
@@ -93,7 +95,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     The original is not modified. The copy is in eval mode with `requires_grad=False` on every parameter; in eval
     mode its outputs equal the original's (eval mode) up to floating-point rounding.
     """
-    from .hdkd import MBCSA, StemBlock  # local: hdkd.py stays free of this module
 
     folded = copy.deepcopy(model).eval()
     for module in list(folded.modules()):

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..errors import ConfigError
+from hdkd.errors import ConfigError
 
 
 @dataclass

@@ -1,52 +1,14 @@
 """One epoch of training and one pass of inference: the plain loops every role shares."""
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import ConfigError
-
-
-AMP = ("auto", "none", "bf16")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices natively, so that bf16 autocast is a speed-up, not an emulation."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        caps = torch.cpu.get_capabilities()
-        return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
-    return False
-
-
-def resolve_amp(option: str, device: torch.device) -> str:
-    """train.amp as run on ``device``: "auto" is bf16 where the hardware has native bf16, "none" elsewhere."""
-    if option not in AMP:
-        raise ConfigError(f"train.amp: unknown {option!r}; choose {', '.join(AMP)}")
-    if option == "auto":
-        return "bf16" if native_bf16(device) else "none"
-    return option
-
-
-def autocast(device: torch.device, amp: str):
-    if resolve_amp(amp, device) == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
+from hdkd.runtime import autocast, to_device
 
 
 class EpochStats:
@@ -133,21 +95,3 @@ def train_one_epoch(model: nn.Module, criterion, loader, optimizer: torch.optim.
     return stats.result()
 
 
-@torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, amp: str = "none",
-            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, softmax probabilities, mean cross-entropy) over a loader, the model in eval mode."""
-    model.eval()
-    all_labels, all_probs, loss_sum, seen = [], [], 0.0, 0
-    for images, labels in loader:
-        images, labels = to_device(images, labels, device, channels_last)
-        with autocast(device, amp):
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        seen += labels.shape[0]
-        all_probs.append(torch.softmax(logits, 1).cpu().numpy())
-        all_labels.append(labels.cpu().numpy())
-    if seen == 0:
-        raise RuntimeError("the evaluation loader produced no batch")
-    return np.concatenate(all_labels), np.concatenate(all_probs).astype(np.float64), loss_sum / seen

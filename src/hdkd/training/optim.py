@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 from timm.scheduler import CosineLRScheduler
 
-from ..config import OptimConfig
-from ..errors import ConfigError
+from hdkd.config import OptimConfig
+from hdkd.errors import ConfigError
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -9,19 +9,25 @@ into a model folder.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import Config
+import torch
+
+from hdkd.config import Config
+from hdkd.runtime import available_cpus
+from hdkd.training.trainer import train_or_reuse
 
 __all__ = ["train_in_processes"]
 
 
 def _exit_with_parent(parent: int) -> None:
     """Stop this worker when the main process is gone (killed, even by SIGKILL)."""
-    import os
-    import threading
 
     def watch() -> None:
         while True:
@@ -33,7 +39,6 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_init(threads: int, parent: int) -> None:
-    import torch
 
     torch.set_num_threads(threads)
     _exit_with_parent(parent)
@@ -42,7 +47,6 @@ def _worker_init(threads: int, parent: int) -> None:
 def _train_in_worker(cfg: Config) -> tuple[float, bool]:
     """One training in a worker (its dataset decoded from the shared on-disk cache):
     (seconds, whether it trained rather than reused a finished model)."""
-    from .trainer import train_or_reuse
 
     start = time.perf_counter()
     finished = (Path(cfg.output) / "summary.json").is_file()
@@ -61,11 +65,7 @@ def train_in_processes(tasks: dict[str, tuple[Config, Optional[str]]], jobs: int
     later trainings go on. Returns the folders trained (not reused), also added to ``trained`` as they finish.
     Folders in log lines are shown relative to ``root``.
     """
-    import concurrent.futures as cf
-    import multiprocessing
-    import os
 
-    from ..data.cache import available_cpus
 
     threads = max(1, available_cpus() // jobs)
     finished: set[str] = set()

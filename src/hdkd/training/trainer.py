@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +19,23 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ..config import Config, save_yaml
-from ..data import DataSplits, build_datasets
-from ..data.batch_augment import BatchAugment, batch_seeds
-from ..data.build import resolve_num_workers
-from ..data.imbalance import balanced_sample_weights, check_sampler, class_weights
-from ..distillation import HDKDLoss, SupervisedLoss
-from ..errors import CheckpointError, ConfigError
-from ..evaluation import classification_metrics
-from ..io import atomic_write_text
-from ..models.factory import check_compile_options, compile_model, create_model
-from ..models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
-from ..models.checkpoint import atomic_torch_save, read_checkpoint_metadata
-from .distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
-from .engine import EpochStats, predict, resolve_amp, train_one_epoch
-from .optim import build_optimizer, build_scheduler
+from hdkd.config import Config, save_yaml
+from hdkd.data import DataSplits, build_datasets
+from hdkd.data.batch_augment import BatchAugment, batch_seeds
+from hdkd.data.imbalance import balanced_sample_weights, check_sampler, class_weights
+from hdkd.data.loaders import make_loader, resolve_num_workers, single_threaded_worker
+from hdkd.distillation import HDKDLoss, SupervisedLoss
+from hdkd.errors import CheckpointError, ConfigError
+from hdkd.evaluation import classification_metrics
+from hdkd.evaluation.predict import predict
+from hdkd.io import atomic_write_text
+from hdkd.models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
+from hdkd.models.checkpoint import atomic_torch_save, read_checkpoint_metadata
+from hdkd.models.factory import create_model
+from hdkd.runtime import check_compile_options, compile_model, resolve_amp, resolve_device, seed_everything
+from hdkd.training.distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
+from hdkd.training.engine import EpochStats, train_one_epoch
+from hdkd.training.optim import build_optimizer, build_scheduler
 
 _ARCH_KEYS = ("img_size", "in_chans", "block", "stem_stride", "depths", "widths", "dflt_depth", "dflt_heads",
               "dflt_patch_size")
@@ -50,24 +51,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     params: int = 0
     train_time_s: float = 0.0
-
-
-def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """"auto" -> CUDA when present; an explicit CUDA request without a GPU is an error naming `option`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"{option}: {name} requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def model_args(cfg: Config, num_classes: int, in_chans: int) -> dict[str, Any]:
@@ -131,20 +114,6 @@ def build_criterion(cfg: Config, data: DataSplits, device: torch.device) -> nn.M
                     fold_teacher_bn=d.fold_teacher_bn, class_weight=weight)
 
 
-def _single_threaded_worker(worker_id: int) -> None:
-    torch.set_num_threads(1)  # workers only augment; intra-op threads there would steal the model's cores
-
-
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """Evaluation loaders (in order); training batches come from `_train_loader`."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, drop_last=drop_last, worker_init_fn=_single_threaded_worker,
-                      pin_memory=torch.cuda.is_available())
-
-
 def _select_value(metrics: dict[str, Any], key: str) -> float:
     value = metrics.get(key)
     if value is None:
@@ -165,7 +134,7 @@ def _train_loader(train_set, cfg: Config, epoch: int, workers: int, ctx: DistCon
     sampler = GlobalBatchSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, ctx.rank,
                                  ctx.world_size, drop_last, start_batch, weights)
     return DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
-                      worker_init_fn=_single_threaded_worker, pin_memory=torch.cuda.is_available())
+                      worker_init_fn=single_threaded_worker, pin_memory=torch.cuda.is_available())
 
 
 AUGMENT_ON = ("auto", "loader", "device")

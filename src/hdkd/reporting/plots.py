@@ -18,10 +18,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-
 from sklearn.metrics import roc_curve
 
-from ..io import atomic_write
+from hdkd.io import atomic_write
 
 __all__ = ["plot_confusion_matrices", "plot_training_curves", "plot_roc_curves", "plot_reliability_diagrams"]
 

@@ -14,15 +14,21 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from . import __version__
-from .config import Config, save_yaml
-from .data import build_datasets
-from .data.build import resolve_num_workers
-from .errors import ConfigError
-from .evaluation import assess_predictions, format_comparison_table, write_pipeline_report
-from .models import count_flops, create_model_from_checkpoint
-from .training import predict, resolve_amp, resolve_device, train_or_reuse
-from .training.trainer import make_loader
+from hdkd.config import Config, from_dict, save_yaml
+from hdkd.data import build_datasets
+from hdkd.data.loaders import make_loader, resolve_num_workers
+from hdkd.errors import ConfigError
+from hdkd.evaluation import assess_predictions
+from hdkd.evaluation.predict import predict
+from hdkd.evaluation.seeds import summarise_seeds
+from hdkd.models import count_flops, create_model_from_checkpoint
+from hdkd.reporting.pipeline_report import write_pipeline_report
+from hdkd.reporting.seeds import format_seeds_markdown, write_seeds_summary
+from hdkd.reporting.tables import format_comparison_table
+from hdkd.runtime import resolve_amp, resolve_device
+from hdkd.training import train_or_reuse
+from hdkd.training.parallel import train_in_processes
+from hdkd.version import __version__
 
 ROLE_ORDER = ("teacher", "student", "hdkd")
 
@@ -63,7 +69,6 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
         trained_teacher = out / "teacher" / "best.safetensors"
         role_cfgs["hdkd"].distill.teacher = str(trained_teacher if "teacher" in roles else cfg.distill.teacher)
     if jobs > 1:
-        from .training.parallel import train_in_processes
 
         if not resume:  # a fresh run: nothing in the role folders may be reused by the workers
             for role_cfg in role_cfgs.values():
@@ -115,7 +120,6 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
 
 def _seed_config(cfg: Config, seed: int, output: Path) -> Config:
     """``cfg`` with ``train.seed = seed`` for every role (a per-role seed is dropped) and another output folder."""
-    from .config import from_dict
 
     values = cfg.to_dict()
     values["train"]["seed"] = int(seed)
@@ -134,7 +138,6 @@ def run_seeds(cfg: Config, seeds: Sequence[int], roles: Sequence[str] = ROLE_ORD
     seed (``data.split_seed``). Writes OUTPUT/seeds_summary.json and OUTPUT/seeds_summary.md (see
     ``hdkd.evaluation.seeds``); returns ``{"runs": {seed: run_pipeline outcome}, "summary", "paths", "table"}``.
     """
-    from .evaluation.seeds import format_seeds_markdown, summarise_seeds, write_seeds_summary
 
     seeds = [int(s) for s in seeds]
     if not seeds:

@@ -30,14 +30,16 @@ from typing import Any, Callable, Optional, Sequence
 import timm
 import torch
 import torch.nn as nn
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from .distillation import SupervisedLoss
-from .errors import ConfigError
-from .io import atomic_write, atomic_write_text
-from .models.factory import create_model
-from .training.trainer import resolve_device
-from .models import count_flops, count_params
-from .training.engine import autocast
+from hdkd.distillation import SupervisedLoss
+from hdkd.errors import ConfigError
+from hdkd.io import atomic_write, atomic_write_text
+from hdkd.models import count_flops, count_params
+from hdkd.models.factory import create_model
+from hdkd.models.fuse import fold_batchnorm
+from hdkd.runtime import autocast, resolve_device
 
 __all__ = ["DEFAULT_MODELS", "PEERS", "run_benchmark", "write_benchmark", "format_table", "benchmark_meta"]
 
@@ -57,7 +59,6 @@ def _create(name: str, num_classes: int, img_size: int, in_chans: int) -> nn.Mod
     base = name[: -len(FOLD_SUFFIX)] if name.endswith(FOLD_SUFFIX) else name
     model = create_model(base, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     if name.endswith(FOLD_SUFFIX):
-        from .models.fuse import fold_batchnorm
 
         model = fold_batchnorm(model.eval())
     return model
@@ -221,8 +222,6 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def _plot(rows: Sequence[dict], path: Path, title: str) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     ok = [r for r in rows if r["status"] == "ok"]
     first_batch = min((r["batch"] for r in ok), default=None)

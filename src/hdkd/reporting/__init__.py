@@ -1,0 +1,1 @@
+"""Rendering: Markdown, HTML, tables and figures of results computed elsewhere (no training, no metrics)."""
