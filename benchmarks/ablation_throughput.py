@@ -27,14 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdkd.experiments.ablation.plan import plan_ablation
-from hdkd.experiments.ablation.variants import resolve_variants
 from hdkd.config import build_config
 from hdkd.data.datasets import CachedImageDataset
 from hdkd.data.transforms import train_transform
 from hdkd.distillation import HDKDLoss, SupervisedLoss
+from hdkd.experiments.ablation.plan import plan_ablation
+from hdkd.experiments.ablation.variants import resolve_variants
 from hdkd.training import build_model
 from hdkd.training.optim import build_optimizer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import write_result_json  # noqa: E402
 

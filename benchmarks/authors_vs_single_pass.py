@@ -28,8 +28,8 @@ Quick check that it runs: `python benchmarks/authors_vs_single_pass.py --sizes 3
 from __future__ import annotations
 
 import argparse
-import sys
 import copy
+import sys
 from pathlib import Path
 
 import timm
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 import hdkd
 from hdkd.runtime import autocast
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import interleaved_medians, write_result_json  # noqa: E402
 

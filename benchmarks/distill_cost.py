@@ -16,8 +16,8 @@ respect to activations and to weights) + 1 x the teacher's forward FLOPs (infere
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 import timm
@@ -25,6 +25,7 @@ import torch
 
 import hdkd
 from hdkd.runtime import autocast
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 

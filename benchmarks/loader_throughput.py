@@ -29,6 +29,7 @@ from hdkd.config import DataConfig
 from hdkd.data import build_datasets
 from hdkd.data.batch_augment import BatchAugment, batch_seeds
 from hdkd.runtime import autocast
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import write_result_json  # noqa: E402
 

@@ -13,8 +13,8 @@ Quick check: `python benchmarks/matmul_peak.py --sizes 256 --repeats 1`.
 from __future__ import annotations
 
 import argparse
-import sys
 import statistics
+import sys
 import time
 from pathlib import Path
 

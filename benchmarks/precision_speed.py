@@ -23,9 +23,10 @@ import timm
 import torch
 
 import hdkd
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
-from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 from distill_cost import train_flops_per_image  # noqa: E402
+from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 
 
 def hdkd_step(img_size: int, batch: int, amp: str, compiled: bool, channels_last: bool, classes: int = 4):

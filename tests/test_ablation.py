@@ -7,16 +7,16 @@ import pytest
 import torch
 
 import hdkd.training.trainer as trainer_module
-from hdkd.experiments.ablation.variants import GROUPS, VARIANTS, resolve_variants
-from hdkd.experiments.ablation.plan import model_config, plan_ablation, teacher_config, teacher_key, variant_config
-from hdkd.experiments.ablation.records import read_results
-from hdkd.experiments.ablation.run import run_ablation
-from hdkd.reporting.ablation import format_ablation_markdown
-from hdkd.experiments.ablation.summary import summarise_ablation
-from hdkd.experiments.ablation.report import write_ablation_report
 from hdkd.cli import main
 from hdkd.config import build_config
 from hdkd.errors import ConfigError
+from hdkd.experiments.ablation.plan import model_config, plan_ablation, teacher_config, teacher_key, variant_config
+from hdkd.experiments.ablation.records import read_results
+from hdkd.experiments.ablation.report import write_ablation_report
+from hdkd.experiments.ablation.run import run_ablation
+from hdkd.experiments.ablation.summary import summarise_ablation
+from hdkd.experiments.ablation.variants import GROUPS, VARIANTS, resolve_variants
+from hdkd.reporting.ablation import format_ablation_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.img_size=32", "data.max_per_class=6", "train.epochs=1", "train.max_steps_per_epoch=1",

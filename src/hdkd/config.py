@@ -16,6 +16,9 @@ from hdkd.errors import ConfigError
 
 ROLES = ("teacher", "student", "hdkd")
 MODEL_FOR_ROLE = {"teacher": "hdkd_teacher", "student": "hdkd_student", "hdkd": "hdkd"}
+# The distilled student is the student trained another way: its per-role settings start from the student's, and a
+# roles.hdkd block only says what differs (presets do not repeat the student's block).
+ROLE_INHERITS: dict[str, tuple[str, ...]] = {"hdkd": ("student",)}
 
 
 @dataclass
@@ -139,7 +142,8 @@ class Config:
         unknown = sorted(set(values.get("roles") or {}) - set(ROLES))
         if unknown:
             raise ConfigError(f"roles: unknown role(s) {', '.join(unknown)}; choose from {', '.join(ROLES)}")
-        values = merge(values, (values.get("roles") or {}).get(self.role) or {})
+        for role in ROLE_INHERITS.get(self.role, ()) + (self.role,):
+            values = merge(values, (values.get("roles") or {}).get(role) or {})
         cfg = from_dict(values)
         if cfg.model.name is None:
             cfg.model.name = MODEL_FOR_ROLE[cfg.role]

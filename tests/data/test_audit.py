@@ -14,11 +14,11 @@ from PIL import Image
 from hdkd.cli import main
 from hdkd.config import DataConfig
 from hdkd.data import build_datasets
-from hdkd.data.dedup import DEFAULT_THRESHOLD, hamming, near_pairs, perceptual_hashes
-from hdkd.experiments.audit import audit_data
 from hdkd.data.build import discover, select_splits
+from hdkd.data.dedup import DEFAULT_THRESHOLD, hamming, near_pairs, perceptual_hashes
 from hdkd.data.imageio import load_image, resize_image
 from hdkd.errors import ConfigError
+from hdkd.experiments.audit import audit_data
 
 
 def _texture(rng: np.random.Generator, size: int = 64) -> np.ndarray:

@@ -9,8 +9,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from hdkd.data import CachedImageDataset, eval_transform
 from hdkd.data.batch_augment import (
-    BatchAugment, adjust_brightness, adjust_contrast, adjust_sharpness, batch_seeds, draw_params, flip, gaussian_blur,
-    rotate
+    BatchAugment,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_sharpness,
+    batch_seeds,
+    draw_params,
+    flip,
+    gaussian_blur,
+    rotate,
 )
 from hdkd.errors import ConfigError
 

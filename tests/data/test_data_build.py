@@ -10,8 +10,8 @@ from data_helpers import class_rows, csv_dataset, folder_dataset
 
 from hdkd.config import DataConfig
 from hdkd.data import build_datasets
-from hdkd.data.loaders import resolve_num_workers
 from hdkd.data.build import build_eval_dataset, discover, select_splits
+from hdkd.data.loaders import resolve_num_workers
 from hdkd.errors import ConfigError, DataError
 
 LAYOUT = {"Training": {"a": 60, "b": 30, "c": 10}, "Testing": {"a": 5, "b": 4, "c": 3}}

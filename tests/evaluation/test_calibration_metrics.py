@@ -9,7 +9,11 @@ import pytest
 from sklearn import metrics as skm
 
 from hdkd.evaluation import (
-    brier_score, calibration_metrics, classification_metrics, expected_calibration_error, reliability_bins
+    brier_score,
+    calibration_metrics,
+    classification_metrics,
+    expected_calibration_error,
+    reliability_bins,
 )
 from hdkd.reporting.tables import format_metrics_table
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from hdkd.reporting.plots import (
-    plot_confusion_matrices, plot_reliability_diagrams, plot_roc_curves, plot_training_curves
+    plot_confusion_matrices,
+    plot_reliability_diagrams,
+    plot_roc_curves,
+    plot_training_curves,
 )
 
 from ._helpers import assert_valid_png, fake_assessed, fake_history, fake_metrics, fake_predictions, png_size

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import hdkd.reporting.pipeline_report as report_module
-from hdkd.reporting.tables import format_comparison_table
 from hdkd.reporting.pipeline_report import write_pipeline_report
+from hdkd.reporting.tables import format_comparison_table
 
 from ._helpers import assert_valid_png, fake_assessed, fake_history, fake_metrics
 

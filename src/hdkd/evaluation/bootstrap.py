@@ -36,9 +36,9 @@ import numpy as np
 
 from hdkd.evaluation.metrics import _validate, classification_metrics
 
-__all__ = ["bootstrap_ci", "HEADLINE_METRICS"]
+__all__ = ["bootstrap_ci", "BOOTSTRAP_METRICS"]
 
-HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro")
+BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro")
 
 _CHUNK_ELEMENTS = 4_000_000  # resamples x images processed at once (~32 MB per float64 matrix)
 
@@ -125,7 +125,7 @@ def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: in
         estimates: point estimates to report (a ``classification_metrics`` dict); computed when not given.
 
     Returns a JSON-serialisable dict ``{"method", "level", "n_boot", "seed", "stratified", "n", "metrics"}`` where
-    ``metrics`` maps each of ``HEADLINE_METRICS`` to ``{"estimate", "low", "high", "n_valid"}`` (fractions in
+    ``metrics`` maps each of ``BOOTSTRAP_METRICS`` to ``{"estimate", "low", "high", "n_valid"}`` (fractions in
     [0, 1]; ``low`` / ``high`` are ``None`` when no resample gave a defined value, e.g. the AUC when a class is
     absent from the test split).
     """
@@ -140,7 +140,7 @@ def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: in
     rng = np.random.default_rng(seed)
     n = y.shape[0]
     chunk = max(1, _CHUNK_ELEMENTS // n)
-    values: dict[str, list[np.ndarray]] = {key: [] for key in HEADLINE_METRICS}
+    values: dict[str, list[np.ndarray]] = {key: [] for key in BOOTSTRAP_METRICS}
     done = 0
     while done < n_boot:
         size = min(chunk, n_boot - done)
@@ -151,7 +151,7 @@ def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: in
 
     alpha = (1.0 - float(level)) / 2.0
     out: dict[str, Any] = {}
-    for key in HEADLINE_METRICS:
+    for key in BOOTSTRAP_METRICS:
         v = np.concatenate(values[key])
         v = v[np.isfinite(v)]
         low = high = None

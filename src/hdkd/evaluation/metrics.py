@@ -42,6 +42,17 @@ __all__ = [
     "ECE_BINS",
 ]
 
+# The metrics every summary leads with (seed summaries, ablation records and reports, model metadata).
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro", "ece")
+RECORD_METRICS = HEADLINE_METRICS + ("n", "weighted_f1", "mcc", "cohen_kappa", "brier", "nll")
+
+
+def headline_metrics(metrics: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The scalar metrics worth recording of a ``classification_metrics`` result (no per-class tables)."""
+    metrics = metrics or {}
+    return {k: metrics[k] for k in RECORD_METRICS if k in metrics}
+
+
 ECE_BINS = 15  # equal-width confidence bins for the ECE and the reliability diagram
 
 # Tolerance on "each row of probs sums to 1" (and on the [0, 1] range): float32 and even float16 softmax outputs are

@@ -12,9 +12,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from hdkd.evaluation.metrics import HEADLINE_METRICS
+
 __all__ = ["SEED_METRICS", "summarise_seeds"]
 
-SEED_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro", "ece")
+SEED_METRICS = HEADLINE_METRICS
 
 
 def summarise_seeds(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],

@@ -5,30 +5,26 @@ The test split is used only here, after every model has been trained and selecte
 from __future__ import annotations
 
 import dataclasses
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
-
 from hdkd.config import Config, from_dict, save_yaml
 from hdkd.data import build_datasets
 from hdkd.data.loaders import make_loader, resolve_num_workers
 from hdkd.errors import ConfigError
-from hdkd.evaluation import assess_predictions
-from hdkd.evaluation.predict import predict
+from hdkd.evaluation.evaluate import evaluate_model
+from hdkd.evaluation.metrics import headline_metrics
 from hdkd.evaluation.seeds import summarise_seeds
-from hdkd.models import count_flops, create_model_from_checkpoint
+from hdkd.models.checkpoint import update_checkpoint_extra
 from hdkd.reporting.pipeline_report import write_pipeline_report
 from hdkd.reporting.seeds import format_seeds_markdown, write_seeds_summary
 from hdkd.reporting.tables import format_comparison_table
-from hdkd.runtime import resolve_amp, resolve_device
+from hdkd.runtime import resolve_device, run_metadata
 from hdkd.training import train_or_reuse
 from hdkd.training.parallel import train_in_processes
-from hdkd.version import __version__
 
 ROLE_ORDER = ("teacher", "student", "hdkd")
 
@@ -81,25 +77,24 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
     for role in roles:
         role_cfg = role_cfgs[role]
         result = train_or_reuse(role_cfg, data=data, resume=resume or jobs > 1)
-        model = create_model_from_checkpoint(result.best_checkpoint).to(device)
-        y, probs, test_loss = predict(model, test_loader, device, role_cfg.train.amp)
-        y_val = probs_val = None
-        if val_loader is not None:  # same checkpoint on validation: temperature scaling is fitted there only
-            y_val, probs_val, _ = predict(model, val_loader, device, role_cfg.train.amp)
-        assessed = assess_predictions(y, probs, data.class_names, y_val, probs_val, n_boot=n_boot,
-                                      seed=base.train.seed)
+        assessed = evaluate_model(result.best_checkpoint, test_loader, data.class_names, device, role_cfg.train.amp,
+                                  val_loader, n_boot=n_boot, seed=base.train.seed,
+                                  flops_input=(role_cfg.model.img_size, data.in_chans))
         metrics = assessed["metrics"]
-        metrics["loss"] = test_loss
+        metrics["loss"] = assessed["loss"]
         results[role] = {
             "model": role_cfg.model.name, "params": result.params,
-            "amp": resolve_amp(role_cfg.train.amp, device),  # the precision it trained and was tested in
-            "flops": count_flops(model.cpu(), role_cfg.model.img_size, data.in_chans),
+            "amp": assessed["amp"],  # the precision it trained and was tested in
+            "flops": assessed["flops"],
             "metrics": metrics, "val_metrics": result.best_val, "history": result.history,
             "best_epoch": result.best_epoch, "train_time_s": result.train_time_s,
             "checkpoint": str(result.best_checkpoint),
             "bootstrap": assessed["bootstrap"], "temperature_scaling": assessed["temperature_scaling"],
             "predictions": assessed["predictions"],  # for the ROC figure; not written into report.json
         }
+        if assessed["temperature_scaling"] is not None:  # the fitted temperature travels with the model
+            update_checkpoint_extra(result.best_checkpoint, temperature=assessed["temperature_scaling"]["temperature"],
+                                    data=data.description, metrics=headline_metrics(metrics))
     meta = {
         "dataset": data.description, "class_counts": data.counts, "splits": data.source,
         "img_size": base.model.img_size, "in_chans": data.in_chans,
@@ -109,8 +104,7 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
         else "no validation split: no temperature scaling",
         "confidence_intervals": f"95% percentile bootstrap, {n_boot} resamples of the test images, seed "
                                 f"{base.train.seed}" if n_boot else "none",
-        "command": command or " ".join(shlex.quote(a) for a in sys.argv), "hdkd_version": __version__,
-        "torch": torch.__version__, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv), **run_metadata(),
         "device": str(device), "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     save_yaml(cfg, out / "config.yaml")

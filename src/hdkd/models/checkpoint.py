@@ -109,6 +109,20 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def update_checkpoint_extra(path: str | Path, **values: Any) -> Path:
+    """Add ``values`` to a project checkpoint's ``extra`` metadata (e.g. the temperature fitted on validation after
+    training), rewriting the file atomically; the weights are unchanged."""
+    meta = read_checkpoint_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an hdkd checkpoint with model metadata")
+    state = load_file(str(path))
+    metadata = {"format": FORMAT, "model_name": meta["model_name"], "model_args": json.dumps(meta["model_args"]),
+                "extra": json.dumps({**(meta.get("extra") or {}), **values})}
+    data = save(state, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
+    return Path(path)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Any supported file -> a flat state dict in our names."""
     path = Path(path)

@@ -4,12 +4,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-
-from hdkd.reporting.tables import (
-    md_escape,
-    format_comparison_table,
+from hdkd.reporting.pipeline_view import (
+    CALIBRATION_HEADER,
+    CALIBRATION_NOTE,
+    FIGURE_TITLES,
+    PER_CLASS_HEADER,
+    REPORT_FILES,
+    STAMP_KEYS,
+    calibration_rows,
+    comparison_note,
+    format_number,
+    humanise,
+    inline_spans,
+    is_count_table,
+    model_facts,
+    per_class_rows,
+    stamp_spans,
+    summary_spans,
 )
-from hdkd.reporting.pipeline_view import CALIBRATION_HEADER, CALIBRATION_NOTE, FIGURE_TITLES, PER_CLASS_HEADER, REPORT_FILES, STAMP_KEYS, calibration_rows, comparison_note, format_number, humanise, inline_spans, is_count_table, model_facts, per_class_rows, stamp_spans, summary_spans
+from hdkd.reporting.tables import (
+    format_comparison_table,
+    md_escape,
+)
 
 
 def _code(text: Any) -> str:

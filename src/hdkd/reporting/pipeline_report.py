@@ -10,16 +10,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from hdkd.io import atomic_write_text
+from hdkd.reporting.pipeline_markdown import render_markdown
+from hdkd.reporting.pipeline_view import (
+    FIGURE_TITLES,
+    PREDICTIONS_KEY,
+    REPORT_FILES,
+    check_results,
+    json_results,
+    summarise_results,
+    to_jsonable,
+)
 from hdkd.reporting.plots import (
     plot_confusion_matrices,
     plot_reliability_diagrams,
     plot_roc_curves,
     plot_training_curves,
 )
-from hdkd.reporting.pipeline_view import FIGURE_TITLES, PREDICTIONS_KEY, REPORT_FILES, check_results, json_results, summarise_results, to_jsonable
-from hdkd.reporting.pipeline_markdown import render_markdown
 
 __all__ = ["write_pipeline_report", "REPORT_FILES"]
 

@@ -23,7 +23,6 @@ from hdkd.reporting.tables import (
     pct,
 )
 
-
 # Keys of the returned dict -> file names inside out_dir.
 REPORT_FILES = {
     "json": "report.json",

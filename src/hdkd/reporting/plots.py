@@ -152,7 +152,7 @@ def _panel_message(ax, text: str) -> None:
 
 def _area(x: np.ndarray, y: np.ndarray) -> float:
     """Trapezoidal area (numpy 2 renamed ``trapz`` to ``trapezoid``)."""
-    trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
     return float(trapezoid(y, x))
 
 

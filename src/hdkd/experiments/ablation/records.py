@@ -4,17 +4,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hdkd.io import atomic_write_text
 
 RESULTS_FILE = "results.jsonl"
 
 
-HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro", "ece")
 
 
-_RECORD_METRICS = HEADLINE_METRICS + ("n", "weighted_f1", "mcc", "cohen_kappa", "brier", "nll")
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -56,6 +54,4 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     atomic_write_text(path, old + json.dumps(_finite(record), allow_nan=False, default=str) + "\n")
 
 
-def headline_metrics(metrics: Optional[dict[str, Any]]) -> dict[str, Any]:
-    metrics = metrics or {}
-    return {k: metrics[k] for k in _RECORD_METRICS if k in metrics}
+

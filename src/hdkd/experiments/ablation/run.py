@@ -19,7 +19,7 @@ Sharing. Every trained model lives in a folder named after a key of its resolved
 
 Every training goes through ``train_or_reuse(..., resume=True)``: a finished model is reused, an interrupted one
 continues from its last epoch. Each (variant, seed) is tested once on the TEST split, at the checkpoint selected
-on validation, with the pipeline's evaluation (``predict`` + ``assess_predictions``), and appended as one JSON line
+on validation, with the pipeline's evaluation (``hdkd.evaluation.evaluate.evaluate_model``), and appended as one JSON line
 to ``OUTPUT/results.jsonl`` (the file is rewritten atomically); a (variant, seed) already there with the same
 settings is skipped, so an interrupted grid resumes where it stopped. One grid per output folder at a time.
 
@@ -58,28 +58,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
-
-import torch
 
 from hdkd.config import Config
 from hdkd.data import build_datasets
 from hdkd.data.loaders import make_loader, resolve_num_workers
 from hdkd.errors import ConfigError
-from hdkd.evaluation import assess_predictions
-from hdkd.evaluation.predict import predict
+from hdkd.evaluation.evaluate import evaluate_model
+from hdkd.evaluation.metrics import headline_metrics
 from hdkd.experiments.ablation.plan import AblationPlan, PlannedRun, plan_ablation
-from hdkd.experiments.ablation.records import RESULTS_FILE, append_record, headline_metrics, read_results
+from hdkd.experiments.ablation.records import RESULTS_FILE, append_record, read_results
 from hdkd.experiments.ablation.report import write_ablation_report
 from hdkd.experiments.ablation.variants import GROUPS, REPORT_GROUPS, Variant
-from hdkd.models import count_flops, create_model_from_checkpoint
-from hdkd.runtime import git_commit, resolve_amp, resolve_device
+from hdkd.runtime import resolve_device, run_metadata
 from hdkd.training import train_or_reuse
 from hdkd.training.parallel import train_in_processes
-from hdkd.version import __version__
 
 __all__ = ["run_ablation", "train_in_parallel"]
 
@@ -147,7 +142,7 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
     out = plan.output
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / RESULTS_FILE
-    commit, dirty = git_commit()
+    provenance = run_metadata(with_git=True)
     cache = _DataCache()
     pending = plan.pending
     log(plan.describe())
@@ -184,13 +179,11 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
         trained_by_workers.discard(run.config.output)
         result = train_or_reuse(run.config, data=data, resume=True)
         device = resolve_device(run.config.train.device)
-        model = create_model_from_checkpoint(result.best_checkpoint).to(device)
-        amp = resolve_amp(run.config.train.amp, device)  # train.amp: auto recorded as what ran
-        y, probs, test_loss = predict(model, loaders["test"], device, amp)
-        y_val = probs_val = None
-        if loaders["val"] is not None:  # same checkpoint on validation: temperature scaling is fitted there only
-            y_val, probs_val, _ = predict(model, loaders["val"], device, amp)
-        assessed = assess_predictions(y, probs, data.class_names, y_val, probs_val, n_boot=n_boot, seed=run.seed)
+        assessed = evaluate_model(result.best_checkpoint, loaders["test"], data.class_names, device,
+                                  run.config.train.amp, loaders["val"], n_boot=n_boot, seed=run.seed,
+                                  flops_input=(run.config.model.img_size, data.in_chans))
+        amp = assessed["amp"]  # train.amp: auto recorded as what ran
+        test_loss = assessed["loss"]
         metrics = headline_metrics(assessed["metrics"])
         metrics["loss"] = test_loss
         metrics["confusion_matrix"] = assessed["metrics"]["confusion_matrix"]
@@ -207,11 +200,10 @@ def run_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence
             (1.0 if run.variant.arm else None),
             "seed": run.seed, "role": run.variant.role, "model": run.config.model.name,
             "settings_key": run.settings_key, "config": run.config.to_dict(), "teacher": teacher_info,
-            "git_commit": commit, "git_dirty": dirty, "hdkd_version": __version__, "torch": torch.__version__,
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "device": str(device),
+            **provenance, "device": str(device),
             "amp": amp, "metrics": metrics, "bootstrap": assessed["bootstrap"], "best_epoch": result.best_epoch,
             "val_metrics": headline_metrics(result.best_val), "params": result.params,
-            "flops": count_flops(model.cpu(), run.config.model.img_size, data.in_chans),
+            "flops": assessed["flops"],
             "train_time_s": result.train_time_s, "model_trained": not reused,
             "wall_time_s": time.perf_counter() - start, "checkpoint": str(result.best_checkpoint),
             "data": data.description, "class_counts": data.counts,

@@ -20,10 +20,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from hdkd.evaluation.metrics import HEADLINE_METRICS
 from hdkd.experiments.ablation.variants import GROUPS, REPORT_GROUPS, SPEED_REFERENCES, VARIANTS
 from hdkd.reporting.ablation import TABLE_METRICS
 
-REPORT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro", "ece")
+REPORT_METRICS = HEADLINE_METRICS
 
 
 def select_records(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict[int, dict]], list[str]]:
