@@ -26,8 +26,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, get_decoder,
-                            pixel_array)
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, get_decoder, pixel_array
 from pydicom.pixels.utils import get_nr_frames
 
 from ..errors import ConfigError, DataError
@@ -101,7 +100,8 @@ def _read_dataset(path: Path) -> Dataset:
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: corrupt or unreadable DICOM file ({_one_line(exc)})") from None
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
-        raise DataError(f"{path}: DICOM file holds no image (no Pixel Data element; e.g. a report or a DICOMDIR)")
+        raise DataError(f"{path}: DICOM file holds no image (no Pixel Data element: a report, a DICOMDIR or a "
+                        f"truncated file)")
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
         raise DataError(f"{path}: DICOM file has no Transfer Syntax UID in its file meta information")
