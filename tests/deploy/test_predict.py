@@ -118,7 +118,7 @@ def test_csv_rows_columns_and_probabilities_equal_a_direct_run(checkpoint, tmp_p
     np.testing.assert_allclose(expected[sorted(files).index(files[0])], softmax(logits)[0], atol=1e-5)
     assert len(set(r["predicted"] for r in rows)) > 1  # the sharpened head tells these images apart
     err = capsys.readouterr().err
-    assert "4 of 4 rows predicted" in err and "1 files skipped" in err and "uncalibrated" in err
+    assert "4 of 4 rows predicted" in err and "1 file skipped" in err and "uncalibrated" in err
 
 
 def test_preprocessing_and_predictions_equal_the_evaluation_data_path(checkpoint, tmp_path):

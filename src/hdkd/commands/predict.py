@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..data.dicom import check_window
-from ..deploy.loading import load_classifier
-from ..deploy.predict import PredictionTable, predict_files
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..deploy.predict import PredictionTable
 
 DEFAULT_OUTPUT = "predictions.csv"
 
@@ -42,6 +41,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch, timm, pydicom and onnxruntime load when the command runs, not when `hdkd` builds its parser.
+    from ..deploy.loading import load_classifier
+    from ..deploy.predict import predict_files
+
     output = None if args.output == "-" else Path(args.output)
     _check_options(args, output)
     classifier = load_classifier(args.model, device=args.device)
@@ -59,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if table.failed else 0
 
 
-def summary(table: PredictionTable, output: Path | None) -> str:
-    rows = len(table.rows)
+def summary(table: "PredictionTable", output: Path | None) -> str:
+    rows, skipped = len(table.rows), len(table.skipped)
     done = f"{rows - table.failed} of {rows} rows predicted"
     failed = f", {table.failed} failed (see the error column)" if table.failed else ""
-    skipped = f", {len(table.skipped)} files skipped (neither images nor DICOM)" if table.skipped else ""
+    skipped = f", {skipped} file{'s' if skipped != 1 else ''} skipped (neither images nor DICOM)" if skipped else ""
     calibration = f"temperature {table.temperature:g}" if table.temperature is not None else "uncalibrated"
     where = "standard output" if output is None else str(output)
     return f"hdkd predict: {done}{failed}{skipped}; probabilities {calibration}; written to {where}"
@@ -75,6 +78,10 @@ def _window(args: argparse.Namespace) -> tuple[float, float] | None:
 
 def _check_options(args: argparse.Namespace, output: Path | None) -> None:
     """Everything that can be checked before the model runs, so that a typo costs nothing."""
+    import torch
+
+    from ..data.dicom import check_window
+
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive number of images, got {args.batch_size}")
     check_window(_window(args))

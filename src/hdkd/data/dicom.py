@@ -53,7 +53,8 @@ def is_dicom(path: str | Path) -> bool:
 
 
 def read_dicom_frames(path: str | Path, window: Optional[Window] = None) -> list[np.ndarray]:
-    """Every frame of a DICOM file as uint8 (H, W) (grey) or (H, W, 3) (colour), following the module docstring."""
+    """Every frame of a DICOM file as uint8 (H, W) (grey) or (H, W, 3) (colour), following the module docstring;
+    ``window`` (center, width) replaces the file's VOI transform of grey images (colour images have none)."""
     path = Path(path)
     check_window(window)
     ds = _read_dataset(path)
