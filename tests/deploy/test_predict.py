@@ -286,3 +286,28 @@ def test_table_csv_quotes_awkward_paths():
     parsed = list(csv.DictReader(io.StringIO(table.to_csv())))
     assert parsed[0]["path"] == path and parsed[0]["predicted"] == "b" and parsed[0]["p_b"] == "0.75"
     assert parsed[1]["predicted"] == "" and parsed[1]["error"] == "x.png: corrupt" and table.failed == 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_onnx_model_predicts_as_its_checkpoint(checkpoint, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from hdkd.evaluation.inference import ModelInfo
+
+    classifier = TorchClassifier.from_checkpoint(checkpoint)  # a plain export, as `hdkd export` will write it
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(classifier.model, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["images"],
+                      output_names=["logits"], dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    graph = onnx.load(str(path))
+    for key, value in ModelInfo.from_checkpoint(checkpoint).to_metadata().items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+    image_folder(tmp_path / "in")
+    assert run_cli([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "onnx.csv"), "--no-progress"]) == 0
+    assert run_cli([str(checkpoint), str(tmp_path / "in"), "-o", str(tmp_path / "torch.csv"), "--no-progress"]) == 0
+    onnx_rows, torch_rows = read_csv(tmp_path / "onnx.csv"), read_csv(tmp_path / "torch.csv")
+    assert [r["predicted"] for r in onnx_rows] == [r["predicted"] for r in torch_rows]
+    for a, b in zip(onnx_rows, torch_rows, strict=True):
+        np.testing.assert_allclose([float(a[f"p_{c}"]) for c in CLASSES], [float(b[f"p_{c}"]) for c in CLASSES],
+                                   atol=1e-5)
+    with pytest.raises(ConfigError, match="ONNX model runs on the CPU"):
+        run_cli([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "x.csv"), "--device", "cuda"])
