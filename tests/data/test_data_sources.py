@@ -193,6 +193,32 @@ def test_medmnist_grey_and_rgb(tmp_path):
     assert discover(tmp_path / "rgb.npz").grey is False
 
 
+def test_medmnist_known_set_gets_its_official_class_names(tmp_path):
+    arrays = medmnist_arrays()  # labels 0..2
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_labels"] = arrays[f"{split}_labels"] % 2
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    np.savez(tmp_path / "pneumoniamnist_64.npz", **arrays)
+    np.savez(tmp_path / "dermamnist.npz", **arrays)  # 2 classes, but DermaMNIST has 7: indices stay
+    np.savez(tmp_path / "mybreastmnist.npz", **arrays)  # not a name MedMNIST uses
+    assert discover(tmp_path / "breastmnist.npz").class_names == ["malignant", "normal_or_benign"]
+    assert discover(tmp_path / "pneumoniamnist_64.npz").class_names == ["normal", "pneumonia"]
+    assert discover(tmp_path / "dermamnist.npz").class_names == ["0", "1"]
+    assert discover(tmp_path / "mybreastmnist.npz").class_names == ["0", "1"]
+
+
+def test_medmnist_label_tables_match_the_official_class_counts():
+    from hdkd.data.medmnist_labels import LABELS, OFFICIAL
+    counts = {"pathmnist": 9, "dermamnist": 7, "octmnist": 4, "pneumoniamnist": 2, "retinamnist": 5,
+              "breastmnist": 2, "bloodmnist": 8, "tissuemnist": 8, "organamnist": 11, "organcmnist": 11,
+              "organsmnist": 11}
+    assert {name: len(names) for name, names in LABELS.items()} == counts
+    for name, names in LABELS.items():
+        assert len(set(names)) == len(names) and all(n.isidentifier() and n.islower() for n in names), name
+    assert OFFICIAL["octmnist"][0] == ("choroidal_neovascularization", "choroidal neovascularization")
+    assert LABELS["organamnist"][1] == "femur_left" and LABELS["bloodmnist"][3] == "immature_granulocyte"
+
+
 def test_medmnist_missing_keys(tmp_path):
     arrays = medmnist_arrays()
     del arrays["val_images"], arrays["test_labels"]

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from hdkd.config import DataConfig
+from hdkd.data.medmnist_labels import medmnist_class_names
 from hdkd.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -456,7 +457,9 @@ def read_medmnist(path: Path) -> DatasetSource:
     num_classes = int(max(s.labels.max() for s in splits.values() if len(s))) + 1
     grey = ndims == {3}
     shape = next(iter(splits.values())).images.shape[1:]
-    return DatasetSource(class_names=[str(i) for i in range(num_classes)], grey=grey, format="medmnist",
+    # A MedMNIST file stores label indices only: its official names when the file name says which set it is.
+    names = medmnist_class_names(path.name, num_classes) or [str(i) for i in range(num_classes)]
+    return DatasetSource(class_names=names, grey=grey, format="medmnist",
                          description=f"MedMNIST {path.name} ({'grey' if grey else 'RGB'} "
                                      f"{'x'.join(map(str, shape))}, {num_classes} classes)", **splits)
 
