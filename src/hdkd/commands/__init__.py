@@ -1,0 +1,1 @@
+"""The `hdkd` sub-commands that `hdkd.cli` registers: each module has `register(subparsers)` and `run(args)`."""
