@@ -15,8 +15,8 @@
     $("error").hidden = true;
   }
 
-  function megabytes(bytes) {
-    return (bytes / (1024 * 1024)).toFixed(1) + " MB";
+  function size(bytes) {
+    return bytes < 1024 * 1024 ? Math.round(bytes / 1024) + " KB" : (bytes / (1024 * 1024)).toFixed(1) + " MB";
   }
 
   function percent(p) {
@@ -48,7 +48,7 @@
     }
     $("model-summary").textContent = model.model_name + " \u00b7 " + model.classes.length + " classes \u00b7 "
       + model.img_size + " \u00d7 " + model.img_size + " px, " + (model.in_chans === 1 ? "grey" : "RGB");
-    $("upload-limit").textContent = "up to " + megabytes(model.max_upload_bytes);
+    $("upload-limit").textContent = "up to " + size(model.max_upload_bytes);
     addDetail("Classes", model.classes.join(", "));
     addDetail("Input", model.img_size + " \u00d7 " + model.img_size + " px, " + model.in_chans + " channel(s)");
     addDetail("Calibration", model.temperature === null ? "none (uncalibrated softmax)"
@@ -107,8 +107,8 @@
     $("result").hidden = true;
     const name = file.name || "(unnamed file)";
     if (model && file.size > model.max_upload_bytes) {
-      showError(name + ": " + megabytes(file.size) + " is over the upload limit of "
-        + megabytes(model.max_upload_bytes) + ".");
+      showError(name + ": " + size(file.size) + " is over the upload limit of "
+        + size(model.max_upload_bytes) + ".");
       return;
     }
     const form = new FormData();
