@@ -28,9 +28,9 @@ import timm
 from PIL import Image
 
 import hdkd.models  # noqa: F401 (registers the hdkd models with timm)
-from hdkd.commands.serve import build_explainer
+
 from hdkd.deploy.loading import load_classifier
-from hdkd.deploy.serve import background_server, create_app
+from hdkd.deploy.serve import background_server, build_explainer, create_app
 from hdkd.io import atomic_write_text
 from hdkd.models import save_checkpoint
 

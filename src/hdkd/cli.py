@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from hdkd.commands import predict as predict_command
+from hdkd.commands import serve as serve_command
 from hdkd.errors import ConfigError, HDKDError
 
+DEPLOY_COMMANDS = (predict_command, serve_command)
 QUICKSTART = Path(__file__).parent / "presets" / "quickstart.yaml"
 
 
@@ -310,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", metavar="NAME",
                    help="with --report: a name per results file for the claims table (default: its folder's name)")
     p.set_defaults(func=cmd_ablate)
+
+    for command in DEPLOY_COMMANDS:  # use a trained model: predict, export, explain, serve
+        command.register(sub)
     return parser
 
 

@@ -338,7 +338,7 @@ class FixedClassifier(Classifier):
 
 
 def test_no_explainer_for_models_other_than_torch(classifier):
-    assert serve_command.build_explainer(FixedClassifier(classifier.info)) is None
+    assert serve.build_explainer(FixedClassifier(classifier.info)) is None
 
 
 def parse(argv):
@@ -377,7 +377,7 @@ def test_command_serves_on_localhost_and_prints_the_url(checkpoint, monkeypatch,
         served["app"] = app
         return FakeServer()
 
-    monkeypatch.setattr(serve_command, "uvicorn_server", fake_uvicorn_server)
+    monkeypatch.setattr("hdkd.deploy.serve.uvicorn_server", fake_uvicorn_server)
     assert serve_command.run(parse([str(checkpoint), "--port", "0", "--max-upload-mb", "1.5"])) == 0
     host, port = served["address"]
     assert host == "127.0.0.1" and f"http://127.0.0.1:{port}/" in capsys.readouterr().out

@@ -2,18 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
-from ..deploy.loading import load_classifier
-from ..deploy.serve import Explainer, bind_socket, create_app, url_of, uvicorn_server
-from ..errors import ConfigError
-from ..evaluation.inference import Classifier, TorchClassifier
-
-try:  # from the explain branch; until it is merged the server runs without overlays (drop this guard then)
-    from ..deploy.explain import explain_array
-    from ..reporting.overlay import render_overlay
-except ImportError:  # pragma: no cover - gone once the explain branch is merged
-    explain_array = render_overlay = None
+from hdkd.errors import ConfigError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -36,30 +26,21 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def build_explainer(classifier: Classifier) -> Optional[Explainer]:
-    """The overlay of the explain module's first map for the predicted class; None for ONNX models."""
-    if not isinstance(classifier, TorchClassifier) or explain_array is None:
-        return None
-
-    def explain(image):
-        maps = explain_array(classifier, classifier.info, image)
-        return render_overlay(image, next(iter(maps.values()))) if maps else None
-
-    return explain
-
-
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected a port number from 0 to 65535")
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb {args.max_upload_mb}: expected a positive size in MB")
+    from hdkd.deploy import serve as serving  # torch, FastAPI and the model only when the command runs
+    from hdkd.deploy.loading import load_classifier
+
     classifier = load_classifier(args.model, device=args.device)
-    explainer = None if args.no_explain else build_explainer(classifier)
+    explainer = None if args.no_explain else serving.build_explainer(classifier)
     loopback = args.host in LOOPBACK_HOSTS
-    app = create_app(classifier, explainer, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+    app = serving.create_app(classifier, explainer, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"] if loopback else None)
     try:
-        sock = bind_socket(args.host, args.port)
+        sock = serving.bind_socket(args.host, args.port)
     except OSError as exc:
         raise ConfigError(f"--host {args.host} --port {args.port}: cannot listen there "
                           f"({exc.strerror or exc})") from None
@@ -68,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
           f"{'with' if explainer else 'without'} explanation overlays")
     if not loopback:
         print(f"hdkd serve: listening on {args.host}, reachable from the network, without authentication")
-    print(f"hdkd serve: open {url_of(sock)}  (Ctrl+C to stop)", flush=True)
+    print(f"hdkd serve: open {serving.url_of(sock)}  (Ctrl+C to stop)", flush=True)
     with sock:
-        uvicorn_server(app).run(sockets=[sock])
+        serving.uvicorn_server(app).run(sockets=[sock])
     return 0

@@ -41,14 +41,17 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from ..data.dicom import read_dicom_frames
 from ..data.imageio import image_to_array, to_channels
-from ..evaluation.inference import Classifier, fit_array
+from ..evaluation.inference import Classifier, TorchClassifier, fit_array
 from ..version import __version__
 
-try:  # hdkd.data.dicom comes from the predict branch; until it is merged, DICOM uploads are refused (415)
-    from ..data.dicom import read_dicom_frames
-except ImportError:  # pragma: no cover - gone once the predict branch is merged
-    read_dicom_frames = None
+try:  # the explain module (another branch); until it is merged the server runs without overlays
+    from hdkd.deploy.explain import explain_array
+    from hdkd.reporting.overlay import render_overlay
+except ImportError:  # pragma: no cover
+    explain_array = render_overlay = None
+
 
 log = logging.getLogger(__name__)
 
@@ -350,3 +353,15 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", timeout: float = 30
         server.should_exit = True
         thread.join(timeout)
         sock.close()
+
+
+def build_explainer(classifier: Classifier) -> Optional[Explainer]:
+    """The overlay of the explain module's first map for the predicted class; None for ONNX models."""
+    if not isinstance(classifier, TorchClassifier) or explain_array is None:
+        return None
+
+    def explain(image):
+        maps = explain_array(classifier, classifier.info, image)
+        return render_overlay(image, next(iter(maps.values()))) if maps else None
+
+    return explain
