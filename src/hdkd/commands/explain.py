@@ -74,7 +74,7 @@ def explain_file(classifier: TorchClassifier, path: Path, stem: str, target: Opt
     result = explain_image(classifier, info, image, target, methods)
     pngs = {f"{stem}_{name}.png": render_overlay(image, saliency) for name, saliency in result.maps.items()}
     entry = {"path": str(path), "predicted": info.class_names[result.predicted],
-             "probabilities": {c: float(p) for c, p in zip(info.class_names, result.probabilities)},
+             "probabilities": {c: float(p) for c, p in zip(info.class_names, result.probabilities, strict=True)},
              "target": info.class_names[result.target],
              "files": {name: f"{stem}_{name}.png" for name in result.maps}, "error": None}
     return entry, pngs
