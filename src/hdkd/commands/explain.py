@@ -53,6 +53,8 @@ def load_explainable(path: str | Path, device: str = "auto") -> TorchClassifier:
             torch.device(device)
         except RuntimeError:
             raise ConfigError(f"--device: unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is available here; use --device cpu")
     classifier = load_classifier(path, device)
     torch_model(classifier)  # a classifier without a PyTorch model is refused with a clear message
     return classifier

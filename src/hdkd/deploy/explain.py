@@ -183,8 +183,11 @@ def explain_image(model_or_classifier: Union[nn.Module, Classifier], info: Model
     model = torch_model(model_or_classifier)
     methods = check_methods(methods, model, info.model_name)
     target_index = resolve_target(target, info)
+    expected = (info.img_size, info.img_size, info.in_chans)
+    if np.shape(image) != expected:
+        raise ValueError(f"image must be uint8 {expected} (read_model_image / fit_array), got {np.shape(image)}")
     device = next(model.parameters()).device
-    inputs = to_input(np.asarray(image)[None], info).to(device)
+    inputs = to_input(np.array(image, dtype=np.uint8)[None], info).to(device)
     model.eval()
     with torch.no_grad():
         logits = model(inputs).float().cpu().numpy()
