@@ -5,6 +5,7 @@ import argparse
 import copy
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -303,3 +304,15 @@ def test_interpolation_helper_matches_torch_bilinear():
     torch_up = F.interpolate(torch.from_numpy(low)[None, None], size=(32, 32), mode="bilinear",
                              align_corners=False)[0, 0].numpy()
     np.testing.assert_allclose(_pil_upsample(low, 32), (torch_up - torch_up.min()) / np.ptp(torch_up), atol=1e-5)
+
+
+def test_concurrent_explanations_give_the_serial_maps(checkpoints):
+    """The web app explains from several threads; each call's hooks must see only its own forward passes."""
+    clf = classifier(checkpoints, "hdkd")
+    images_ = [image32(10 + i) for i in range(6)]
+    serial = [explain_array(clf, clf.info, im) for im in images_]
+    with ThreadPoolExecutor(6) as pool:
+        parallel = list(pool.map(lambda im: explain_array(clf, clf.info, im), images_))
+    for s, p in zip(serial, parallel, strict=True):
+        for name in s:
+            np.testing.assert_array_equal(s[name], p[name])

@@ -13,9 +13,14 @@ Two methods, both returning float maps in [0, 1] with the image's height and wid
   (bilinear) to the image, is its map. Rollout does not depend on the class: ``--target`` changes only Grad-CAM.
   ``rollout`` is the class token's map; for ``hdkd`` it is the map of the mean of the class and distillation
   tokens' rows (its two heads are averaged too), with ``rollout_cls`` and ``rollout_dist`` beside it.
+
+Both methods hook the model for the duration of a call, and a hook sees every forward pass of that model object:
+`explain_image` therefore holds `EXPLAIN_LOCK`, and a server that also predicts with the same model object in
+other threads should hold it around those predictions too.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -30,6 +35,7 @@ from ..errors import ConfigError
 from ..evaluation.inference import Classifier, ModelInfo, TorchClassifier, softmax, to_input
 
 METHODS = ("gradcam", "rollout")
+EXPLAIN_LOCK = threading.RLock()  # see the module docstring
 Target = Union[str, int, None]
 
 
@@ -186,18 +192,18 @@ def explain_image(model_or_classifier: Union[nn.Module, Classifier], info: Model
     expected = (info.img_size, info.img_size, info.in_chans)
     if np.shape(image) != expected:
         raise ValueError(f"image must be uint8 {expected} (read_model_image / fit_array), got {np.shape(image)}")
-    device = next(model.parameters()).device
-    inputs = to_input(np.array(image, dtype=np.uint8)[None], info).to(device)
-    model.eval()
-    with torch.no_grad():
-        logits = model(inputs).float().cpu().numpy()
-    predicted = int(logits[0].argmax())
-    target_index = predicted if target_index is None else target_index
-    maps: dict[str, np.ndarray] = {}
-    if "gradcam" in methods:
-        maps["gradcam"] = gradcam_maps(model, inputs, [target_index])[0]
-    if "rollout" in methods:
-        maps.update({name: m[0] for name, m in rollout_maps(model, inputs).items()})
+    inputs = to_input(np.array(image, dtype=np.uint8)[None], info).to(next(model.parameters()).device)
+    with EXPLAIN_LOCK:
+        model.eval()
+        with torch.no_grad():
+            logits = model(inputs).float().cpu().numpy()
+        predicted = int(logits[0].argmax())
+        target_index = predicted if target_index is None else target_index
+        maps: dict[str, np.ndarray] = {}
+        if "gradcam" in methods:
+            maps["gradcam"] = gradcam_maps(model, inputs, [target_index])[0]
+        if "rollout" in methods:
+            maps.update({name: m[0] for name, m in rollout_maps(model, inputs).items()})
     return Explanation(predicted, target_index, softmax(logits, info.temperature)[0], maps)
 
 
