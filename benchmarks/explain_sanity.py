@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, t, wilcoxon
 
 from hdkd.deploy.explain import gradcam_maps, has_dflt, rollout_maps
 from hdkd.evaluation.inference import TorchClassifier, read_model_image, to_input
@@ -116,6 +116,15 @@ def stats(values) -> dict:
             "n": int(defined.size), "undefined": int(values.size - defined.size)}
 
 
+def paired_difference(salient: np.ndarray, random: np.ndarray) -> dict:
+    """Mean per-image AUC difference (salient-first minus random) with a 95% t interval and the two-sided
+    Wilcoxon signed-rank p-value: is removing the salient pixels first really faster than random removal?"""
+    d = np.asarray(salient) - np.asarray(random)
+    half = t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)],
+            "wilcoxon_p": float(wilcoxon(d).pvalue)}
+
+
 def check_model(checkpoint: Path, samples, args) -> dict:
     clf = TorchClassifier.from_checkpoint(checkpoint)
     model, info = clf.model, clf.info
@@ -145,13 +154,18 @@ def check_model(checkpoint: Path, samples, args) -> dict:
             saliency_auc[name].append(auc(curve))
     random_auc = np.asarray(random_auc)
     deletion = {name: {"auc_salient_first": stats(v), "auc_random": stats(random_auc),
+                       "difference": paired_difference(np.asarray(v), random_auc),
                        "salient_below_random": float(np.mean(np.asarray(v) < random_auc)),
-                       "mean_curve": np.mean(curves[name], axis=0).round(5).tolist()}
+                       "mean_curve": np.mean(curves[name], axis=0).round(5).tolist(),
+                       "per_image_auc": np.round(v, 5).tolist()}
                 for name, v in saliency_auc.items()}
+    # how much a map depends on the image at all: each image's trained map against the next image's
+    between = {name: stats(spearman_rows(maps, np.roll(maps, 1, axis=0))) for name, maps in trained.items()}
     return {"checkpoint": str(checkpoint), "model": info.model_name, "images": len(samples),
             "sample_accuracy": float(np.mean(np.asarray(predicted) == np.asarray(labels))),
-            "randomisation_spearman": randomisation, "deletion": deletion,
-            "random_mean_curve": np.mean(curves["random"], axis=0).round(5).tolist()}
+            "randomisation_spearman": randomisation, "between_images_spearman": between, "deletion": deletion,
+            "random_mean_curve": np.mean(curves["random"], axis=0).round(5).tolist(),
+            "random_per_image_auc": random_auc.round(5).tolist()}
 
 
 def fmt(s: dict, key: str = "mean") -> str:
@@ -159,16 +173,20 @@ def fmt(s: dict, key: str = "mean") -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| model | map | Spearman, whole net randomised | Spearman, heads only | deletion AUC salient-first | "
-             "deletion AUC random | images with salient < random |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | map | Spearman ρ, whole net randomised | mean abs ρ | ρ, heads randomised | ρ between two "
+             "images | deletion AUC salient-first | deletion AUC random | Δ AUC [95% CI] | Wilcoxon p |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for role, r in results["models"].items():
         for name, d in r["deletion"].items():
-            steps = r["randomisation_spearman"][name]
+            steps, diff = r["randomisation_spearman"][name], d["difference"]
+            low, high = diff["ci95"]
             undefined = steps["all"]["undefined"]
             lines.append(f"| {role} ({r['model']}) | {name} | {fmt(steps['all'])}"
                          + (f" ({undefined} undefined)" if undefined else "")
-                         + f" | {fmt(steps['heads'])} | {fmt(d['auc_salient_first'])} | {fmt(d['auc_random'])} | "
-                         f"{100 * d['salient_below_random']:.0f}% |")
+                         + f" | {steps['all']['mean_abs']:.3f} | {fmt(steps['heads'])} | "
+                         f"{fmt(r['between_images_spearman'][name])} | {fmt(d['auc_salient_first'])} | "
+                         f"{fmt(d['auc_random'])} | {diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
+                         f" | {diff['wilcoxon_p']:.2g} |")
     return "\n".join(lines)
 
 
