@@ -316,3 +316,10 @@ def test_concurrent_explanations_give_the_serial_maps(checkpoints):
     for s, p in zip(serial, parallel, strict=True):
         for name in s:
             np.testing.assert_array_equal(s[name], p[name])
+
+
+def test_command_methods_match_the_explain_module():
+    from hdkd.commands.explain import METHODS as command_methods
+    from hdkd.deploy.explain import METHODS
+
+    assert command_methods == METHODS

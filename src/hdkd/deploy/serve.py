@@ -42,15 +42,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from ..data.dicom import read_dicom_frames
+from ..deploy.explain import explain_array
 from ..data.imageio import image_to_array, to_channels
 from ..evaluation.inference import Classifier, TorchClassifier, fit_array
+from ..reporting.overlay import render_overlay
 from ..version import __version__
 
-try:  # the explain module (another branch); until it is merged the server runs without overlays
-    from hdkd.deploy.explain import explain_array
-    from hdkd.reporting.overlay import render_overlay
-except ImportError:  # pragma: no cover
-    explain_array = render_overlay = None
 
 
 log = logging.getLogger(__name__)
@@ -357,7 +354,7 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", timeout: float = 30
 
 def build_explainer(classifier: Classifier) -> Optional[Explainer]:
     """The overlay of the explain module's first map for the predicted class; None for ONNX models."""
-    if not isinstance(classifier, TorchClassifier) or explain_array is None:
+    if not isinstance(classifier, TorchClassifier):
         return None
 
     def explain(image):

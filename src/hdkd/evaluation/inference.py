@@ -116,8 +116,7 @@ def fit_array(array: np.ndarray, info: ModelInfo) -> np.ndarray:
 
 def to_input(images: Sequence[np.ndarray] | np.ndarray, info: ModelInfo) -> torch.Tensor:
     """uint8 (N, img_size, img_size, in_chans) -> the normalised float32 (N, in_chans, H, W) the model takes."""
-    batch = torch.from_numpy(np.ascontiguousarray(np.stack(list(images)) if not isinstance(images, np.ndarray)
-                                                  else images))
+    batch = torch.from_numpy(np.array(np.stack(list(images)) if not isinstance(images, np.ndarray) else images))
     return eval_transform(info.in_chans)(batch.permute(0, 3, 1, 2))
 
 
