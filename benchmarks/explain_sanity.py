@@ -15,6 +15,7 @@
     python benchmarks/explain_sanity.py --runs /work/shared_runs/brain32 \\
         --data /work/shared/data/brain_tumor_mri/Testing --per-class 25 --json docs/bench/explain_sanity.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def sample_images(root: Path, per_class: int, seed: int) -> list[tuple[Path, str
 def cascade_groups(model: torch.nn.Module) -> list[tuple[str, tuple[str, ...]]]:
     """Top-down groups of state-dict key prefixes, each step adding one group to those already randomised."""
     if has_dflt(model):
-        tail = [("heads", ("head.", "head_dist.", "norm.")),
-                ("dflt", ("blocks.", "patch_embed.", "cls_token", "dist_token", "pos_embed"))]
+        tail = [
+            ("heads", ("head.", "head_dist.", "norm.")),
+            ("dflt", ("blocks.", "patch_embed.", "cls_token", "dist_token", "pos_embed")),
+        ]
     else:
         tail = [("heads", ("head.", "head_hidden."))]
     return tail + [("stage3", ("stages.2.",)), ("stage2", ("stages.1.",)), ("all", ("stages.0.",))]
@@ -85,8 +88,9 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def deletion_curve(model: torch.nn.Module, inputs: torch.Tensor, target: int, order: np.ndarray,
-                   steps: int) -> np.ndarray:
+def deletion_curve(
+    model: torch.nn.Module, inputs: torch.Tensor, target: int, order: np.ndarray, steps: int
+) -> np.ndarray:
     """Probability of ``target`` after removing the first k/steps of the pixels in ``order``, k = 0..steps."""
     pixels = order.size
     batch = inputs.repeat(steps + 1, 1, 1, 1)
@@ -110,10 +114,13 @@ def salient_first(saliency: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def stats(values) -> dict:
     values = np.asarray(values, dtype=np.float64)
     defined = values[~np.isnan(values)]
-    return {"mean": float(defined.mean()) if defined.size else None,
-            "std": float(defined.std(ddof=1)) if defined.size > 1 else None,
-            "mean_abs": float(np.abs(defined).mean()) if defined.size else None,
-            "n": int(defined.size), "undefined": int(values.size - defined.size)}
+    return {
+        "mean": float(defined.mean()) if defined.size else None,
+        "std": float(defined.std(ddof=1)) if defined.size > 1 else None,
+        "mean_abs": float(np.abs(defined).mean()) if defined.size else None,
+        "n": int(defined.size),
+        "undefined": int(values.size - defined.size),
+    }
 
 
 def paired_difference(salient: np.ndarray, random: np.ndarray) -> dict:
@@ -121,8 +128,11 @@ def paired_difference(salient: np.ndarray, random: np.ndarray) -> dict:
     Wilcoxon signed-rank p-value: is removing the salient pixels first really faster than random removal?"""
     d = np.asarray(salient) - np.asarray(random)
     half = t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)],
-            "wilcoxon_p": float(wilcoxon(d).pvalue)}
+    return {
+        "mean": float(d.mean()),
+        "ci95": [float(d.mean() - half), float(d.mean() + half)],
+        "wilcoxon_p": float(wilcoxon(d).pvalue),
+    }
 
 
 def check_model(checkpoint: Path, samples, args) -> dict:
@@ -144,28 +154,41 @@ def check_model(checkpoint: Path, samples, args) -> dict:
     random_auc, curves = [], {name: [] for name in [*trained, "random"]}
     for i in range(len(samples)):
         rng = np.random.default_rng([args.seed, i])
-        random_curves = [deletion_curve(model, inputs[i:i + 1], predicted[i], rng.permutation(images[i][..., 0].size),
-                                        args.steps) for _ in range(args.random_orders)]
+        random_curves = [
+            deletion_curve(model, inputs[i : i + 1], predicted[i], rng.permutation(images[i][..., 0].size), args.steps)
+            for _ in range(args.random_orders)
+        ]
         curves["random"].append(np.mean(random_curves, axis=0))
         random_auc.append(auc(curves["random"][-1]))
         for name, maps in trained.items():
-            curve = deletion_curve(model, inputs[i:i + 1], predicted[i], salient_first(maps[i], rng), args.steps)
+            curve = deletion_curve(model, inputs[i : i + 1], predicted[i], salient_first(maps[i], rng), args.steps)
             curves[name].append(curve)
             saliency_auc[name].append(auc(curve))
     random_auc = np.asarray(random_auc)
-    deletion = {name: {"auc_salient_first": stats(v), "auc_random": stats(random_auc),
-                       "difference": paired_difference(np.asarray(v), random_auc),
-                       "salient_below_random": float(np.mean(np.asarray(v) < random_auc)),
-                       "mean_curve": np.mean(curves[name], axis=0).round(5).tolist(),
-                       "per_image_auc": np.round(v, 5).tolist()}
-                for name, v in saliency_auc.items()}
+    deletion = {
+        name: {
+            "auc_salient_first": stats(v),
+            "auc_random": stats(random_auc),
+            "difference": paired_difference(np.asarray(v), random_auc),
+            "salient_below_random": float(np.mean(np.asarray(v) < random_auc)),
+            "mean_curve": np.mean(curves[name], axis=0).round(5).tolist(),
+            "per_image_auc": np.round(v, 5).tolist(),
+        }
+        for name, v in saliency_auc.items()
+    }
     # how much a map depends on the image at all: each image's trained map against the next image's
     between = {name: stats(spearman_rows(maps, np.roll(maps, 1, axis=0))) for name, maps in trained.items()}
-    return {"checkpoint": str(checkpoint), "model": info.model_name, "images": len(samples),
-            "sample_accuracy": float(np.mean(np.asarray(predicted) == np.asarray(labels))),
-            "randomisation_spearman": randomisation, "between_images_spearman": between, "deletion": deletion,
-            "random_mean_curve": np.mean(curves["random"], axis=0).round(5).tolist(),
-            "random_per_image_auc": random_auc.round(5).tolist()}
+    return {
+        "checkpoint": str(checkpoint),
+        "model": info.model_name,
+        "images": len(samples),
+        "sample_accuracy": float(np.mean(np.asarray(predicted) == np.asarray(labels))),
+        "randomisation_spearman": randomisation,
+        "between_images_spearman": between,
+        "deletion": deletion,
+        "random_mean_curve": np.mean(curves["random"], axis=0).round(5).tolist(),
+        "random_per_image_auc": random_auc.round(5).tolist(),
+    }
 
 
 def fmt(s: dict, key: str = "mean") -> str:
@@ -173,20 +196,24 @@ def fmt(s: dict, key: str = "mean") -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| model | map | Spearman ρ, whole net randomised | mean abs ρ | ρ, heads randomised | ρ between two "
-             "images | deletion AUC salient-first | deletion AUC random | Δ AUC [95% CI] | Wilcoxon p |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | map | Spearman ρ, whole net randomised | mean abs ρ | ρ, heads randomised | ρ between two "
+        "images | deletion AUC salient-first | deletion AUC random | Δ AUC [95% CI] | Wilcoxon p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for role, r in results["models"].items():
         for name, d in r["deletion"].items():
             steps, diff = r["randomisation_spearman"][name], d["difference"]
             low, high = diff["ci95"]
             undefined = steps["all"]["undefined"]
-            lines.append(f"| {role} ({r['model']}) | {name} | {fmt(steps['all'])}"
-                         + (f" ({undefined} undefined)" if undefined else "")
-                         + f" | {steps['all']['mean_abs']:.3f} | {fmt(steps['heads'])} | "
-                         f"{fmt(r['between_images_spearman'][name])} | {fmt(d['auc_salient_first'])} | "
-                         f"{fmt(d['auc_random'])} | {diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
-                         f" | {diff['wilcoxon_p']:.2g} |")
+            lines.append(
+                f"| {role} ({r['model']}) | {name} | {fmt(steps['all'])}"
+                + (f" ({undefined} undefined)" if undefined else "")
+                + f" | {steps['all']['mean_abs']:.3f} | {fmt(steps['heads'])} | "
+                f"{fmt(r['between_images_spearman'][name])} | {fmt(d['auc_salient_first'])} | "
+                f"{fmt(d['auc_random'])} | {diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
+                f" | {diff['wilcoxon_p']:.2g} |"
+            )
     return "\n".join(lines)
 
 
@@ -202,12 +229,15 @@ def main() -> None:
     args = parser.parse_args()
     samples = sample_images(args.data, args.per_class, args.seed)
     start = time.perf_counter()
-    results = {"command": "python benchmarks/explain_sanity.py " + " ".join(
-                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-               "data": str(args.data), "images": [str(p) for p, _ in samples],
-               "removed_pixel_value": "0 after normalisation (the normalisation mean)",
-               "randomisation": "cascading from the top, timm's initialisation, seeded; 'all' = whole network",
-               "models": {}}
+    results = {
+        "command": "python benchmarks/explain_sanity.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        "data": str(args.data),
+        "images": [str(p) for p, _ in samples],
+        "removed_pixel_value": "0 after normalisation (the normalisation mean)",
+        "randomisation": "cascading from the top, timm's initialisation, seeded; 'all' = whole network",
+        "models": {},
+    }
     for role in ROLES:
         results["models"][role] = check_model(args.runs / role / "best.safetensors", samples, args)
         print(f"{role}: done after {time.perf_counter() - start:.0f} s", flush=True)

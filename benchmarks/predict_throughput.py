@@ -13,6 +13,7 @@
    `hdkd.training.engine.predict` (what `evaluate_checkpoint` calls; amp none, as predict runs fp32). Per file:
    the argmax of both, and the largest probability difference (predict with --no-calibration for that).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,15 +43,29 @@ def run_predict(checkpoint: str, folder: Path, output: Path, device: str, batch_
     """(exit status, wall seconds) of `hdkd predict CHECKPOINT FOLDER -o OUTPUT --no-calibration`."""
     parser = argparse.ArgumentParser(prog="hdkd")
     register(parser.add_subparsers())
-    args = parser.parse_args(["predict", checkpoint, str(folder), "-o", str(output), "--device", device,
-                              "--batch-size", str(batch_size), "--no-calibration", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "predict",
+            checkpoint,
+            str(folder),
+            "-o",
+            str(output),
+            "--device",
+            device,
+            "--batch-size",
+            str(batch_size),
+            "--no-calibration",
+            "--no-progress",
+        ]
+    )
     start = time.perf_counter()
     status = args.func(args)
     return status, time.perf_counter() - start
 
 
-def evaluation_predictions(checkpoint: str, data: str, configs: list[str], split: str,
-                           batch_size: int) -> tuple[list[Path], np.ndarray, np.ndarray]:
+def evaluation_predictions(
+    checkpoint: str, data: str, configs: list[str], split: str, batch_size: int
+) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """(paths, labels, fp32 probabilities) of `split`, built and run as `hdkd evaluate` does."""
     cfg = build_config("teacher", configs, [], data={"path": data}).data
     info = ModelInfo.from_checkpoint(checkpoint)
@@ -80,8 +95,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(args.csv) if args.csv else Path(tmp) / "predictions.csv"
-        status, seconds = run_predict(args.checkpoint, Path(args.data) / args.split_folder, output, args.device,
-                                      args.batch_size)
+        status, seconds = run_predict(
+            args.checkpoint, Path(args.data) / args.split_folder, output, args.device, args.batch_size
+        )
         with open(output, newline="") as handle:
             rows = list(csv.DictReader(handle))
     names = [c[2:] for c in rows[0] if c.startswith("p_")]
@@ -93,14 +109,24 @@ def main() -> None:
         disagreements += row["predicted"] != names[int(np.argmax(p))]
         max_difference = max(max_difference, float(np.abs(np.array([float(row[f"p_{n}"]) for n in names]) - p).max()))
     failed = sum(1 for r in rows if r["error"])
-    accuracy = float(np.mean([by_path[Path(p).resolve()]["predicted"] == names[y] for p, y in zip(paths, labels,
-                                                                                                 strict=True)]))
+    accuracy = float(
+        np.mean([by_path[Path(p).resolve()]["predicted"] == names[y] for p, y in zip(paths, labels, strict=True)])
+    )
     result = {
-        "checkpoint": args.checkpoint, "data": str(Path(args.data) / args.split_folder), "device": args.device,
-        "batch_size": args.batch_size, "threads": torch.get_num_threads(), "rows": len(rows), "failed_rows": failed,
-        "exit_status": status, "predict_seconds": round(seconds, 3), "images_per_s": round(len(rows) / seconds, 1),
-        "evaluated_images": len(paths), "disagreements_with_evaluation": int(disagreements),
-        "max_probability_difference": max_difference, "accuracy_from_predict_csv": round(accuracy, 6),
+        "checkpoint": args.checkpoint,
+        "data": str(Path(args.data) / args.split_folder),
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "rows": len(rows),
+        "failed_rows": failed,
+        "exit_status": status,
+        "predict_seconds": round(seconds, 3),
+        "images_per_s": round(len(rows) / seconds, 1),
+        "evaluated_images": len(paths),
+        "disagreements_with_evaluation": int(disagreements),
+        "max_probability_difference": max_difference,
+        "accuracy_from_predict_csv": round(accuracy, 6),
     }
     for key, value in result.items():
         print(f"{key}: {value}")

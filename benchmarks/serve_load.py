@@ -7,6 +7,7 @@ runs in this process with uvicorn on 127.0.0.1 (a free port); images cycle throu
 (default: ../shared/data/brain_tumor_mri/Testing, else generated PNGs). Reports the failures and the latency
 percentiles (p50, p95) per request, as JSON with -o. Traffic goes to 127.0.0.1 only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,6 @@ import timm
 from PIL import Image
 
 import hdkd.models  # noqa: F401 (registers the hdkd models with timm)
-
 from hdkd.deploy.loading import load_classifier
 from hdkd.deploy.serve import background_server, build_explainer, create_app
 from hdkd.io import atomic_write_text
@@ -44,8 +44,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def run_load(url: str, payloads: Sequence[tuple[str, bytes]], requests: int = 200,
-             concurrency: int = 8) -> dict:
+def run_load(url: str, payloads: Sequence[tuple[str, bytes]], requests: int = 200, concurrency: int = 8) -> dict:
     """POST ``requests`` uploads (cycling through ``payloads``) from ``concurrency`` clients, each with its own
     keep-alive connection; returns counts, failures (first few, with the reason) and latency percentiles (ms)."""
     if not url.startswith(("http://127.0.0.1:", "http://localhost:", "http://[::1]:")):
@@ -83,19 +82,28 @@ def run_load(url: str, payloads: Sequence[tuple[str, bytes]], requests: int = 20
             future.result()
     wall = time.perf_counter() - wall
     ms = [1000 * t for t in latencies]
-    return {"requests": requests, "concurrency": concurrency, "ok": len(latencies), "failed": len(failures),
-            "failures": failures[:5], "wall_s": round(wall, 3), "requests_per_s": round(requests / wall, 2),
-            "p50_ms": round(percentile(ms, 50), 1) if ms else None,
-            "p95_ms": round(percentile(ms, 95), 1) if ms else None,
-            "mean_ms": round(statistics.fmean(ms), 1) if ms else None,
-            "max_ms": round(max(ms), 1) if ms else None}
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "ok": len(latencies),
+        "failed": len(failures),
+        "failures": failures[:5],
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(requests / wall, 2),
+        "p50_ms": round(percentile(ms, 50), 1) if ms else None,
+        "p95_ms": round(percentile(ms, 95), 1) if ms else None,
+        "mean_ms": round(statistics.fmean(ms), 1) if ms else None,
+        "max_ms": round(max(ms), 1) if ms else None,
+    }
 
 
 def image_payloads(folder: Optional[Path], limit: int = 64) -> list[tuple[str, bytes]]:
     """Up to ``limit`` JPEG/PNG files of ``folder`` (sorted, round-robin over its subfolders), else generated PNGs."""
     if folder is not None and folder.is_dir():
-        groups = [sorted(p for p in sub.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-                  for sub in sorted(d for d in folder.iterdir() if d.is_dir())] or [sorted(folder.glob("*.*"))]
+        groups = [
+            sorted(p for p in sub.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            for sub in sorted(d for d in folder.iterdir() if d.is_dir())
+        ] or [sorted(folder.glob("*.*"))]
         files = [p for p in itertools.chain(*itertools.zip_longest(*groups)) if p is not None][:limit]
         if files:
             return [(p.name, p.read_bytes()) for p in files]
@@ -111,9 +119,13 @@ def image_payloads(folder: Optional[Path], limit: int = 64) -> list[tuple[str, b
 def tiny_checkpoint(folder: Path) -> Path:
     """A random-weight HDKD student at 32 px with the Brain Tumor MRI class names (no training)."""
     model = timm.create_model("hdkd", num_classes=4, img_size=32, in_chans=3).eval()
-    return save_checkpoint(model, folder / "tiny_hdkd.safetensors", "hdkd",
-                           {"num_classes": 4, "img_size": 32, "in_chans": 3},
-                           extra={"class_names": list(BRAIN_CLASSES), "img_size": 32, "in_chans": 3, "role": "hdkd"})
+    return save_checkpoint(
+        model,
+        folder / "tiny_hdkd.safetensors",
+        "hdkd",
+        {"num_classes": 4, "img_size": 32, "in_chans": 3},
+        extra={"class_names": list(BRAIN_CLASSES), "img_size": 32, "in_chans": 3, "role": "hdkd"},
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -133,8 +145,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         payloads = image_payloads(args.images)
         with background_server(create_app(classifier, explainer)) as url:
             result = run_load(url, payloads, args.requests, args.concurrency)
-    result.update(model=str(args.model or "tiny random hdkd (32 px)"), images=len(payloads),
-                  explanations=explainer is not None, device=args.device)
+    result.update(
+        model=str(args.model or "tiny random hdkd (32 px)"),
+        images=len(payloads),
+        explanations=explainer is not None,
+        device=args.device,
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

@@ -1,5 +1,6 @@
 """The package's layers: every import (module level and inside functions) points down the layer order, and no two
 modules import each other, directly or through others. README "Architecture" lists the layers."""
+
 from __future__ import annotations
 
 import ast
@@ -99,7 +100,7 @@ def cycles(src: Path = SRC) -> list[list[str]]:
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                found.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -144,8 +145,13 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize("code", ["import hdkd", "import hdkd.cli; hdkd.cli.build_parser()"])
 def test_package_face_and_help_do_not_import_torch(code):
     check = f"{code}; import sys; heavy = [m for m in ('torch', 'timm') if m in sys.modules]; print(heavy)"
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(SRC), "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", check],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(SRC), "PATH": ""},
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -3,6 +3,7 @@
 The package face: its names are imported on first use (PEP 562), so that ``import hdkd`` and ``hdkd --help`` do not
 load torch and timm.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,9 +13,15 @@ from hdkd.errors import CheckpointError, ConfigError, DataError, HDKDError
 from hdkd.version import __version__
 
 _LAZY = {
-    "HDKDNet": "hdkd.models", "count_flops": "hdkd.models", "count_params": "hdkd.models",
-    "create_model_from_checkpoint": "hdkd.models", "load_checkpoint": "hdkd.models", "save_checkpoint": "hdkd.models",
-    "HDKDLoss": "hdkd.distillation", "LossOutput": "hdkd.distillation", "SupervisedLoss": "hdkd.distillation",
+    "HDKDNet": "hdkd.models",
+    "count_flops": "hdkd.models",
+    "count_params": "hdkd.models",
+    "create_model_from_checkpoint": "hdkd.models",
+    "load_checkpoint": "hdkd.models",
+    "save_checkpoint": "hdkd.models",
+    "HDKDLoss": "hdkd.distillation",
+    "LossOutput": "hdkd.distillation",
+    "SupervisedLoss": "hdkd.distillation",
 }
 
 __all__ = ["__version__", "HDKDError", "DataError", "CheckpointError", "ConfigError", *_LAZY]

@@ -1,4 +1,5 @@
 """`python -m hdkd ...` (also what torchrun launches)."""
+
 import sys
 
 from hdkd.cli import main

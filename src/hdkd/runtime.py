@@ -3,6 +3,7 @@
 The lowest layer with torch in it: every job (training, evaluation, deployment, benchmarks) resolves these the
 same way, so a number in a report always says the device, precision, versions and commit that produced it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,7 +35,7 @@ def available_cpus() -> int:
 
 
 def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """"auto" -> CUDA when present; an explicit CUDA request without a GPU is an error naming `option`."""
+    """ "auto" -> CUDA when present; an explicit CUDA request without a GPU is an error naming `option`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -101,8 +102,9 @@ def check_compile_options(mode: str | None, backend: str, option: str = "train.c
         raise ConfigError(f"{option}_backend: unknown {backend!r}; torch offers {', '.join(sorted(backends))}")
 
 
-def compile_model(model: nn.Module, mode: str | None = None, backend: str = "inductor",
-                  option: str = "train.compile") -> nn.Module:
+def compile_model(
+    model: nn.Module, mode: str | None = None, backend: str = "inductor", option: str = "train.compile"
+) -> nn.Module:
     check_compile_options(mode, backend, option)
     return torch.compile(model, mode=mode, backend=backend)
 
@@ -115,8 +117,13 @@ def git_commit(where: Optional[Path] = None) -> tuple[Optional[str], Optional[bo
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=20)
         if head.returncode != 0:
             return None, None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                capture_output=True, text=True, timeout=20)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         return head.stdout.strip() or None, dirty
     except (OSError, subprocess.SubprocessError):
@@ -136,6 +143,8 @@ def run_metadata(with_git: bool = False) -> dict[str, Any]:
         meta.update(git_commit=commit, git_dirty=dirty)
     meta.update(hdkd_version=__version__, torch=torch.__version__, machine=machine_name())
     return meta
+
+
 def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
     images = images.to(device, non_blocking=True)
     if channels_last:

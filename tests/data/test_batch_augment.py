@@ -1,4 +1,5 @@
 """The batched on-device augmentation: each op against torchvision, seed determinism, parameter distributions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -138,7 +139,7 @@ def test_authors_pipeline_order_for_one_image():
         if p.vflip[i]:
             x = TF.vertical_flip(x)
         jitter = [(TF.adjust_brightness, p.brightness[i]), (TF.adjust_contrast, p.contrast[i])]
-        for fn, f in (jitter if p.brightness_first[i] else jitter[::-1]):
+        for fn, f in jitter if p.brightness_first[i] else jitter[::-1]:
             x = fn(x, float(f))
         if p.sharpen[i]:
             x = TF.adjust_sharpness(x, 2.0)

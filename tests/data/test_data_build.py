@@ -1,4 +1,5 @@
 """build_datasets: validation carving, fractions, caps, group-safe splits, channels and transforms."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,8 +103,11 @@ def test_build_end_to_end(kaggle_like, cache_dir):
     cfg = DataConfig(path=str(kaggle_like), cache_dir=cache_dir, max_per_class=5)
     built = build_datasets(cfg, img_size=12, in_chans=None)
     assert built.class_names == ["a", "b", "c"] and built.in_chans == 3  # grey files -> 3 channels by default
-    assert built.counts == {"train": {"a": 5, "b": 5, "c": 5}, "val": {"a": 5, "b": 3, "c": 1},
-                            "test": {"a": 5, "b": 4, "c": 3}}
+    assert built.counts == {
+        "train": {"a": 5, "b": 5, "c": 5},
+        "val": {"a": 5, "b": 3, "c": 1},
+        "test": {"a": 5, "b": 4, "c": 3},
+    }
     assert "carved from train" in built.source["val"] and built.source["test"].startswith("Testing folder")
     image, label = built.test[0]
     assert image.shape == (3, 12, 12) and image.dtype == torch.float32 and isinstance(label, int)

@@ -1,4 +1,5 @@
 """The real datasets in ../shared/data: split discovery and counts, decoding only small subsets."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """DICOM to 8-bit frames: the display pipeline's steps checked on hand-computed pixels, on files the tests write
 with pydicom and on the test files pydicom's wheel ships (never its downloadable ones)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,9 @@ def shipped(name: str) -> str:
     return path
 
 
-def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-                **tags) -> str:
+def write_dicom(
+    path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None, **tags
+) -> str:
     """A minimal Secondary Capture file, explicit VR little endian, with `tags` set on the dataset."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -88,8 +90,15 @@ def test_voi_lut_sequence(tmp_path):
 
 def test_multi_frame_gives_one_array_per_frame_each_windowed(tmp_path):
     frames = np.stack([STORED, STORED + 50, STORED - 50]).astype(np.int16)
-    path = write_dicom(tmp_path / "multi.dcm", frames, bits_stored=16, RescaleSlope=2, RescaleIntercept=-1024,
-                       WindowCenter=40, WindowWidth=401)
+    path = write_dicom(
+        tmp_path / "multi.dcm",
+        frames,
+        bits_stored=16,
+        RescaleSlope=2,
+        RescaleIntercept=-1024,
+        WindowCenter=40,
+        WindowWidth=401,
+    )
     out = read_dicom_frames(path)
     assert len(out) == 3 and all(f.shape == (2, 2) for f in out)
     np.testing.assert_array_equal(out[0], [[0, 64], [128, 255]])
@@ -112,8 +121,13 @@ def test_enhanced_multi_frame_windows_per_frame(tmp_path):
         per_frame.append(outer)
     shared = Dataset()
     shared.PixelValueTransformationSequence = [group(RescaleSlope=2, RescaleIntercept=-1024)]
-    path = write_dicom(tmp_path / "enhanced.dcm", np.stack([STORED, STORED]), bits_stored=16,
-                       SharedFunctionalGroupsSequence=[shared], PerFrameFunctionalGroupsSequence=per_frame)
+    path = write_dicom(
+        tmp_path / "enhanced.dcm",
+        np.stack([STORED, STORED]),
+        bits_stored=16,
+        SharedFunctionalGroupsSequence=[shared],
+        PerFrameFunctionalGroupsSequence=per_frame,
+    )
     first, second = read_dicom_frames(path)
     np.testing.assert_array_equal(first, [[0, 64], [128, 255]])
     # c=240, w=401: fraction ((x - 239.5) / 400 + 0.5): -60 -> 0 (below), 40 -> 0.00125 -> 0.32 (0), 1000 -> 255.
@@ -152,8 +166,7 @@ def test_shipped_mr_window_from_its_tags_and_every_encoding_agrees():
     expected = np.rint(np.clip((raw - 599.5) / 1599 + 0.5, 0, 1) * 255).astype(np.uint8)
     np.testing.assert_array_equal(frame, expected)
     assert frame.min() > 0  # the window, not the image's own range (which would reach 0)
-    for other in ("MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
-                  "MR_small_jp2klossless.dcm"):
+    for other in ("MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_jp2klossless.dcm"):
         np.testing.assert_array_equal(read_dicom_frames(shipped(other))[0], frame, err_msg=other)
 
 
@@ -201,8 +214,12 @@ def test_bad_files_are_one_line_data_errors(tmp_path):
     cases["text"].write_text("not a scan\n")
     whole = open(shipped("CT_small.dcm"), "rb").read()
     cases["truncated"].write_bytes(whole[: len(whole) // 2])
-    expected = {"text": "not a DICOM file", "truncated": "less than expected", "no image": "holds no image",
-                "short pixel data": "cannot decode"}
+    expected = {
+        "text": "not a DICOM file",
+        "truncated": "less than expected",
+        "no image": "holds no image",
+        "short pixel data": "cannot decode",
+    }
     for case, path in cases.items():
         with pytest.raises(DataError) as error:
             read_dicom_frames(path)

@@ -1,4 +1,5 @@
 """hdkd explain: Grad-CAM and attention rollout maps, checked against independent computations; the command."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,13 @@ def checkpoints(tmp_path_factory):
     for i, (name, args) in enumerate(ARGS.items()):
         torch.manual_seed(i)
         model = timm.create_model(name, **args)
-        paths[name] = save_checkpoint(model, folder / f"{name}.safetensors", name, args,
-                                      extra={"class_names": CLASSES, "img_size": 32, "in_chans": 3, "role": name})
+        paths[name] = save_checkpoint(
+            model,
+            folder / f"{name}.safetensors",
+            name,
+            args,
+            extra={"class_names": CLASSES, "img_size": 32, "in_chans": 3, "role": name},
+        )
     return paths
 
 
@@ -76,8 +82,14 @@ def run_cli(argv):
 
 
 # ------------------------------------------------------------------------------------------------------- the maps
-@pytest.mark.parametrize("name,keys", [("hdkd_teacher", {"gradcam"}), ("hdkd_student", {"gradcam", "rollout"}),
-                                       ("hdkd", {"gradcam", "rollout", "rollout_cls", "rollout_dist"})])
+@pytest.mark.parametrize(
+    "name,keys",
+    [
+        ("hdkd_teacher", {"gradcam"}),
+        ("hdkd_student", {"gradcam", "rollout"}),
+        ("hdkd", {"gradcam", "rollout", "rollout_cls", "rollout_dist"}),
+    ],
+)
 def test_maps_are_in_unit_range_with_the_image_shape(checkpoints, name, keys):
     clf = classifier(checkpoints, name)
     maps = explain_array(clf, clf.info, image32())
@@ -133,11 +145,12 @@ def test_gradcam_equals_the_definition_computed_with_autograd(checkpoints, name)
     inputs = to_input(image32(2)[None], clf.info)
     for target in range(4):
         logits, activation = _logits_and_stage3(model, inputs)
-        grad, = torch.autograd.grad(logits[0, target], activation)
+        (grad,) = torch.autograd.grad(logits[0, target], activation)
         if name == "hdkd":  # the explained score really is the averaged logits
             feats = model.forward_features(inputs)
-            np.testing.assert_allclose(logits[0].detach(), (model.head(feats[:, 0]) + model.head_dist(feats[:, 1]))[0]
-                                       .detach() / 2, atol=1e-5)
+            np.testing.assert_allclose(
+                logits[0].detach(), (model.head(feats[:, 0]) + model.head_dist(feats[:, 1]))[0].detach() / 2, atol=1e-5
+            )
         weights = grad.mean((2, 3), keepdim=True)
         cam = torch.relu((weights * activation).sum(1))[0].detach().double().numpy()
         assert cam.shape == (4, 4)
@@ -176,8 +189,9 @@ def _reference_rollout_float64(model, inputs):
         x = x + blk.attn.proj(torch.cat(outs, dim=-1))
         x = x + blk.mlp(x)
         attentions.append(torch.stack(heads).numpy())
-    np.testing.assert_allclose(model.norm(x).detach().numpy(), model.forward_features(inputs.double()).detach().numpy(),
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        model.norm(x).detach().numpy(), model.forward_features(inputs.double()).detach().numpy(), atol=1e-10
+    )
     n = attentions[0].shape[-1]
     rolled = np.eye(n)
     for a in attentions:
@@ -195,15 +209,18 @@ def test_rollout_equals_an_independent_float64_reference(checkpoints):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(got.sum(1), 1, atol=1e-9)
     maps = rollout_maps(clf.model, inputs)
-    for name, row in [("rollout_cls", expected[0, 2:]), ("rollout_dist", expected[1, 2:]),
-                      ("rollout", expected[:2, 2:].mean(0))]:
+    for name, row in [
+        ("rollout_cls", expected[0, 2:]),
+        ("rollout_dist", expected[1, 2:]),
+        ("rollout", expected[:2, 2:].mean(0)),
+    ]:
         np.testing.assert_allclose(maps[name][0], _pil_upsample(row.reshape(2, 2), 32), atol=1e-4)
 
 
 def test_rollout_of_hand_built_attention_multiplies_the_last_block_on_the_left():
-    a1 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])   # tokens 1 and 2 swap
-    a2 = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])   # token 0 reads token 1
-    two_heads = torch.stack([a2, torch.eye(3)])[None]                        # heads averaged: 0.5 a2 + 0.5 I
+    a1 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # tokens 1 and 2 swap
+    a2 = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # token 0 reads token 1
+    two_heads = torch.stack([a2, torch.eye(3)])[None]  # heads averaged: 0.5 a2 + 0.5 I
     r1, r2 = 0.5 * a1 + 0.5 * torch.eye(3), 0.5 * (0.5 * a2 + 0.5 * torch.eye(3)) + 0.5 * torch.eye(3)
     got = rollout([a1[None], two_heads])[0]
     torch.testing.assert_close(got, (r2 @ r1).double())
@@ -263,8 +280,11 @@ def test_command_writes_decodable_overlays_and_explanations_json(checkpoints, im
     report = json.loads((out / "explanations.json").read_text())
     assert report["model"] == name and report["class_names"] == CLASSES
     clf = classifier(checkpoints, name)
-    expected_files = {"hdkd_teacher": {"gradcam"}, "hdkd_student": {"gradcam", "rollout"},
-                      "hdkd": {"gradcam", "rollout", "rollout_cls", "rollout_dist"}}[name]
+    expected_files = {
+        "hdkd_teacher": {"gradcam"},
+        "hdkd_student": {"gradcam", "rollout"},
+        "hdkd": {"gradcam", "rollout", "rollout_cls", "rollout_dist"},
+    }[name]
     for path, entry in zip(images, report["images"], strict=True):
         probs = clf.probabilities([np.array(Image.open(path).resize((32, 32), Image.BILINEAR))])[0]
         assert entry["predicted"] == entry["target"] == CLASSES[int(probs.argmax())]
@@ -301,8 +321,9 @@ def test_images_with_the_same_name_do_not_overwrite_each_other(checkpoints, imag
 def test_interpolation_helper_matches_torch_bilinear():
     """The tests' PIL upsampling is the same half-pixel bilinear the library (OpenCV) and rollout (torch) use."""
     low = np.random.default_rng(0).random((4, 4))
-    torch_up = F.interpolate(torch.from_numpy(low)[None, None], size=(32, 32), mode="bilinear",
-                             align_corners=False)[0, 0].numpy()
+    torch_up = F.interpolate(torch.from_numpy(low)[None, None], size=(32, 32), mode="bilinear", align_corners=False)[
+        0, 0
+    ].numpy()
     np.testing.assert_allclose(_pil_upsample(low, 32), (torch_up - torch_up.min()) / np.ptp(torch_up), atol=1e-5)
 
 

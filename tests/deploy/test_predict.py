@@ -1,5 +1,6 @@
 """`hdkd predict`: rows, columns and probabilities against a direct run of the model and against the data path
 `hdkd evaluate` uses; calibration; DICOM frames; bad files; user errors; nothing half-written."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ def make_checkpoint(path: Path, in_chans: int = 3, temperature: float | None = N
     extra = {"class_names": CLASSES, "img_size": 32, "in_chans": in_chans, "role": "student"}
     if temperature is not None:
         extra["temperature"] = temperature
-    return save_checkpoint(model, path, "hdkd_student",
-                           {"num_classes": len(CLASSES), "img_size": 32, "in_chans": in_chans}, extra=extra)
+    return save_checkpoint(
+        model, path, "hdkd_student", {"num_classes": len(CLASSES), "img_size": 32, "in_chans": in_chans}, extra=extra
+    )
 
 
 def spread_head(model: torch.nn.Module, in_chans: int) -> None:
@@ -76,8 +78,12 @@ def picture(path: Path, seed: int, size: tuple[int, int] = (40, 56), mode: str =
 
 def image_folder(root: Path) -> list[Path]:
     """Mixed modes, sizes and formats in nested class folders (as a scanner export or a dataset would be)."""
-    return [picture(root / "a" / "one.png", 1), picture(root / "a" / "two.jpg", 2, (64, 64), "L"),
-            picture(root / "b" / "deep" / "three.png", 3, (20, 30), "RGBA"), picture(root / "b" / "four.bmp", 4)]
+    return [
+        picture(root / "a" / "one.png", 1),
+        picture(root / "a" / "two.jpg", 2, (64, 64), "L"),
+        picture(root / "b" / "deep" / "three.png", 3, (20, 30), "RGBA"),
+        picture(root / "b" / "four.bmp", 4),
+    ]
 
 
 def run_cli(argv: list[str]) -> int:
@@ -130,8 +136,9 @@ def test_preprocessing_and_predictions_equal_the_evaluation_data_path(checkpoint
         for k, name in enumerate(CLASSES):
             for i in range(2):
                 mode = ("RGB", "L", "P")[(k + i) % 3]
-                picture(root / split / name / f"{name}_{i}.png", 10 * k + i + (split == "Testing"),
-                        (30 + 7 * i, 44), mode)
+                picture(
+                    root / split / name / f"{name}_{i}.png", 10 * k + i + (split == "Testing"), (30 + 7 * i, 44), mode
+                )
     config = DataConfig(path=str(root), cache_dir=str(tmp_path / "cache"), val_fraction=0.0)  # 2 train images
     dataset = build_eval_dataset(config, 32, 3, "test")
     classifier = TorchClassifier.from_checkpoint(checkpoint)
@@ -175,8 +182,7 @@ def test_one_bad_file_gets_an_error_row_and_exit_status_1(checkpoint, tmp_path, 
     text = tmp_path / "in" / "b" / "text.png"
     text.write_text("hello")
     out = tmp_path / "predictions.csv"
-    assert run_cli([str(checkpoint), str(tmp_path / "in"), "-o", str(out), "--no-progress",
-                    "--batch-size", "2"]) == 1
+    assert run_cli([str(checkpoint), str(tmp_path / "in"), "-o", str(out), "--no-progress", "--batch-size", "2"]) == 1
     rows = {r["path"]: r for r in read_csv(out)}
     assert len(rows) == 6
     for bad in (broken, text):
@@ -198,14 +204,17 @@ def test_dicom_gives_a_row_per_frame(grey_checkpoint, tmp_path):
     classifier = TorchClassifier.from_checkpoint(grey_checkpoint)
     table = predict_files(classifier, [folder], batch_size=8, progress=False)
     assert [(Path(r.path).name, r.frame) for r in table.rows] == (
-        [("IM0001", i) for i in range(1, 16)] + [("colour.jpg", 1), ("colour.jpg", 2), ("ct.dcm", 1)])
+        [("IM0001", i) for i in range(1, 16)] + [("colour.jpg", 1), ("colour.jpg", 2), ("ct.dcm", 1)]
+    )
     assert table.failed == 0
     frames = [fit_array(f, classifier.info) for f in read_dicom_frames(folder / "IM0001")]
-    np.testing.assert_allclose(np.stack([r.probabilities for r in table.rows[:15]]),
-                               classifier.probabilities(frames), atol=1e-5)  # batches of 8 vs 15
+    np.testing.assert_allclose(
+        np.stack([r.probabilities for r in table.rows[:15]]), classifier.probabilities(frames), atol=1e-5
+    )  # batches of 8 vs 15
     windowed = predict_files(classifier, [folder / "ct.dcm"], window=(40, 400), progress=False)
-    expected = classifier.probabilities([fit_array(read_dicom_frames(folder / "ct.dcm", (40, 400))[0],
-                                                   classifier.info)])
+    expected = classifier.probabilities(
+        [fit_array(read_dicom_frames(folder / "ct.dcm", (40, 400))[0], classifier.info)]
+    )
     np.testing.assert_allclose(windowed.rows[0].probabilities, expected[0], atol=1e-6)
     assert not np.allclose(windowed.rows[0].probabilities, table.rows[-1].probabilities, atol=1e-4)
     csv_rows = list(csv.DictReader(io.StringIO(table.to_csv())))
@@ -281,8 +290,10 @@ def test_standard_output(checkpoint, tmp_path, capsys):
 
 def test_table_csv_quotes_awkward_paths():
     path = 'scan, "left"\nview.png'
-    table = PredictionTable(("a", "b"), rows=[PredictionRow(path, None, np.array([0.25, 0.75])),
-                                              PredictionRow("x.png", None, None, "x.png: corrupt")])
+    table = PredictionTable(
+        ("a", "b"),
+        rows=[PredictionRow(path, None, np.array([0.25, 0.75])), PredictionRow("x.png", None, None, "x.png: corrupt")],
+    )
     parsed = list(csv.DictReader(io.StringIO(table.to_csv())))
     assert parsed[0]["path"] == path and parsed[0]["predicted"] == "b" and parsed[0]["p_b"] == "0.75"
     assert parsed[1]["predicted"] == "" and parsed[1]["error"] == "x.png: corrupt" and table.failed == 1
@@ -295,8 +306,15 @@ def test_onnx_model_predicts_as_its_checkpoint(checkpoint, tmp_path):
 
     classifier = TorchClassifier.from_checkpoint(checkpoint)  # a plain export, as `hdkd export` will write it
     path = tmp_path / "model.onnx"
-    torch.onnx.export(classifier.model, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["images"],
-                      output_names=["logits"], dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        classifier.model,
+        (torch.zeros(1, 3, 32, 32),),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
     graph = onnx.load(str(path))
     for key, value in ModelInfo.from_checkpoint(checkpoint).to_metadata().items():
         graph.metadata_props.add(key=key, value=value)
@@ -307,7 +325,8 @@ def test_onnx_model_predicts_as_its_checkpoint(checkpoint, tmp_path):
     onnx_rows, torch_rows = read_csv(tmp_path / "onnx.csv"), read_csv(tmp_path / "torch.csv")
     assert [r["predicted"] for r in onnx_rows] == [r["predicted"] for r in torch_rows]
     for a, b in zip(onnx_rows, torch_rows, strict=True):
-        np.testing.assert_allclose([float(a[f"p_{c}"]) for c in CLASSES], [float(b[f"p_{c}"]) for c in CLASSES],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            [float(a[f"p_{c}"]) for c in CLASSES], [float(b[f"p_{c}"]) for c in CLASSES], atol=1e-5
+        )
     with pytest.raises(ConfigError, match="ONNX model runs on the CPU"):
         run_cli([str(path), str(tmp_path / "in"), "-o", str(tmp_path / "x.csv"), "--device", "cuda"])

@@ -1,5 +1,6 @@
 """`hdkd serve`'s API through FastAPI's TestClient: predictions as `hdkd predict` makes them, hostile uploads
 refused with a JSON message while the server keeps serving, the OpenAPI schema, the command's options."""
+
 import argparse
 import asyncio
 import base64
@@ -34,10 +35,20 @@ METRICS = {"accuracy": 0.9123, "macro_f1": 0.9011}
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     model = timm.create_model("hdkd", num_classes=4, img_size=32, in_chans=3).eval()
-    return save_checkpoint(model, tmp_path_factory.mktemp("model") / "tiny.safetensors", "hdkd",
-                           {"num_classes": 4, "img_size": 32, "in_chans": 3},
-                           extra={"class_names": list(CLASSES), "img_size": 32, "in_chans": 3, "role": "hdkd",
-                                  "temperature": 2.0, "metrics": METRICS})
+    return save_checkpoint(
+        model,
+        tmp_path_factory.mktemp("model") / "tiny.safetensors",
+        "hdkd",
+        {"num_classes": 4, "img_size": 32, "in_chans": 3},
+        extra={
+            "class_names": list(CLASSES),
+            "img_size": 32,
+            "in_chans": 3,
+            "role": "hdkd",
+            "temperature": 2.0,
+            "metrics": METRICS,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +135,9 @@ def test_openapi_documents_the_api(client):
     assert {"200", "400", "413", "415", "422"} <= set(predict["responses"])
     response = schema["components"]["schemas"]["PredictResponse"]
     assert {"class", "probabilities", "overlay", "filename"} <= set(response["properties"])
-    assert {"classes", "img_size", "metrics", "temperature"} <= set(schema["components"]["schemas"]
-                                                                 ["ModelResponse"]["properties"])
+    assert {"classes", "img_size", "metrics", "temperature"} <= set(
+        schema["components"]["schemas"]["ModelResponse"]["properties"]
+    )
 
 
 def test_page_and_its_assets_come_from_the_app(client):
@@ -157,7 +169,7 @@ def hostile_uploads(image_files):
         "text named .jpg": ("notes.jpg", b"just some text, not an image\n" * 10, 415, "not a JPEG, PNG or DICOM"),
         "GIF": ("image.gif", gif.getvalue(), 415, "not a JPEG, PNG or DICOM"),
         "empty": ("empty.png", b"", 415, "not a JPEG, PNG or DICOM"),
-        "truncated JPEG": ("cut.jpg", jpeg[:len(jpeg) // 2], 422, "corrupt or unreadable JPEG"),
+        "truncated JPEG": ("cut.jpg", jpeg[: len(jpeg) // 2], 422, "corrupt or unreadable JPEG"),
         "PNG signature then junk": ("junk.png", b"\x89PNG\r\n\x1a\n" + b"\x00junk" * 50, 422, "corrupt"),
         "decompression bomb": ("bomb.png", png_with_size(100_000, 100_000), 413, "decompression bomb"),
         "over the size limit": ("big.png", b"\x89PNG\r\n\x1a\n" + bytes(300_000), 413, "over the limit"),
@@ -165,9 +177,19 @@ def hostile_uploads(image_files):
     }
 
 
-@pytest.mark.parametrize("case", [
-    "text named .jpg", "GIF", "empty", "truncated JPEG", "PNG signature then junk", "decompression bomb",
-    "over the size limit", "DICOM magic, junk header"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "text named .jpg",
+        "GIF",
+        "empty",
+        "truncated JPEG",
+        "PNG signature then junk",
+        "decompression bomb",
+        "over the size limit",
+        "DICOM magic, junk header",
+    ],
+)
 def test_hostile_upload_is_a_4xx_json_message_and_the_server_keeps_serving(client, image_files, case):
     name, data, status, message = hostile_uploads(image_files)[case]
     response = post(client, name, data)
@@ -183,10 +205,18 @@ def test_malformed_requests(client, image_files):
         (dict(json={"file": "x"}), 415, "multipart/form-data"),
         (dict(data={"other": "x"}, files={"other_file": ("a.png", b"x")}), 400, "exactly one `file`"),
         (dict(files=[("file", ("a.png", b"1")), ("file", ("b.png", b"2"))]), 400, "exactly one `file`"),
-        (dict(content=b"--x\r\nnot a multipart body", headers={"content-type": "multipart/form-data; boundary=y"}),
-         400, "malformed multipart"),
-        (dict(content=b"x", headers={"content-type": "multipart/form-data; boundary=x",
-                                     "content-length": str(10 ** 9)}), 413, "over the limit"),
+        (
+            dict(content=b"--x\r\nnot a multipart body", headers={"content-type": "multipart/form-data; boundary=y"}),
+            400,
+            "malformed multipart",
+        ),
+        (
+            dict(
+                content=b"x", headers={"content-type": "multipart/form-data; boundary=x", "content-length": str(10**9)}
+            ),
+            413,
+            "over the limit",
+        ),
     ]
     for kwargs, status, message in cases:
         response = client.post("/api/predict", **kwargs)
@@ -260,11 +290,13 @@ def test_without_explainer_no_overlay(classifier, image_files):
 
 
 def test_only_allowed_host_names(classifier):
-    with TestClient(create_app(classifier, allowed_hosts=["127.0.0.1", "localhost"]),
-                    base_url="http://evil.example") as c:
+    with TestClient(
+        create_app(classifier, allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://evil.example"
+    ) as c:
         assert c.get("/api/health").status_code == 400
-    with TestClient(create_app(classifier, allowed_hosts=["127.0.0.1", "localhost"]),
-                    base_url="http://127.0.0.1:8000") as c:
+    with TestClient(
+        create_app(classifier, allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1:8000"
+    ) as c:
         assert c.get("/api/health").status_code == 200
 
 
@@ -351,10 +383,12 @@ def test_command_defaults_and_bad_options(checkpoint, tmp_path):
     args = parse([str(checkpoint)])
     assert (args.host, args.port, args.max_upload_mb, args.no_explain) == ("127.0.0.1", 8000, 20.0, False)
     assert args.func is serve_command.run
-    for argv, message in [([str(checkpoint), "--port", "70000"], "--port 70000"),
-                          ([str(checkpoint), "--max-upload-mb", "0"], "--max-upload-mb 0"),
-                          ([str(tmp_path / "missing.onnx")], "missing.onnx"),
-                          ([str(tmp_path / "model.pt")], "model.pt")]:
+    for argv, message in [
+        ([str(checkpoint), "--port", "70000"], "--port 70000"),
+        ([str(checkpoint), "--max-upload-mb", "0"], "--max-upload-mb 0"),
+        ([str(tmp_path / "missing.onnx")], "missing.onnx"),
+        ([str(tmp_path / "model.pt")], "model.pt"),
+    ]:
         with pytest.raises(HDKDError, match=message.replace(".", r"\.")):
             serve_command.run(parse(argv))
 

@@ -1,6 +1,7 @@
 """`hdkd serve` in a real browser: headless Chromium (the system's) driven by Playwright, against uvicorn on
 127.0.0.1. A real Brain Tumor MRI test image is uploaded through the page; the class read off the page must be
 the one `hdkd predict`'s path gives (`TorchClassifier.probabilities([read_model_image(path, info)])`)."""
+
 import io
 from pathlib import Path
 
@@ -15,8 +16,14 @@ from hdkd.evaluation.inference import TorchClassifier, read_model_image
 from hdkd.models import save_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 MAX_UPLOAD = 150_000
 TIMEOUT_MS = 30_000
@@ -25,10 +32,19 @@ TIMEOUT_MS = 30_000
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     model = timm.create_model("hdkd", num_classes=4, img_size=32, in_chans=3).eval()
-    path = save_checkpoint(model, tmp_path_factory.mktemp("model") / "tiny.safetensors", "hdkd",
-                           {"num_classes": 4, "img_size": 32, "in_chans": 3},
-                           extra={"class_names": list(CLASSES), "img_size": 32, "in_chans": 3, "role": "hdkd",
-                                  "metrics": {"accuracy": 0.5}})
+    path = save_checkpoint(
+        model,
+        tmp_path_factory.mktemp("model") / "tiny.safetensors",
+        "hdkd",
+        {"num_classes": 4, "img_size": 32, "in_chans": 3},
+        extra={
+            "class_names": list(CLASSES),
+            "img_size": 32,
+            "in_chans": 3,
+            "role": "hdkd",
+            "metrics": {"accuracy": 0.5},
+        },
+    )
     return TorchClassifier.from_checkpoint(path)
 
 
@@ -58,8 +74,12 @@ def page(browser):
     page.dialogs = []  # an alert() would mean a file name ran as HTML
     page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
     page.external_requests = []
-    page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1:", "data:", "blob:"))
-            else page.external_requests.append(r.url))
+    page.on(
+        "request",
+        lambda r: (
+            None if r.url.startswith(("http://127.0.0.1:", "data:", "blob:")) else page.external_requests.append(r.url)
+        ),
+    )
     yield page
     context.close()
 
@@ -115,12 +135,18 @@ def test_bad_files_show_an_error_and_the_server_keeps_serving(page, served, clas
     good = sorted((brain_mri / "Testing" / "notumor").glob("*.jpg"))[0]
     hostile_name = "<img src=x onerror=alert(1)>.jpg"
     cases = [
-        ({"name": hostile_name, "mimeType": "image/jpeg", "buffer": b"not an image at all\n" * 20},
-         "Error 415: " + hostile_name + ": not a JPEG, PNG or DICOM file"),
-        ({"name": "cut.jpg", "mimeType": "image/jpeg", "buffer": good.read_bytes()[:2000]},
-         "Error 422: cut.jpg: corrupt or unreadable JPEG"),
-        ({"name": "huge.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n" + bytes(200_000)},
-         "huge.png: 195 KB is over the upload limit of 146 KB"),
+        (
+            {"name": hostile_name, "mimeType": "image/jpeg", "buffer": b"not an image at all\n" * 20},
+            "Error 415: " + hostile_name + ": not a JPEG, PNG or DICOM file",
+        ),
+        (
+            {"name": "cut.jpg", "mimeType": "image/jpeg", "buffer": good.read_bytes()[:2000]},
+            "Error 422: cut.jpg: corrupt or unreadable JPEG",
+        ),
+        (
+            {"name": "huge.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n" + bytes(200_000)},
+            "huge.png: 195 KB is over the upload limit of 146 KB",
+        ),
     ]
     open_page(page, served)
     for payload, message in cases:
@@ -139,12 +165,15 @@ def test_bad_files_show_an_error_and_the_server_keeps_serving(page, served, clas
 def test_server_size_limit_reaches_the_browser_as_json(page, served):
     """Past the page's own check: a too-large body posted by script gets the server's 413 and its message."""
     open_page(page, served)
-    status, detail = page.evaluate("""async (size) => {
+    status, detail = page.evaluate(
+        """async (size) => {
         const form = new FormData();
         form.append("file", new Blob([new Uint8Array(size)]), "big.png");
         const r = await fetch("api/predict", {method: "POST", body: form});
         return [r.status, (await r.json()).detail];
-    }""", MAX_UPLOAD * 3)
+    }""",
+        MAX_UPLOAD * 3,
+    )
     assert status == 413 and "over the limit" in detail
 
 

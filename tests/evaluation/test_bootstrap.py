@@ -1,4 +1,5 @@
 """Bootstrap CIs: the vectorised metrics equal scikit-learn's on each resample; intervals are sane and seeded."""
+
 from __future__ import annotations
 
 import time
@@ -22,7 +23,7 @@ def _case(n_classes: int, n: int, seed: int, skill: float = 1.5, round_to=None):
     p /= p.sum(axis=1, keepdims=True)
     if round_to is not None:  # coarse probabilities: many tied scores
         p = np.round(p, round_to)
-        p = np.maximum(p, 10.0 ** -round_to)
+        p = np.maximum(p, 10.0**-round_to)
         p /= p.sum(axis=1, keepdims=True)
     return y, p, [f"k{c}" for c in range(n_classes)]
 
@@ -50,7 +51,8 @@ def test_vectorised_metrics_equal_scikit_learn_on_each_resample(n_classes, round
             assert got["auc_ovr_macro"][b] == pytest.approx(skm.roc_auc_score(yb, pb[:, 1]))
         else:
             assert got["auc_ovr_macro"][b] == pytest.approx(
-                skm.roc_auc_score(yb, pb, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+                skm.roc_auc_score(yb, pb, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+            )
 
 
 def test_resampling_counts():

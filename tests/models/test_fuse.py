@@ -1,4 +1,5 @@
 """BatchNorm folding: the folded frozen teacher computes what the eval-mode teacher computes."""
+
 import timm
 import torch
 import torch.nn as nn

@@ -6,6 +6,7 @@ size), enlarged to a viewable size. ``explanations.json`` holds per image the pr
 the class explained and the files. An image that cannot be read gets an ``error`` entry, the others are explained
 and the exit status is 1. Every file is written atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,16 +16,23 @@ METHODS = ("gradcam", "rollout")  # hdkd.deploy.explain.METHODS (a test keeps th
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "explain", help="saliency overlays (Grad-CAM, attention rollout) of a checkpoint on images",
+        "explain",
+        help="saliency overlays (Grad-CAM, attention rollout) of a checkpoint on images",
         description="Explain a trained model's decisions on images: Grad-CAM on the last convolutional stage for "
-                    "every HDKD model and attention rollout through the transformer's class (and distillation) "
-                    "tokens for the students, as PNG overlays plus explanations.json.")
+        "every HDKD model and attention rollout through the transformer's class (and distillation) "
+        "tokens for the students, as PNG overlays plus explanations.json.",
+    )
     p.add_argument("checkpoint", help="a .safetensors checkpoint (ONNX exports cannot be explained)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder")
     p.add_argument("--target", metavar="CLASS", help="class name to explain (default: the predicted class)")
-    p.add_argument("--method", nargs="+", choices=METHODS, metavar="METHOD",
-                   help=f"any of {', '.join(METHODS)} (default: all the model supports)")
+    p.add_argument(
+        "--method",
+        nargs="+",
+        choices=METHODS,
+        metavar="METHOD",
+        help=f"any of {', '.join(METHODS)} (default: all the model supports)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 

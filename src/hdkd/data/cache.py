@@ -6,6 +6,7 @@ CACHE_FORMAT_VERSION, so editing, adding or removing an image (or changing the s
 are written to a temporary file in the same folder and then renamed (os.replace): a killed run never leaves a
 half-written cache behind. A cache that cannot be written only costs a warning: the arrays are still returned.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,7 @@ def prepare_arrays(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return to_channels(images, channels)
 
 
-def cached_file_images(paths: Sequence[Path], size: int, channels: int,
-                       cache_dir: Optional[str] = None) -> np.ndarray:
+def cached_file_images(paths: Sequence[Path], size: int, channels: int, cache_dir: Optional[str] = None) -> np.ndarray:
     """Load the decoded images of `paths` from the cache, or decode them all (in parallel) and store them."""
     key = cache_key(paths, size, channels)
     folder = cache_root(cache_dir) / "images"
@@ -149,8 +149,11 @@ def _save_atomically(array: np.ndarray, target: Path) -> None:
         _remove_stale_temp_files(target.parent)
         atomic_write(target, lambda handle: np.save(handle, array, allow_pickle=False))
     except OSError as exc:
-        warnings.warn(f"{target.parent}: cannot write the image cache ({exc.strerror or exc}); "
-                      f"images will be decoded again next time (set data.cache_dir)", stacklevel=3)
+        warnings.warn(
+            f"{target.parent}: cannot write the image cache ({exc.strerror or exc}); "
+            f"images will be decoded again next time (set data.cache_dir)",
+            stacklevel=3,
+        )
 
 
 def _remove_stale_temp_files(folder: Path) -> None:

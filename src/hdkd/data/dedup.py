@@ -31,6 +31,7 @@ images take minutes).
 A group whose members carry different labels is a **label conflict** (the same image with two diagnoses); a
 group whose members lie in more than one split is **cross-split** (leakage between train, val and test).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -117,8 +118,8 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
             grey[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
     coefficients = np.empty((n, HASH_BITS), dtype=np.float32)
     for start in range(0, n, 1024):  # bounded temporary memory
-        block = dctn(grey[start:start + 1024], type=2, axes=(1, 2), norm="ortho")
-        coefficients[start:start + 1024] = block[:, :HASH_FREQUENCIES, :HASH_FREQUENCIES].reshape(-1, HASH_BITS)
+        block = dctn(grey[start : start + 1024], type=2, axes=(1, 2), norm="ortho")
+        coefficients[start : start + 1024] = block[:, :HASH_FREQUENCIES, :HASH_FREQUENCIES].reshape(-1, HASH_BITS)
     bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
 
@@ -146,7 +147,7 @@ def near_pairs(hashes: np.ndarray, threshold: int, block: int = 256) -> tuple[np
     hashes = np.asarray(hashes, dtype=np.uint64)
     found_i, found_j, found_d = [], [], []
     for start in range(0, len(hashes), block):
-        rows = hashes[start:start + block]
+        rows = hashes[start : start + block]
         distances = hamming(rows[:, None], hashes[None, start:])  # rows x (all hashes from `start` on)
         i, j = np.nonzero(distances <= threshold)
         keep = j > i  # the upper triangle: j counts from `start`, like i
@@ -156,8 +157,11 @@ def near_pairs(hashes: np.ndarray, threshold: int, block: int = 256) -> tuple[np
     if not found_i:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    return (np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64),
-            np.concatenate(found_d).astype(np.int64))
+    return (
+        np.concatenate(found_i).astype(np.int64),
+        np.concatenate(found_j).astype(np.int64),
+        np.concatenate(found_d).astype(np.int64),
+    )
 
 
 def match_masks(a: np.ndarray, b: np.ndarray, threshold: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +172,8 @@ def match_masks(a: np.ndarray, b: np.ndarray, threshold: int, block: int = 256) 
     in_b = np.zeros(len(b), dtype=bool)
     if len(a) and len(b):
         for start in range(0, len(a), block):
-            close = hamming(a[start:start + block, None], b[None, :]) <= threshold
-            in_a[start:start + block] = close.any(axis=1)
+            close = hamming(a[start : start + block, None], b[None, :]) <= threshold
+            in_a[start : start + block] = close.any(axis=1)
             in_b |= close.any(axis=0)
     return in_a, in_b
 
@@ -197,9 +201,9 @@ def check_threshold(value: Any, key: str) -> None:
         raise ConfigError(f"{key}: expected a Hamming distance between 0 and {HASH_BITS} bits, got {value!r}")
 
 
-def drop_cross_split_duplicates(chosen: dict[str, Optional[SplitData]], mode: str, threshold: int,
-                                cache_dir: Optional[str] = None
-                                ) -> tuple[dict[str, Optional[SplitData]], dict[str, int]]:
+def drop_cross_split_duplicates(
+    chosen: dict[str, Optional[SplitData]], mode: str, threshold: int, cache_dir: Optional[str] = None
+) -> tuple[dict[str, Optional[SplitData]], dict[str, int]]:
     """data.drop_duplicates: remove images with an exact or near duplicate on the other side of the test boundary.
 
     mode "test": test images that have an exact or near duplicate (pHash distance <= threshold) in train or val
@@ -231,28 +235,30 @@ def drop_cross_split_duplicates(chosen: dict[str, Optional[SplitData]], mode: st
     if mode == "test":
         remove = exact_test | near_test
         dropped["test"] = int(remove.sum())
-        chosen["test"] = test.subset(np.flatnonzero(~remove),
-                                     origin=f"{test.origin}, minus {dropped['test']} image(s) with {what} "
-                                            f"in train/val")
+        chosen["test"] = test.subset(
+            np.flatnonzero(~remove), origin=f"{test.origin}, minus {dropped['test']} image(s) with {what} in train/val"
+        )
     else:
         remove = exact_other | near_other
         start = 0
         for name in others:
             split = chosen[name]
-            mask = remove[start:start + len(split)]
+            mask = remove[start : start + len(split)]
             start += len(split)
             dropped[name] = int(mask.sum())
-            chosen[name] = split.subset(np.flatnonzero(~mask),
-                                        origin=f"{split.origin}, minus {dropped[name]} image(s) with {what} "
-                                               f"in test")
+            chosen[name] = split.subset(
+                np.flatnonzero(~mask), origin=f"{split.origin}, minus {dropped[name]} image(s) with {what} in test"
+            )
     return chosen, dropped
 
 
 def method_text(threshold: Optional[int]) -> str:
     text = "exact: SHA-256 of the file bytes (or of each image array)"
     if threshold is not None:
-        text += (f"; near: {HASH_BITS}-bit DCT pHash of the grey image at {HASH_DECODE_SIZE} px "
-                 f"({HASH_FREQUENCIES} x {HASH_FREQUENCIES} lowest frequencies against their median), Hamming distance <= {threshold} "
-                 f"of {HASH_BITS} bits")
+        text += (
+            f"; near: {HASH_BITS}-bit DCT pHash of the grey image at {HASH_DECODE_SIZE} px "
+            f"({HASH_FREQUENCIES} x {HASH_FREQUENCIES} lowest frequencies against their median), "
+            f"Hamming distance <= {threshold} "
+            f"of {HASH_BITS} bits"
+        )
     return text
-

@@ -17,6 +17,7 @@ A file is DICOM by its content (the 'DICM' marker after the 128-byte preamble), 
 can fix (not DICOM, truncated, no image, a compressed transfer syntax without its decoder plugin) is a one-line
 DataError naming the file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,8 +61,10 @@ def read_dicom_frames(path: str | Path, window: Optional[Window] = None) -> list
     ds = _read_dataset(path)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in GREY + RGB_LIKE + ("PALETTE COLOR",):
-        raise DataError(f"{path}: unsupported DICOM Photometric Interpretation {photometric or '(none)'!r}; "
-                        f"expected one of {', '.join(GREY + RGB_LIKE)} or PALETTE COLOR")
+        raise DataError(
+            f"{path}: unsupported DICOM Photometric Interpretation {photometric or '(none)'!r}; "
+            f"expected one of {', '.join(GREY + RGB_LIKE)} or PALETTE COLOR"
+        )
     frames = []
     try:
         # The whole array at once: pydicom 3.0's frame iterator fails on some JPEG 2000 sign corrections.
@@ -75,8 +78,7 @@ def read_dicom_frames(path: str | Path, window: Optional[Window] = None) -> list
     except DataError:
         raise
     except Exception as exc:  # pydicom raises RuntimeError, ValueError, AttributeError... for undecodable data
-        raise DataError(f"{path}: cannot decode the DICOM pixel data ({_one_line(exc)})"
-                        f"{_decoder_hint(ds)}") from None
+        raise DataError(f"{path}: cannot decode the DICOM pixel data ({_one_line(exc)}){_decoder_hint(ds)}") from None
     if not frames:
         raise DataError(f"{path}: DICOM file holds no frames (Number of Frames is 0)")
     return frames
@@ -87,8 +89,10 @@ def check_window(window: Optional[Window]) -> None:
         return
     center, width = window
     if not (np.isfinite(center) and np.isfinite(width)) or width < 1:
-        raise ConfigError(f"--window: expected a finite CENTER and a WIDTH of at least 1 (DICOM LINEAR window), "
-                          f"got {center:g} {width:g}")
+        raise ConfigError(
+            f"--window: expected a finite CENTER and a WIDTH of at least 1 (DICOM LINEAR window), "
+            f"got {center:g} {width:g}"
+        )
 
 
 def _read_dataset(path: Path) -> Dataset:
@@ -101,8 +105,9 @@ def _read_dataset(path: Path) -> Dataset:
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: corrupt or unreadable DICOM file ({_one_line(exc)})") from None
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
-        raise DataError(f"{path}: DICOM file holds no image (no Pixel Data element: a report, a DICOMDIR or a "
-                        f"truncated file)")
+        raise DataError(
+            f"{path}: DICOM file holds no image (no Pixel Data element: a report, a DICOMDIR or a truncated file)"
+        )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
         raise DataError(f"{path}: DICOM file has no Transfer Syntax UID in its file meta information")
@@ -110,11 +115,14 @@ def _read_dataset(path: Path) -> Dataset:
         try:
             decoder = get_decoder(syntax)
         except NotImplementedError:
-            raise DataError(f"{path}: pixel data in transfer syntax {syntax.name} ({syntax}), which pydicom "
-                            f"cannot decode") from None
+            raise DataError(
+                f"{path}: pixel data in transfer syntax {syntax.name} ({syntax}), which pydicom cannot decode"
+            ) from None
         if not decoder.is_available:
-            raise DataError(f"{path}: pixel data compressed as {syntax.name} ({syntax}) and no decoder plugin for "
-                            f"it is installed; install one of: {_plugins(decoder.missing_dependencies)}")
+            raise DataError(
+                f"{path}: pixel data compressed as {syntax.name} ({syntax}) and no decoder plugin for "
+                f"it is installed; install one of: {_plugins(decoder.missing_dependencies)}"
+            )
     return ds
 
 
@@ -145,7 +153,7 @@ def _grey_to_uint8(frame: np.ndarray, tags: Dataset, photometric: str) -> np.nda
     if tags.get("VOILUTSequence"):
         depth = int(tags.VOILUTSequence[0].LUTDescriptor[2])
         values = apply_voi_lut(np.rint(values).astype(np.int64), tags, prefer_lut=True)
-        low, high = 0.0, float(2 ** depth - 1)
+        low, high = 0.0, float(2**depth - 1)
     elif "WindowCenter" in tags and "WindowWidth" in tags:
         values = apply_windowing(values, tags)
         # The output range pydicom maps a window onto (PS3.3 C.11.2.1.2: y_min..y_max): the images of -inf, +inf.

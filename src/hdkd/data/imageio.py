@@ -12,6 +12,7 @@ Conventions (deliberate, documented):
 - Multi-frame files (GIF, TIFF) use their first frame. EXIF orientation is NOT applied (as in torchvision's
   ImageFolder, which the authors' code uses).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

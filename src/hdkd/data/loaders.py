@@ -1,4 +1,5 @@
 """DataLoaders for evaluation and inference, and the worker count rule every job shares."""
+
 from __future__ import annotations
 
 import torch
@@ -21,11 +22,19 @@ def single_threaded_worker(worker_id: int) -> None:
     torch.set_num_threads(1)  # workers only augment; intra-op threads there would steal the model's cores
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
     """Evaluation loaders (in order); training batches come from the trainer's own sampler."""
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, drop_last=drop_last, worker_init_fn=single_threaded_worker,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        drop_last=drop_last,
+        worker_init_fn=single_threaded_worker,
+        pin_memory=torch.cuda.is_available(),
+    )

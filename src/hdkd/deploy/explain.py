@@ -18,6 +18,7 @@ Both methods hook the model for the duration of a call, and a hook sees every fo
 `explain_image` therefore holds `EXPLAIN_LOCK`, and a server that also predicts with the same model object in
 other threads should hold it around those predictions too.
 """
+
 from __future__ import annotations
 
 import threading
@@ -42,6 +43,7 @@ Target = Union[str, int, None]
 @dataclass
 class Explanation:
     """One image explained: the model's prediction, the class the maps explain, and the maps (H x W, [0, 1])."""
+
     predicted: int
     target: int
     probabilities: np.ndarray  # (classes,), calibrated with the model's temperature when it has one
@@ -54,8 +56,10 @@ def torch_model(model_or_classifier: Union[nn.Module, Classifier]) -> nn.Module:
         return model_or_classifier.model
     if isinstance(model_or_classifier, nn.Module):
         return model_or_classifier
-    raise ConfigError(f"explanations need the PyTorch model (a .safetensors checkpoint); got "
-                      f"{type(model_or_classifier).__name__} (an exported ONNX model cannot be explained)")
+    raise ConfigError(
+        f"explanations need the PyTorch model (a .safetensors checkpoint); got "
+        f"{type(model_or_classifier).__name__} (an exported ONNX model cannot be explained)"
+    )
 
 
 def resolve_target(target: Target, info: ModelInfo) -> Optional[int]:
@@ -86,8 +90,9 @@ def check_methods(methods: Optional[Sequence[str]], model: nn.Module, model_name
         if method not in METHODS:
             raise ConfigError(f"--method: unknown {method!r}; choose from {', '.join(METHODS)}")
         if method not in available_methods(model):
-            raise ConfigError(f"--method {method}: needs a model with a transformer head (hdkd_student, hdkd); "
-                              f"{model_name} has none")
+            raise ConfigError(
+                f"--method {method}: needs a model with a transformer head (hdkd_student, hdkd); {model_name} has none"
+            )
     return tuple(dict.fromkeys(methods))
 
 
@@ -116,16 +121,19 @@ def _attention_of(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
     them inside scaled_dot_product_attention (scale head_dim ** -0.5)."""
     b, n, _ = qkv.shape
     q, k, _ = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    return torch.softmax((q @ k.transpose(-2, -1)) * attn.head_dim ** -0.5, dim=-1)
+    return torch.softmax((q @ k.transpose(-2, -1)) * attn.head_dim**-0.5, dim=-1)
 
 
 @torch.no_grad()
 def attention_matrices(model: nn.Module, inputs: torch.Tensor) -> list[torch.Tensor]:
     """Every DFLT block's attention (B, heads, N, N), captured by forward hooks on the blocks' ``qkv``."""
     captured: list[torch.Tensor] = []
-    hooks = [blk.attn.qkv.register_forward_hook(
-        lambda module, args, output, attn=blk.attn: captured.append(_attention_of(attn, output.float())))
-        for blk in model.blocks]
+    hooks = [
+        blk.attn.qkv.register_forward_hook(
+            lambda module, args, output, attn=blk.attn: captured.append(_attention_of(attn, output.float()))
+        )
+        for blk in model.blocks
+    ]
     try:
         model(inputs)
     finally:
@@ -182,8 +190,13 @@ def rollout_maps(model: nn.Module, inputs: torch.Tensor) -> dict[str, np.ndarray
 
 
 # ------------------------------------------------------------------------------------------------------- one image
-def explain_image(model_or_classifier: Union[nn.Module, Classifier], info: ModelInfo, image: np.ndarray,
-                  target: Target = None, methods: Optional[Sequence[str]] = None) -> Explanation:
+def explain_image(
+    model_or_classifier: Union[nn.Module, Classifier],
+    info: ModelInfo,
+    image: np.ndarray,
+    target: Target = None,
+    methods: Optional[Sequence[str]] = None,
+) -> Explanation:
     """Predict one uint8 image already at the model's size (`read_model_image` / `fit_array`) and explain the
     target class (the predicted one when ``target`` is None) with ``methods`` (all the model supports: None)."""
     model = torch_model(model_or_classifier)
@@ -207,7 +220,12 @@ def explain_image(model_or_classifier: Union[nn.Module, Classifier], info: Model
     return Explanation(predicted, target_index, softmax(logits, info.temperature)[0], maps)
 
 
-def explain_array(model_or_classifier: Union[nn.Module, Classifier], info: ModelInfo, image: np.ndarray,
-                  target: Target = None, methods: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+def explain_array(
+    model_or_classifier: Union[nn.Module, Classifier],
+    info: ModelInfo,
+    image: np.ndarray,
+    target: Target = None,
+    methods: Optional[Sequence[str]] = None,
+) -> dict[str, np.ndarray]:
     """The maps of `explain_image` alone: name -> float32 (H, W) in [0, 1] (what the web app overlays)."""
     return explain_image(model_or_classifier, info, image, target, methods).maps

@@ -6,6 +6,7 @@ size), enlarged to a viewable size. ``explanations.json`` holds per image the pr
 the class explained and the files. An image that cannot be read gets an ``error`` entry, the others are explained
 and the exit status is 1. Every file is written atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,12 @@ from typing import Any, Optional
 
 import torch
 
-from .explain import check_methods, explain_image, resolve_target, torch_model
-from .loading import load_classifier
 from ..errors import ConfigError, DataError
 from ..evaluation.inference import ModelInfo, TorchClassifier, read_model_image
 from ..io import atomic_write, atomic_write_text
 from ..reporting.overlay import render_overlay
+from .explain import check_methods, explain_image, resolve_target, torch_model
+from .loading import load_classifier
 
 REPORT_NAME = "explanations.json"
 
@@ -30,8 +31,10 @@ def load_explainable(path: str | Path, device: str = "auto") -> TorchClassifier:
     """The checkpoint as a TorchClassifier; an ONNX export is refused (explanations need gradients and hooks)."""
     path = Path(path)
     if path.suffix == ".onnx":
-        raise ConfigError(f"{path}: an ONNX export cannot be explained (Grad-CAM and rollout need the PyTorch "
-                          f"model); pass the .safetensors checkpoint it was exported from")
+        raise ConfigError(
+            f"{path}: an ONNX export cannot be explained (Grad-CAM and rollout need the PyTorch "
+            f"model); pass the .safetensors checkpoint it was exported from"
+        )
     if device != "auto":
         try:
             torch.device(device)
@@ -52,17 +55,22 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-def explain_file(classifier: TorchClassifier, path: Path, stem: str, target: Optional[str],
-                 methods: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, bytes]]:
+def explain_file(
+    classifier: TorchClassifier, path: Path, stem: str, target: Optional[str], methods: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """One image's explanations.json entry and its PNG files (name -> bytes), not yet written."""
     info: ModelInfo = classifier.info
     image = read_model_image(path, info)
     result = explain_image(classifier, info, image, target, methods)
     pngs = {f"{stem}_{name}.png": render_overlay(image, saliency) for name, saliency in result.maps.items()}
-    entry = {"path": str(path), "predicted": info.class_names[result.predicted],
-             "probabilities": {c: float(p) for c, p in zip(info.class_names, result.probabilities, strict=True)},
-             "target": info.class_names[result.target],
-             "files": {name: f"{stem}_{name}.png" for name in result.maps}, "error": None}
+    entry = {
+        "path": str(path),
+        "predicted": info.class_names[result.predicted],
+        "probabilities": {c: float(p) for c, p in zip(info.class_names, result.probabilities, strict=True)},
+        "target": info.class_names[result.target],
+        "files": {name: f"{stem}_{name}.png" for name in result.maps},
+        "error": None,
+    }
     return entry, pngs
 
 
@@ -89,14 +97,23 @@ def run_explain(args: argparse.Namespace) -> int:
             continue
         entries.append(entry)
         files.update(pngs)
-        print(f"{path}: predicted {entry['predicted']} ({entry['probabilities'][entry['predicted']]:.3f}), "
-              f"explained {entry['target']}")
+        print(
+            f"{path}: predicted {entry['predicted']} ({entry['probabilities'][entry['predicted']]:.3f}), "
+            f"explained {entry['target']}"
+        )
     for filename, data in files.items():
         atomic_write(out / filename, lambda f, data=data: f.write(data))
-    report = {"checkpoint": str(args.checkpoint), "model": info.model_name, "class_names": list(info.class_names),
-              "img_size": info.img_size, "calibrated": info.temperature is not None, "methods": list(methods),
-              "images": entries}
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "model": info.model_name,
+        "class_names": list(info.class_names),
+        "img_size": info.img_size,
+        "calibrated": info.temperature is not None,
+        "methods": list(methods),
+        "images": entries,
+    }
     atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=2))
-    print(f"{len(entries) - failed} of {len(entries)} images explained; {len(files)} overlays and {REPORT_NAME} "
-          f"in {out}")
+    print(
+        f"{len(entries) - failed} of {len(entries)} images explained; {len(files)} overlays and {REPORT_NAME} in {out}"
+    )
     return 1 if failed else 0

@@ -3,6 +3,7 @@
 The graph takes ``images`` (float32, N x in_chans x H x W, normalised as in training) and returns ``logits``; its
 metadata (`ModelInfo.to_metadata`) says how to prepare the images, so nothing else is needed to use it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ the others are predicted. The table becomes a CSV (`PredictionTable.to_csv`, wri
 ``frame`` is the 1-based DICOM frame number (empty for other images); ``error`` is empty when the row was
 predicted, and the prediction columns are empty when it was not.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,8 +69,9 @@ class PredictionTable:
         empty = [""] * len(self.class_names)
         for row in self.rows:
             probs = empty if row.probabilities is None else [PROBABILITY_FORMAT.format(p) for p in row.probabilities]
-            writer.writerow([row.path, "" if row.frame is None else row.frame, self.predicted(row) or "", *probs,
-                             row.error])
+            writer.writerow(
+                [row.path, "" if row.frame is None else row.frame, self.predicted(row) or "", *probs, row.error]
+            )
         return buffer.getvalue()
 
     def write_csv(self, path: str | Path) -> Path:
@@ -96,8 +98,10 @@ def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Path]
         first.setdefault(path.resolve(), path)
     unique = list(first.values())
     if not unique:
-        raise DataError(f"no image or DICOM files found in {', '.join(str(p) for p in inputs)} (image suffixes "
-                        f"{', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)}, or DICOM content)")
+        raise DataError(
+            f"no image or DICOM files found in {', '.join(str(p) for p in inputs)} (image suffixes "
+            f"{', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)}, or DICOM content)"
+        )
     return unique, skipped
 
 
@@ -120,14 +124,20 @@ def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
 def read_inputs(path: Path, info: ModelInfo, window: Optional[Window] = None) -> list[tuple[Optional[int], np.ndarray]]:
     """(frame number, uint8 image at the model's size) for each picture in the file: DICOM by content, not name."""
     if is_dicom(path):
-        return [(number, fit_array(frame, info))
-                for number, frame in enumerate(read_dicom_frames(path, window), start=1)]
+        return [
+            (number, fit_array(frame, info)) for number, frame in enumerate(read_dicom_frames(path, window), start=1)
+        ]
     return [(None, read_model_image(path, info))]
 
 
-def predict_files(classifier: Classifier, inputs: Sequence[str | Path], batch_size: int = 64,
-                  calibrated: bool = True, window: Optional[Window] = None,
-                  progress: bool = True) -> PredictionTable:
+def predict_files(
+    classifier: Classifier,
+    inputs: Sequence[str | Path],
+    batch_size: int = 64,
+    calibrated: bool = True,
+    window: Optional[Window] = None,
+    progress: bool = True,
+) -> PredictionTable:
     """Predict every image and DICOM frame in `inputs` (files and folders), ``batch_size`` images at a time.
 
     ``calibrated`` divides the logits by the model's temperature (when it has one) before the softmax; ``window``
@@ -154,15 +164,28 @@ def predict_files(classifier: Classifier, inputs: Sequence[str | Path], batch_si
     return table
 
 
-def _predict_pending(classifier: Classifier, table: PredictionTable, pending: list[tuple[int, np.ndarray]],
-                     calibrated: bool, batch_size: int) -> None:
+def _predict_pending(
+    classifier: Classifier,
+    table: PredictionTable,
+    pending: list[tuple[int, np.ndarray]],
+    calibrated: bool,
+    batch_size: int,
+) -> None:
     if not pending:
         return
-    probabilities = classifier.probabilities([image for _, image in pending], calibrated=calibrated,
-                                             batch_size=batch_size)
+    probabilities = classifier.probabilities(
+        [image for _, image in pending], calibrated=calibrated, batch_size=batch_size
+    )
     for (index, _), probs in zip(pending, probabilities, strict=True):
         table.rows[index].probabilities = probs
 
 
-__all__ = ["PredictionRow", "PredictionTable", "collect_inputs", "read_inputs", "predict_files",
-           "IMAGE_SUFFIXES", "DICOM_SUFFIXES"]
+__all__ = [
+    "PredictionRow",
+    "PredictionTable",
+    "collect_inputs",
+    "read_inputs",
+    "predict_files",
+    "IMAGE_SUFFIXES",
+    "DICOM_SUFFIXES",
+]

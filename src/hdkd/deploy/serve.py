@@ -14,6 +14,7 @@ a JSON ``{"detail": "..."}``; the server keeps serving.
 An image reaches the model as in training (`hdkd.evaluation.inference.fit_array`), so the page predicts what
 `hdkd predict` predicts for the same file.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,13 +43,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from ..data.dicom import read_dicom_frames
-from ..deploy.explain import explain_array
 from ..data.imageio import image_to_array, to_channels
+from ..deploy.explain import explain_array
 from ..evaluation.inference import Classifier, TorchClassifier, fit_array
 from ..reporting.overlay import render_overlay
 from ..version import __version__
-
-
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000: far above any scan here, far below what fills the memory
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers around the file, allowed on top of the limit
 MAX_FILENAME_CHARS = 255
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
-                           "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 # (image uint8 at the model's size) -> PNG bytes of the explanation overlay, or None when there is none
 Explainer = Callable[[np.ndarray], Optional[bytes]]
@@ -67,10 +68,13 @@ Explainer = Callable[[np.ndarray], Optional[bytes]]
 class PredictResponse(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
     predicted_class: str = Field(alias="class", description="the most probable class")
-    probabilities: dict[str, float] = Field(description="probability of every class (calibrated when the model "
-                                                        "carries a temperature), in the model's class order")
-    overlay: Optional[str] = Field(description="the explanation overlay as a PNG data URL; null when the model "
-                                               "has none (ONNX, or --no-explain)")
+    probabilities: dict[str, float] = Field(
+        description="probability of every class (calibrated when the model "
+        "carries a temperature), in the model's class order"
+    )
+    overlay: Optional[str] = Field(
+        description="the explanation overlay as a PNG data URL; null when the model has none (ONNX, or --no-explain)"
+    )
     filename: str = Field(description="the uploaded file's name as the client gave it (display only)")
 
 
@@ -100,16 +104,27 @@ class ErrorResponse(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "malformed multipart body or no `file` field"},
-    413: {"model": ErrorResponse, "description": "upload over the size limit, or too many pixels (decompression "
-                                                 "bomb)"},
-    415: {"model": ErrorResponse, "description": "not a JPEG, PNG or DICOM file (judged from its content), or "
-                                                 "not multipart/form-data"},
+    413: {"model": ErrorResponse, "description": "upload over the size limit, or too many pixels (decompression bomb)"},
+    415: {
+        "model": ErrorResponse,
+        "description": "not a JPEG, PNG or DICOM file (judged from its content), or not multipart/form-data",
+    },
     422: {"model": ErrorResponse, "description": "a JPEG, PNG or DICOM file that does not decode"},
 }
-UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary",
-                            "description": "a JPEG, PNG or DICOM image"}}}}}}
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "a JPEG, PNG or DICOM image"}
+                },
+            }
+        }
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -146,8 +161,10 @@ def parse_upload(body: bytes, content_type: str, max_file_bytes: int) -> Upload:
     """The ``file`` part of a multipart/form-data body, parsed in memory by python-multipart."""
     mime, options = parse_options_header(content_type)
     if mime != b"multipart/form-data" or not options.get(b"boundary"):
-        raise HTTPException(415, f"expected a multipart/form-data upload with a `file` field, got Content-Type "
-                                 f"{content_type or 'none'!r}")
+        raise HTTPException(
+            415,
+            f"expected a multipart/form-data upload with a `file` field, got Content-Type {content_type or 'none'!r}",
+        )
     parts: list[dict[str, Any]] = []
     header: dict[str, bytearray] = {}
 
@@ -167,8 +184,13 @@ def parse_upload(body: bytes, content_type: str, max_file_bytes: int) -> Upload:
     def on_part_data(data: bytes, start: int, end: int) -> None:
         parts[-1]["data"].extend(data[start:end])
 
-    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                 "on_header_value": on_header_value, "on_header_end": on_header_end, "on_part_data": on_part_data}
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+    }
     try:
         parser = MultipartParser(options[b"boundary"], callbacks)
         parser.write(body)
@@ -180,8 +202,7 @@ def parse_upload(body: bytes, content_type: str, max_file_bytes: int) -> Upload:
         raise HTTPException(400, f"expected exactly one `file` field in the upload, got {len(files)}")
     part = files[0]
     if len(part["data"]) > max_file_bytes:
-        raise HTTPException(413, f"upload of {len(part['data']):,} bytes is over the limit of "
-                                 f"{max_file_bytes:,} bytes")
+        raise HTTPException(413, f"upload of {len(part['data']):,} bytes is over the limit of {max_file_bytes:,} bytes")
     filename = _disposition(part).get(b"filename", b"").decode("utf-8", errors="replace")
     return Upload(filename=filename[:MAX_FILENAME_CHARS], data=bytes(part["data"]))
 
@@ -235,23 +256,36 @@ def decode_dicom(data: bytes, name: str, channels: int, max_pixels: int) -> np.n
 
 def _check_pixels(name: str, width: int, height: int, frames: int, max_pixels: int) -> None:
     if width * height * frames > max_pixels:
-        raise HTTPException(413, f"{name}: {width} x {height} pixels x {frames} frame(s) is over the limit of "
-                                 f"{max_pixels:,} pixels (refused as a possible decompression bomb)")
+        raise HTTPException(
+            413,
+            f"{name}: {width} x {height} pixels x {frames} frame(s) is over the limit of "
+            f"{max_pixels:,} pixels (refused as a possible decompression bomb)",
+        )
 
 
 def png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def create_app(classifier: Classifier, explainer: Optional[Explainer] = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-               allowed_hosts: Optional[Sequence[str]] = None, max_concurrent: int = 4) -> FastAPI:
+def create_app(
+    classifier: Classifier,
+    explainer: Optional[Explainer] = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    allowed_hosts: Optional[Sequence[str]] = None,
+    max_concurrent: int = 4,
+) -> FastAPI:
     """The page and API for ``classifier``; ``explainer`` adds the overlay; ``allowed_hosts`` (Host header
     names) shuts out DNS-rebinding pages when serving on localhost; ``max_concurrent`` bounds the memory in use."""
     info = classifier.info
-    app = FastAPI(title="hdkd serve", version=__version__, docs_url=None, redoc_url=None,
-                  description=f"Predictions of {info.model_name} ({', '.join(info.class_names)}). "
-                              f"Research software, not a medical device.")
+    app = FastAPI(
+        title="hdkd serve",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        description=f"Predictions of {info.model_name} ({', '.join(info.class_names)}). "
+        f"Research software, not a medical device.",
+    )
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     busy = threading.BoundedSemaphore(max_concurrent)
@@ -278,11 +312,20 @@ def create_app(classifier: Classifier, explainer: Optional[Explainer] = None,
                 except Exception:  # the prediction stands without its overlay
                     log.exception("explanation failed for %r", upload.filename)
         named = {c: float(p) for c, p in zip(info.class_names, probabilities, strict=True)}
-        return PredictResponse(predicted_class=info.class_names[int(np.argmax(probabilities))],
-                               probabilities=named, overlay=overlay, filename=upload.filename)
+        return PredictResponse(
+            predicted_class=info.class_names[int(np.argmax(probabilities))],
+            probabilities=named,
+            overlay=overlay,
+            filename=upload.filename,
+        )
 
-    @app.post("/api/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
-              openapi_extra={"requestBody": UPLOAD_BODY}, summary="Classify an uploaded image")
+    @app.post(
+        "/api/predict",
+        response_model=PredictResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra={"requestBody": UPLOAD_BODY},
+        summary="Classify an uploaded image",
+    )
     async def api_predict(request: Request) -> PredictResponse:
         body = await read_limited_body(request, max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
         upload = parse_upload(body, request.headers.get("content-type", ""), max_upload_bytes)
@@ -290,11 +333,20 @@ def create_app(classifier: Classifier, explainer: Optional[Explainer] = None,
 
     @app.get("/api/model", response_model=ModelResponse, summary="The model and how it reads images")
     def api_model() -> ModelResponse:
-        return ModelResponse(model_name=info.model_name, classes=list(info.class_names), img_size=info.img_size,
-                             in_chans=info.in_chans, temperature=info.temperature, role=info.role,
-                             training_data=info.training_data, hdkd_version=info.hdkd_version,
-                             metrics=dict(info.metrics), explanations=explainer is not None,
-                             max_upload_bytes=max_upload_bytes, accepted_types=["JPEG", "PNG", "DICOM"])
+        return ModelResponse(
+            model_name=info.model_name,
+            classes=list(info.class_names),
+            img_size=info.img_size,
+            in_chans=info.in_chans,
+            temperature=info.temperature,
+            role=info.role,
+            training_data=info.training_data,
+            hdkd_version=info.hdkd_version,
+            metrics=dict(info.metrics),
+            explanations=explainer is not None,
+            max_upload_bytes=max_upload_bytes,
+            accepted_types=["JPEG", "PNG", "DICOM"],
+        )
 
     @app.get("/api/health", response_model=HealthResponse, summary="Liveness")
     def api_health() -> HealthResponse:

@@ -27,6 +27,7 @@ The metrics match scikit-learn's definitions (``accuracy_score``, ``balanced_acc
 ``f1_score(average="macro", zero_division=0)``, ``roc_auc_score(multi_class="ovr", average="macro")``; for two
 classes the binary AUC of class 1) applied to each resampled test set; the tests check this resample by resample.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ def _resample_counts(y: np.ndarray, n_boot: int, rng: np.random.Generator, strat
         col = 0
         for k in np.unique(y):
             members = np.flatnonzero(y == k)
-            idx[:, col:col + members.size] = members[rng.integers(0, members.size, size=(n_boot, members.size))]
+            idx[:, col : col + members.size] = members[rng.integers(0, members.size, size=(n_boot, members.size))]
             col += members.size
     else:
         idx = rng.integers(0, n, size=(n_boot, n))
@@ -109,9 +110,16 @@ def _weighted_headline(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str,
     return {"accuracy": accuracy, "balanced_accuracy": balanced, "macro_f1": macro_f1, "auc_ovr_macro": auc}
 
 
-def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, stratified: bool = False,
-                 estimates: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def bootstrap_ci(
+    y_true: Any,
+    probs: Any,
+    class_names: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    stratified: bool = False,
+    estimates: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """Percentile bootstrap confidence intervals of accuracy, balanced accuracy, macro-F1 and macro ROC AUC.
 
     Args:
@@ -158,8 +166,12 @@ def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: in
         if v.size:
             low, high = (float(q) for q in np.quantile(v, [alpha, 1.0 - alpha]))
         estimate = estimates.get(key)
-        out[key] = {"estimate": None if estimate is None else float(estimate), "low": low, "high": high,
-                    "n_valid": int(v.size)}
+        out[key] = {
+            "estimate": None if estimate is None else float(estimate),
+            "low": low,
+            "high": high,
+            "n_valid": int(v.size),
+        }
     return {
         "method": "percentile bootstrap" + (" (stratified by class)" if stratified else ""),
         "level": float(level),

@@ -1,5 +1,6 @@
 """The one way a trained checkpoint is evaluated (`evaluate_model`): the pipeline, the ablation runner and
 `hdkd evaluate` (`evaluate_checkpoint`, which first builds the data exactly as in training) all call it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,9 +18,17 @@ from hdkd.models import count_flops, create_model_from_checkpoint, read_checkpoi
 from hdkd.runtime import resolve_amp, resolve_device
 
 
-def evaluate_model(checkpoint: str | Path, test_loader, class_names: Sequence[str], device: torch.device,
-                   amp: str = "none", val_loader=None, n_boot: int = 0, seed: int = 0,
-                   flops_input: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+def evaluate_model(
+    checkpoint: str | Path,
+    test_loader,
+    class_names: Sequence[str],
+    device: torch.device,
+    amp: str = "none",
+    val_loader=None,
+    n_boot: int = 0,
+    seed: int = 0,
+    flops_input: Optional[tuple[int, int]] = None,
+) -> dict[str, Any]:
     """Test (and validation) predictions of the checkpoint, assessed once.
 
     Returns ``assess_predictions``'s ``metrics``, ``bootstrap``, ``temperature_scaling`` (fitted on ``val_loader``
@@ -39,9 +48,16 @@ def evaluate_model(checkpoint: str | Path, test_loader, class_names: Sequence[st
     return assessed
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "test", batch_size: int = 128,
-                        device: str = "auto", amp: str = "auto", n_boot: int = 0,
-                        seed: int = 0) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: DataConfig,
+    split: str = "test",
+    batch_size: int = 128,
+    device: str = "auto",
+    amp: str = "auto",
+    n_boot: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Metrics of `checkpoint` on `split`; the checkpoint's own img_size, channels and class names are used.
     ``amp`` as train.amp (default auto: the precision `hdkd train` and `hdkd pipeline` test in on this machine).
 
@@ -51,8 +67,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "
 
     meta = read_checkpoint_metadata(checkpoint)
     if not meta.get("model_name"):
-        raise CheckpointError(f"{checkpoint}: not an hdkd checkpoint (no model metadata); evaluate needs the "
-                              f"best.safetensors or last.safetensors written by `hdkd train`")
+        raise CheckpointError(
+            f"{checkpoint}: not an hdkd checkpoint (no model metadata); evaluate needs the "
+            f"best.safetensors or last.safetensors written by `hdkd train`"
+        )
     extra = meta.get("extra") or {}
     args = meta["model_args"]
     img_size = extra.get("img_size") or args.get("img_size", 224)
@@ -70,6 +88,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: DataConfig, split: str = "
     metrics = assessed["metrics"]
     if assessed["bootstrap"] is not None:
         metrics["bootstrap"] = assessed["bootstrap"]
-    metrics.update(split=split, loss=assessed["loss"], amp=assessed["amp"], checkpoint=str(checkpoint), model=meta["model_name"],
-                   data=splits.description)
+    metrics.update(
+        split=split,
+        loss=assessed["loss"],
+        amp=assessed["amp"],
+        checkpoint=str(checkpoint),
+        model=meta["model_name"],
+        data=splits.description,
+    )
     return metrics

@@ -20,6 +20,7 @@ Calibration (how far the predicted probabilities are from the observed frequenci
 * **NLL**, negative log-likelihood (mean cross-entropy) of the true class, scikit-learn's ``log_loss`` with
   ``labels`` = every class (probabilities clipped by scikit-learn to its float epsilon).
 """
+
 from __future__ import annotations
 
 import math
@@ -96,9 +97,7 @@ def _validate(y_true: Any, probs: Any, class_names: Sequence[str]) -> tuple[np.n
     n_classes = p.shape[1]
     bad = (y < 0) | (y >= n_classes)
     if bad.any():
-        raise DataError(
-            f"y_true has labels outside 0..{n_classes - 1} (e.g. {int(y[bad][0])}) for {n_classes} classes"
-        )
+        raise DataError(f"y_true has labels outside 0..{n_classes - 1} (e.g. {int(y[bad][0])}) for {n_classes} classes")
     p = p.astype(np.float64)
     nonfinite = ~np.isfinite(p).all(axis=1)
     if nonfinite.any():
@@ -108,7 +107,8 @@ def _validate(y_true: Any, probs: Any, class_names: Sequence[str]) -> tuple[np.n
     row_sums = p.sum(axis=1)
     if np.abs(row_sums - 1.0).max() > _ROW_SUM_ATOL:
         raise DataError(
-            f"probs rows must sum to 1 (softmax probabilities); worst row sums to {row_sums[np.argmax(np.abs(row_sums - 1))]:.4f}"
+            f"probs rows must sum to 1 (softmax probabilities); worst row sums to "
+            f"{row_sums[np.argmax(np.abs(row_sums - 1))]:.4f}"
         )
     # Remove float32 rounding so scikit-learn's own "sums to 1" check for multiclass AUC always passes.
     p = np.clip(p, 0.0, None)
@@ -265,18 +265,14 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
             for k in range(n_classes):
                 if present[k]:
                     per_class_auc[k] = _float_or_none(skm.roc_auc_score((y == k).astype(int), p[:, k]))
-        pr_auc_macro = (
-            _float_or_none(np.mean(per_class_ap)) if all(v is not None for v in per_class_ap) else None
-        )
+        pr_auc_macro = _float_or_none(np.mean(per_class_ap)) if all(v is not None for v in per_class_ap) else None
         pr_auc_positive = per_class_ap[1] if n_classes == 2 else None
         if present.all():
             auc_note = None
             if n_classes == 2:
                 auc_macro = auc_weighted = _float_or_none(skm.roc_auc_score(y, p[:, 1]))
             else:
-                auc_macro = _float_or_none(
-                    skm.roc_auc_score(y, p, multi_class="ovr", average="macro", labels=labels)
-                )
+                auc_macro = _float_or_none(skm.roc_auc_score(y, p, multi_class="ovr", average="macro", labels=labels))
                 auc_weighted = _float_or_none(
                     skm.roc_auc_score(y, p, multi_class="ovr", average="weighted", labels=labels)
                 )
@@ -330,5 +326,3 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
-
-

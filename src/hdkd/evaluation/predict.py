@@ -1,4 +1,5 @@
 """One pass of inference over a loader: labels, softmax probabilities and the mean cross-entropy."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,9 @@ from hdkd.runtime import autocast, to_device
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, amp: str = "none",
-            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(
+    model: nn.Module, loader, device: torch.device, amp: str = "none", channels_last: bool = False
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(labels, softmax probabilities, mean cross-entropy) over a loader, the model in eval mode."""
     model.eval()
     all_labels, all_probs, loss_sum, seen = [], [], 0.0, 0

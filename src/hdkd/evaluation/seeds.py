@@ -5,6 +5,7 @@ deviation is the sample standard deviation (``ddof=1``, ``numpy.std(values, ddof
 A value that is undefined in a run (``None``, e.g. the AUC when a class is absent from the test split) is left out of
 that metric's mean and std, and ``n`` says how many runs were used.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -19,8 +20,9 @@ __all__ = ["SEED_METRICS", "summarise_seeds"]
 SEED_METRICS = HEADLINE_METRICS
 
 
-def summarise_seeds(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
-                    reports: Optional[Mapping[int, str]] = None) -> dict[str, Any]:
+def summarise_seeds(
+    per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]], reports: Optional[Mapping[int, str]] = None
+) -> dict[str, Any]:
     """``{seed: {model: {"metrics": classification_metrics}}}`` -> mean / std / values per model and metric.
 
     Returns ``{"seeds", "std", "reports", "models": {model: {metric: {"mean", "std", "n", "values"}}}}`` (fractions,
@@ -54,5 +56,3 @@ def summarise_seeds(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
         "reports": {str(k): v for k, v in (reports or {}).items()},
         "models": out,
     }
-
-

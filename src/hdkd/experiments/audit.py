@@ -1,5 +1,7 @@
-"""The leakage audit job (``hdkd audit``): every exact and near-duplicate group within and across the splits training
-would use, with its members' split, class and path (hashing: ``hdkd.data.dedup``; Markdown: ``hdkd.reporting.audit``)."""
+"""The leakage audit job (``hdkd audit``): every exact and near-duplicate group within and across the splits
+training would use, with its members' split, class and path (hashing: ``hdkd.data.dedup``; Markdown:
+``hdkd.reporting.audit``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,9 +71,14 @@ class DuplicateGroup:
         return len({m.label for m in self.members}) > 1
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "size": len(self.members), "splits": self.splits,
-                               "classes": self.classes, "cross_split": self.cross_split,
-                               "label_conflict": self.label_conflict}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "size": len(self.members),
+            "splits": self.splits,
+            "classes": self.classes,
+            "cross_split": self.cross_split,
+            "label_conflict": self.label_conflict,
+        }
         if self.sha256 is not None:
             out["sha256"] = self.sha256
         if self.max_distance is not None:
@@ -97,11 +104,11 @@ class AuditResult:
         for kind, groups in (("exact", self.exact), ("near", self.near)):
             if kind == "near" and self.threshold is None:
                 continue
-            pairs = {f"{a}/{b}": 0 for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}
+            pairs = {f"{a}/{b}": 0 for i, a in enumerate(SPLITS) for b in SPLITS[i + 1 :]}
             for group in groups:
                 present = group.splits
                 for i, a in enumerate(present):
-                    for b in present[i + 1:]:
+                    for b in present[i + 1 :]:
                         pairs[f"{a}/{b}"] += 1
             out[kind] = {
                 "groups": len(groups),
@@ -109,8 +116,7 @@ class AuditResult:
                 "within_split_groups": sum(not g.cross_split for g in groups),
                 "cross_split_groups": sum(g.cross_split for g in groups),
                 "groups_by_split_pair": pairs,
-                "groups_touching_test_and_train_val": sum("test" in g.splits and len(g.splits) > 1
-                                                          for g in groups),
+                "groups_touching_test_and_train_val": sum("test" in g.splits and len(g.splits) > 1 for g in groups),
                 "label_conflicts": sum(g.label_conflict for g in groups),
             }
         out["test_images_with_train_val_duplicate"] = self.test_with_train_val_duplicate
@@ -118,26 +124,35 @@ class AuditResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "method": method_text(self.threshold), "threshold": self.threshold,
-                "summary": self.summary(), "exact_groups": [g.to_dict() for g in self.exact],
-                "near_groups": [g.to_dict() for g in self.near]}
+        return {
+            "data": self.data,
+            "method": method_text(self.threshold),
+            "threshold": self.threshold,
+            "summary": self.summary(),
+            "exact_groups": [g.to_dict() for g in self.exact],
+            "near_groups": [g.to_dict() for g in self.near],
+        }
 
     def one_line(self) -> str:
         s = self.summary()
         e = s["exact"]
-        text = (f"{s['images']} images; exact duplicates: {e['groups']} groups ({e['images']} images), "
-                f"{e['cross_split_groups']} across splits")
+        text = (
+            f"{s['images']} images; exact duplicates: {e['groups']} groups ({e['images']} images), "
+            f"{e['cross_split_groups']} across splits"
+        )
         if "near" in s:
             n = s["near"]
-            text += (f"; near duplicates (pHash distance <= {self.threshold}): {n['groups']} groups "
-                     f"({n['images']} images), {n['cross_split_groups']} across splits")
+            text += (
+                f"; near duplicates (pHash distance <= {self.threshold}): {n['groups']} groups "
+                f"({n['images']} images), {n['cross_split_groups']} across splits"
+            )
         conflicts = e["label_conflicts"] + s.get("near", {}).get("label_conflicts", 0)
         return text + f"; label conflicts: {conflicts}"
 
 
-
-def _members(splits: dict[str, Optional[SplitData]], class_names: Sequence[str],
-             array_source: Optional[str]) -> list[Member]:
+def _members(
+    splits: dict[str, Optional[SplitData]], class_names: Sequence[str], array_source: Optional[str]
+) -> list[Member]:
     members = []
     for name in SPLITS:
         split = splits.get(name)
@@ -152,9 +167,14 @@ def _members(splits: dict[str, Optional[SplitData]], class_names: Sequence[str],
     return members
 
 
-def audit_splits(splits: dict[str, Optional[SplitData]], class_names: Sequence[str],
-                 threshold: Optional[int] = DEFAULT_THRESHOLD, cache_dir: Optional[str] = None,
-                 description: str = "", array_source: Optional[str] = None) -> AuditResult:
+def audit_splits(
+    splits: dict[str, Optional[SplitData]],
+    class_names: Sequence[str],
+    threshold: Optional[int] = DEFAULT_THRESHOLD,
+    cache_dir: Optional[str] = None,
+    description: str = "",
+    array_source: Optional[str] = None,
+) -> AuditResult:
     """Exact (and, unless threshold is None, near) duplicate groups over the given splits."""
     if threshold is not None:
         check_threshold(threshold, "threshold")
@@ -166,11 +186,13 @@ def audit_splits(splits: dict[str, Optional[SplitData]], class_names: Sequence[s
     by_sha: dict[str, list[int]] = {}
     for index, sha in enumerate(shas):
         by_sha.setdefault(sha, []).append(index)
-    exact = [DuplicateGroup("exact", [members[i] for i in idx], sha256=sha)
-             for sha, idx in by_sha.items() if len(idx) > 1]
+    exact = [
+        DuplicateGroup("exact", [members[i] for i in idx], sha256=sha) for sha, idx in by_sha.items() if len(idx) > 1
+    ]
 
-    result = AuditResult(data=description, threshold=threshold,
-                         split_sizes={name: len(splits[name]) for name in present}, exact=exact)
+    result = AuditResult(
+        data=description, threshold=threshold, split_sizes={name: len(splits[name]) for name in present}, exact=exact
+    )
     test_mask = split_of == "test"
     sha_array = np.array(shas, dtype=object)
     test_shas, other_shas = set(sha_array[test_mask]), set(sha_array[~test_mask])
@@ -195,8 +217,9 @@ def audit_splits(splits: dict[str, Optional[SplitData]], class_names: Sequence[s
         for root, contents in components.items():
             if len(contents) > 1:
                 indices = sorted(k for u in contents for k in unique[u])
-                result.near.append(DuplicateGroup("near", [members[k] for k in indices],
-                                                  max_distance=largest.get(root, 0)))
+                result.near.append(
+                    DuplicateGroup("near", [members[k] for k in indices], max_distance=largest.get(root, 0))
+                )
         near_test, near_other = match_masks(phashes[test_mask], phashes[~test_mask], threshold)
         dup_test |= near_test
         dup_other |= near_other
@@ -221,13 +244,15 @@ def audit_data(cfg: DataConfig, threshold: Optional[int] = None, exact_only: boo
     chosen = select_splits(source, dataclasses.replace(cfg, drop_duplicates=None))
     array_source = str(cfg.path) if source.format == "medmnist" else None
     if array_source is not None:  # rows of the npz arrays: number them as the file does
-        chosen = {name: _with_array_rows(split, source.split(name), name, array_source)
-                  for name, split in chosen.items()}
+        chosen = {
+            name: _with_array_rows(split, source.split(name), name, array_source) for name, split in chosen.items()
+        }
     return audit_splits(chosen, source.class_names, threshold, cfg.cache_dir, source.description, array_source)
 
 
-def _with_array_rows(split: Optional[SplitData], original: Optional[SplitData], name: str,
-                     npz: str) -> Optional[SplitData]:
+def _with_array_rows(
+    split: Optional[SplitData], original: Optional[SplitData], name: str, npz: str
+) -> Optional[SplitData]:
     """Name each array image by its row in the npz file (found by identity of content and order)."""
     if split is None:
         return None

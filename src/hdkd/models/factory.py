@@ -1,4 +1,5 @@
 """Building any timm model the same way everywhere (training, checkpoints, benchmarks)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,5 +18,3 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             raise
         kwargs = {k: v for k, v in kwargs.items() if k != "img_size"}
         return timm.create_model(name, pretrained=False, **kwargs)
-
-

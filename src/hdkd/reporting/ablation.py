@@ -1,5 +1,6 @@
 """Rendering an ablation summary (``hdkd.experiments.ablation.summary``): the Markdown report, the claims across
 datasets and the data-efficiency figure. Nothing here computes a statistic."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -11,8 +12,13 @@ from hdkd.io import atomic_write
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
-_NAMES = {"accuracy": "Accuracy (%)", "balanced_accuracy": "Balanced accuracy (%)", "macro_f1": "Macro-F1 (%)",
-          "auc_ovr_macro": "AUC (OvR macro)", "ece": "ECE (%)"}
+_NAMES = {
+    "accuracy": "Accuracy (%)",
+    "balanced_accuracy": "Balanced accuracy (%)",
+    "macro_f1": "Macro-F1 (%)",
+    "auc_ovr_macro": "AUC (OvR macro)",
+    "ece": "ECE (%)",
+}
 
 
 _PERCENT = {"accuracy", "balanced_accuracy", "macro_f1", "ece"}
@@ -60,8 +66,11 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
     lines = ["# HDKD ablations", ""]
     if summary.get("source"):
         lines += [f"Results: `{summary['source']}`.", ""]
-    lines += [f"Test-split metrics (each model selected on validation, tested once), mean ± {summary['std']}; "
-              "n = seeds. Claims: differences " + summary["claims_method"] + ".", ""]
+    lines += [
+        f"Test-split metrics (each model selected on validation, tested once), mean ± {summary['std']}; "
+        "n = seeds. Claims: differences " + summary["claims_method"] + ".",
+        "",
+    ]
     for note in summary.get("notes") or []:
         lines.append(f"- note: {note}")
     if summary.get("notes"):
@@ -73,8 +82,10 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
         c = claims[key]
         lines.append(f"**{c['claim'][0].upper() + c['claim'][1:]}.**")
         if not c["present"]:
-            lines += [f"Not measured: needs variants `{c['a']}` and `{c['b']}` "
-                      f"(e.g. `--variants {c['a']} {c['b']}`).", ""]
+            lines += [
+                f"Not measured: needs variants `{c['a']}` and `{c['b']}` (e.g. `--variants {c['a']} {c['b']}`).",
+                "",
+            ]
             continue
         for m in TABLE_METRICS:
             lines.append(f"- {_NAMES[m].replace(' (%)', '')}: {_diff_line(c['differences'][m])}")
@@ -87,20 +98,27 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
         header = " | ".join(f"Gain, {_NAMES[m]}" for m in TABLE_METRICS)
         lines += ["", f"| Fraction of the training set | {header} |", "|---:|" + "---:|" * len(TABLE_METRICS)]
         for f, gains in c["gains"].items():
-            counts = sorted({n for arm in summary["data_efficiency"].values()
-                             for n in (arm.get(f) or {}).get("train_images", [])})
+            counts = sorted(
+                {n for arm in summary["data_efficiency"].values() for n in (arm.get(f) or {}).get("train_images", [])}
+            )
             images = f" ({counts[0]} images)" if len(counts) == 1 else ""
-            lines.append(f"| {100 * float(f):g}%{images} | " + " | ".join(
-                f"{_fmt(gains[m], True, signed=True)} (n = {gains[m]['n']})" for m in TABLE_METRICS) + " |")
+            lines.append(
+                f"| {100 * float(f):g}%{images} | "
+                + " | ".join(f"{_fmt(gains[m], True, signed=True)} (n = {gains[m]['n']})" for m in TABLE_METRICS)
+                + " |"
+            )
         lines.append("")
         if c.get("largest_mean_accuracy_gain_at") is not None:
-            lines.append(f"Largest mean accuracy gain at {100 * c['largest_mean_accuracy_gain_at']:g}% of the "
-                         f"training set.")
+            lines.append(
+                f"Largest mean accuracy gain at {100 * c['largest_mean_accuracy_gain_at']:g}% of the training set."
+            )
         if c["present"]:
             lo, hi = 100 * c["smallest_fraction"], 100 * c["largest_fraction"]
             for m in TABLE_METRICS:
-                lines.append(f"- gain at {lo:g}% minus gain at {hi:g}%, {_NAMES[m].replace(' (%)', '')}: "
-                             f"{_diff_line(c['differences'][m])}")
+                lines.append(
+                    f"- gain at {lo:g}% minus gain at {hi:g}%, {_NAMES[m].replace(' (%)', '')}: "
+                    f"{_diff_line(c['differences'][m])}"
+                )
         else:
             lines.append("Only one training fraction measured: the claim needs at least two.")
         lines.append("")
@@ -108,24 +126,35 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
         lines.append("")
 
     if summary.get("comparisons"):
-        lines += ["## Other ablations", "", "Paired by seed like the claims: variant minus reference, test split.", "",
-                  "| Question | Variant - reference | n | " + " | ".join(_NAMES[m].replace(" (%)", "")
-                                                                  for m in TABLE_METRICS)
-                  + " | 95% CI (accuracy) | Accuracy |", "|---|---|---:|" + "---:|" * len(TABLE_METRICS)
-                  + "---|---|"]
+        lines += [
+            "## Other ablations",
+            "",
+            "Paired by seed like the claims: variant minus reference, test split.",
+            "",
+            "| Question | Variant - reference | n | "
+            + " | ".join(_NAMES[m].replace(" (%)", "") for m in TABLE_METRICS)
+            + " | 95% CI (accuracy) | Accuracy |",
+            "|---|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---|",
+        ]
         for c in summary["comparisons"]:
             accuracy = c["differences"]["accuracy"]
             ci = accuracy.get("ci95")
-            lines.append(f"| {_esc(c['what'])} | {_esc(c['a'])} - {_esc(c['b'])} | {accuracy['n']} | "
-                         + " | ".join(_fmt(c["differences"][m], True, signed=True) for m in TABLE_METRICS)
-                         + f" | {f'[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]' if ci else ''} | "
-                         f"{_comparison_verdict(accuracy)} |")
+            lines.append(
+                f"| {_esc(c['what'])} | {_esc(c['a'])} - {_esc(c['b'])} | {accuracy['n']} | "
+                + " | ".join(_fmt(c["differences"][m], True, signed=True) for m in TABLE_METRICS)
+                + f" | {f'[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]' if ci else ''} | "
+                f"{_comparison_verdict(accuracy)} |"
+            )
         lines.append("")
 
     if summary.get("speed"):
-        lines += ["## Speed settings against the defaults", "",
-                  "Paired by seed: setting minus default. Within the spread: the mean difference is no larger than "
-                  "the default's sample standard deviation over seeds.", ""]
+        lines += [
+            "## Speed settings against the defaults",
+            "",
+            "Paired by seed: setting minus default. Within the spread: the mean difference is no larger than "
+            "the default's sample standard deviation over seeds.",
+            "",
+        ]
         for variant, c in summary["speed"].items():
             lines.append(f"**{_esc(variant)} minus {_esc(c['b'])}.**")
             if not c["present"]:
@@ -134,38 +163,56 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             for m in TABLE_METRICS:
                 d = c["differences"][m]
                 std = "n/a" if d.get("reference_std") is None else f"{100 * d['reference_std']:.2f}"
-                lines.append(f"- {_NAMES[m].replace(' (%)', '')}: {_diff_line(d)}; default's std {std} points: "
-                             f"{d['spread_verdict']}")
+                lines.append(
+                    f"- {_NAMES[m].replace(' (%)', '')}: {_diff_line(d)}; default's std {std} points: "
+                    f"{d['spread_verdict']}"
+                )
             lines.append("")
 
     if summary.get("teachers"):
-        lines += ["## Teachers (validation split)", "",
-                  "Teachers are selected and reported on validation only. Distillation can help only when the "
-                  "teacher is the stronger model: compare with the student trained alone.", "",
-                  "| Teacher | Model | Distilled into | n | " + " | ".join(_NAMES[m] for m in TABLE_METRICS) + " |",
-                  "|---|---|---|---:|" + "---:|" * len(TABLE_METRICS)]
+        lines += [
+            "## Teachers (validation split)",
+            "",
+            "Teachers are selected and reported on validation only. Distillation can help only when the "
+            "teacher is the stronger model: compare with the student trained alone.",
+            "",
+            "| Teacher | Model | Distilled into | n | " + " | ".join(_NAMES[m] for m in TABLE_METRICS) + " |",
+            "|---|---|---|---:|" + "---:|" * len(TABLE_METRICS),
+        ]
         for key, t in summary["teachers"].items():
-            lines.append(f"| {_esc(key)} | {_esc(t['model'])} | {_esc(', '.join(t['variants']))} | "
-                         f"{t['val'][TABLE_METRICS[0]]['n']} | " + " | ".join(_fmt(t["val"][m], True)
-                                                                      for m in TABLE_METRICS) + " |")
+            lines.append(
+                f"| {_esc(key)} | {_esc(t['model'])} | {_esc(', '.join(t['variants']))} | "
+                f"{t['val'][TABLE_METRICS[0]]['n']} | "
+                + " | ".join(_fmt(t["val"][m], True) for m in TABLE_METRICS)
+                + " |"
+            )
         reference = summary.get("student_alone_val")
         if reference:
-            lines.append(f"| (student alone) | hdkd_student | | {reference[TABLE_METRICS[0]]['n']} | "
-                         + " | ".join(_fmt(reference[m], True) for m in TABLE_METRICS) + " |")
+            lines.append(
+                f"| (student alone) | hdkd_student | | {reference[TABLE_METRICS[0]]['n']} | "
+                + " | ".join(_fmt(reference[m], True) for m in TABLE_METRICS)
+                + " |"
+            )
         lines.append("")
 
     lines += ["## Variants by group", ""]
     variants = summary["variants"]
     for group, names in summary["groups"].items():
-        lines += [f"### {group}", "", "| Variant | Model | n | " + " | ".join(_NAMES[m] for m in TABLE_METRICS)
-                  + " | Params | Train time (s) |", "|---|---|---:|" + "---:|" * (len(TABLE_METRICS) + 2)]
+        lines += [
+            f"### {group}",
+            "",
+            "| Variant | Model | n | " + " | ".join(_NAMES[m] for m in TABLE_METRICS) + " | Params | Train time (s) |",
+            "|---|---|---:|" + "---:|" * (len(TABLE_METRICS) + 2),
+        ]
         for name in names:
             v = variants[name]
             params = "n/a" if v["params"] is None else f"{int(v['params']):,}"
             seconds = v["train_time_s"]["mean"]
-            lines.append(f"| {_esc(name)} | {_esc(v['model'])} | {v['metrics']['accuracy']['n']} | "
-                         + " | ".join(_fmt(v["metrics"][m], True) for m in TABLE_METRICS)
-                         + f" | {params} | {'n/a' if seconds is None else f'{seconds:.0f}'} |")
+            lines.append(
+                f"| {_esc(name)} | {_esc(v['model'])} | {v['metrics']['accuracy']['n']} | "
+                + " | ".join(_fmt(v["metrics"][m], True) for m in TABLE_METRICS)
+                + f" | {params} | {'n/a' if seconds is None else f'{seconds:.0f}'} |"
+            )
         lines.append("")
     lines += ["### Variants", "", "| Variant | What | Seeds |", "|---|---|---|"]
     for name, v in variants.items():
@@ -174,7 +221,8 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def data_efficiency_series(summary: Mapping[str, Any], metric: str) -> dict[str, tuple[list, ...]]:
-    """``{arm: (fractions in %, means in %, stds in %, seeds per point)}`` of one metric, arms without points left out."""
+    """``{arm: (fractions in %, means in %, stds in %, seeds per point)}`` of one metric; arms without points are
+    left out."""
     series = {}
     for arm, points in (summary.get("data_efficiency") or {}).items():
         xs, ys, errs, ns = [], [], [], []
@@ -214,8 +262,16 @@ def plot_data_efficiency(summary: Mapping[str, Any], path: str | Path) -> Option
         for arm, (xs, ys, errs, ns) in data_efficiency_series(summary, metric).items():
             label, colour, marker = styles.get(arm, (arm, None, "^"))
             n_text = f"n = {min(ns)}" if min(ns) == max(ns) else f"n = {min(ns)}-{max(ns)}"
-            ax.errorbar(xs, ys, yerr=errs, label=f"{label} ({n_text} seeds)", color=colour, marker=marker,
-                        capsize=4, linewidth=1.5)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=errs,
+                label=f"{label} ({n_text} seeds)",
+                color=colour,
+                marker=marker,
+                capsize=4,
+                linewidth=1.5,
+            )
         ax.set_xscale("log")
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}%" + (f"\n{min(images[t])} images" if len(images[t]) == 1 else "") for t in ticks])
@@ -229,10 +285,11 @@ def plot_data_efficiency(summary: Mapping[str, Any], path: str | Path) -> Option
 
 
 # ------------------------------------------------------------------------------------------- across datasets
-_CLAIM_TITLES = {"distillation": "Distillation beats the student alone (HDKD - student alone)",
-                 "block": "MBCSA beats MBConv (HDKD with MBCSA - with MBConv)",
-                 "data_efficiency": "The gain is largest with scarce data (gain at the smallest fraction - gain at "
-                                    "the full set)"}
+_CLAIM_TITLES = {
+    "distillation": "Distillation beats the student alone (HDKD - student alone)",
+    "block": "MBCSA beats MBConv (HDKD with MBCSA - with MBConv)",
+    "data_efficiency": "The gain is largest with scarce data (gain at the smallest fraction - gain at the full set)",
+}
 
 
 def _claim_difference(claim: Mapping[str, Any], metric: str) -> Optional[Mapping[str, Any]]:
@@ -245,39 +302,58 @@ def format_claims_across(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     """One table per claim with a row per dataset: each dataset's paired differences and verdicts side by side,
     because a claim that holds on one dataset and not on another is the finding a reader needs to see."""
     labels = list(summaries)
-    lines = ["# HDKD's claims across datasets", "",
-             "Each row: one results file (" + ", ".join(f"`{_esc(label)}`: `{_esc(summaries[label].get('source', ''))}`"
-                                                         for label in labels) + "). "
-             "Test-split differences in percentage points, paired by seed: mean ± sample std of the per-seed "
-             "differences (n pairs), 95% Student-t interval, verdict on accuracy.", ""]
+    lines = [
+        "# HDKD's claims across datasets",
+        "",
+        "Each row: one results file ("
+        + ", ".join(f"`{_esc(label)}`: `{_esc(summaries[label].get('source', ''))}`" for label in labels)
+        + "). "
+        "Test-split differences in percentage points, paired by seed: mean ± sample std of the per-seed "
+        "differences (n pairs), 95% Student-t interval, verdict on accuracy.",
+        "",
+    ]
     for key, title in _CLAIM_TITLES.items():
-        lines += [f"## {title}", "",
-                  "| Dataset | n | " + " | ".join(_NAMES[m].replace(" (%)", "") for m in TABLE_METRICS)
-                  + " | 95% CI (accuracy) | Verdict |",
-                  "|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            "| Dataset | n | "
+            + " | ".join(_NAMES[m].replace(" (%)", "") for m in TABLE_METRICS)
+            + " | 95% CI (accuracy) | Verdict |",
+            "|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---|",
+        ]
         for label in labels:
             claim = summaries[label]["claims"][key]
             accuracy = _claim_difference(claim, "accuracy")
             if accuracy is None:
-                lines.append(f"| {_esc(label)} | 0 | " + " | ".join("n/a" for _ in TABLE_METRICS)
-                             + " | | not measured |")
+                lines.append(
+                    f"| {_esc(label)} | 0 | " + " | ".join("n/a" for _ in TABLE_METRICS) + " | | not measured |"
+                )
                 continue
             cells = [_fmt(_claim_difference(claim, m) or {}, True, signed=True) for m in TABLE_METRICS]
             ci = accuracy.get("ci95")
             ci_text = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
-            lines.append(f"| {_esc(label)} | {accuracy['n']} | " + " | ".join(cells)
-                         + f" | {ci_text} | {_esc(accuracy['verdict'])} |")
+            lines.append(
+                f"| {_esc(label)} | {accuracy['n']} | "
+                + " | ".join(cells)
+                + f" | {ci_text} | {_esc(accuracy['verdict'])} |"
+            )
         lines.append("")
     lines += ["## Data efficiency: gain of HDKD over the student alone at each training fraction (accuracy)", ""]
     fractions = sorted({float(f) for s in summaries.values() for f in s["claims"]["data_efficiency"]["gains"]})
     if fractions:
-        lines += ["| Dataset | " + " | ".join(f"{100 * f:g}%" for f in fractions) + " |",
-                  "|---|" + "---:|" * len(fractions)]
+        lines += [
+            "| Dataset | " + " | ".join(f"{100 * f:g}%" for f in fractions) + " |",
+            "|---|" + "---:|" * len(fractions),
+        ]
         for label in labels:
             gains = summaries[label]["claims"]["data_efficiency"]["gains"]
-            lines.append(f"| {_esc(label)} | " + " | ".join(
-                _fmt(gains[str(f)]["accuracy"], True, signed=True) if str(f) in gains else "n/a"
-                for f in fractions) + " |")
+            lines.append(
+                f"| {_esc(label)} | "
+                + " | ".join(
+                    _fmt(gains[str(f)]["accuracy"], True, signed=True) if str(f) in gains else "n/a" for f in fractions
+                )
+                + " |"
+            )
     else:
         lines.append("Not measured on any dataset.")
     return "\n".join(lines) + "\n"

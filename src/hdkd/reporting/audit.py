@@ -1,4 +1,5 @@
 """The leakage audit as Markdown (``audit.md``): counts, label conflicts and the cross-split groups."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,11 +21,20 @@ def _short(path: str, root: Optional[Path]) -> str:
 
 def markdown_report(result: Any, root: Optional[Path] = None) -> str:
     s = result.summary()
-    lines = ["# Leakage audit", "", f"Data: {result.data}", "",
-             f"Method: {method_text(result.threshold)}.", "",
-             "Images per split: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) + f" (total {s['images']})",
-             "", "## Summary", "",
-             "| | exact duplicates | near duplicates |", "|---|---|---|"]
+    lines = [
+        "# Leakage audit",
+        "",
+        f"Data: {result.data}",
+        "",
+        f"Method: {method_text(result.threshold)}.",
+        "",
+        "Images per split: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) + f" (total {s['images']})",
+        "",
+        "## Summary",
+        "",
+        "| | exact duplicates | near duplicates |",
+        "|---|---|---|",
+    ]
     near = s.get("near")
 
     def row(label: str, key: str) -> None:
@@ -35,14 +45,20 @@ def markdown_report(result: Any, root: Optional[Path] = None) -> str:
     row("groups within one split", "within_split_groups")
     row("groups across splits", "cross_split_groups")
     for pair in s["exact"]["groups_by_split_pair"]:
-        lines.append(f"| groups across {pair} | {s['exact']['groups_by_split_pair'][pair]} | "
-                     f"{near['groups_by_split_pair'][pair] if near else 'not computed'} |")
+        lines.append(
+            f"| groups across {pair} | {s['exact']['groups_by_split_pair'][pair]} | "
+            f"{near['groups_by_split_pair'][pair] if near else 'not computed'} |"
+        )
     row("groups touching test and train/val", "groups_touching_test_and_train_val")
     row("label conflicts (one image, several classes)", "label_conflicts")
-    lines += ["", f"Test images with an exact or near duplicate in train/val (removed by "
-                  f"`data.drop_duplicates=test`): {s['test_images_with_train_val_duplicate']}.",
-              f"Train/val images with an exact or near duplicate in test (removed by "
-              f"`data.drop_duplicates=train`): {s['train_val_images_with_test_duplicate']}.", ""]
+    lines += [
+        "",
+        f"Test images with an exact or near duplicate in train/val (removed by "
+        f"`data.drop_duplicates=test`): {s['test_images_with_train_val_duplicate']}.",
+        f"Train/val images with an exact or near duplicate in test (removed by "
+        f"`data.drop_duplicates=train`): {s['train_val_images_with_test_duplicate']}.",
+        "",
+    ]
 
     cross = [g for g in result.exact + result.near if g.cross_split]
     lines += ["## Groups across splits", ""]
@@ -53,8 +69,10 @@ def markdown_report(result: Any, root: Optional[Path] = None) -> str:
         for group in cross[:_MD_TABLE_ROWS]:
             kind = group.kind if group.kind == "exact" else f"near (<= {group.max_distance})"
             members = "<br>".join(f"{m.split}: {_short(m.path, root)}" for m in group.members)
-            lines.append(f"| {kind} | {', '.join(group.splits)} | {', '.join(group.classes)} | "
-                         f"{'yes' if group.label_conflict else 'no'} | {members} |")
+            lines.append(
+                f"| {kind} | {', '.join(group.splits)} | {', '.join(group.classes)} | "
+                f"{'yes' if group.label_conflict else 'no'} | {members} |"
+            )
         if len(cross) > _MD_TABLE_ROWS:
             lines += ["", f"... and {len(cross) - _MD_TABLE_ROWS} more groups: see audit.json."]
         lines.append("")

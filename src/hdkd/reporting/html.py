@@ -4,6 +4,7 @@ Everything is inside the file: the CSS in a ``<style>`` element, the figures as 
 and no external resource (fonts, stylesheets, images), so it opens offline, can be mailed or archived as one file,
 and shows the same numbers as ``report.md`` (both are rendered from the same helpers in ``report.py``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -92,7 +93,9 @@ def _meta_html(meta: Mapping[str, Any]) -> str:
         if view.is_count_table(value):
             tables.append(f"<h3>{_esc(view.humanise(key))}</h3>{_count_table(value)}")
         else:
-            items.append(f"<dt>{_esc(view.humanise(key))}</dt><dd>{_html_spans(view.inline_spans(str(key), value))}</dd>")
+            items.append(
+                f"<dt>{_esc(view.humanise(key))}</dt><dd>{_html_spans(view.inline_spans(str(key), value))}</dd>"
+            )
     parts = [f'<dl class="meta">{"".join(items)}</dl>'] if items else []
     if not items and not tables:
         parts.append("<p>(no setup information was recorded)</p>")
@@ -123,8 +126,12 @@ def _model_html(label: str, r: Mapping[str, Any]) -> str:
     )
 
 
-def render_html(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], summary: Mapping[str, Any],
-                figures: Mapping[str, Path]) -> str:
+def render_html(
+    results: Mapping[str, Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    figures: Mapping[str, Path],
+) -> str:
     """The whole report as one HTML document; ``figures`` maps a ``FIGURE_TITLES`` key to a written PNG."""
     stamp = _html_spans(view.stamp_spans(meta))
     header, rows = comparison_rows(results)
@@ -142,10 +149,16 @@ def render_html(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any
     if paragraph:
         parts.append(f'<p class="summary">{paragraph}</p>')
     parts += ["<h2>Dataset and setup</h2>", _meta_html(meta)]
-    parts += ["<h2>Results on the test split</h2>", _table(header, rows),
-              f'<p class="note">{_esc(view.comparison_note(results))}</p>']
-    parts += ["<h2>Calibration</h2>", _table(view.CALIBRATION_HEADER, view.calibration_rows(results)),
-              f'<p class="note">{_esc(view.CALIBRATION_NOTE)}</p>']
+    parts += [
+        "<h2>Results on the test split</h2>",
+        _table(header, rows),
+        f'<p class="note">{_esc(view.comparison_note(results))}</p>',
+    ]
+    parts += [
+        "<h2>Calibration</h2>",
+        _table(view.CALIBRATION_HEADER, view.calibration_rows(results)),
+        f'<p class="note">{_esc(view.CALIBRATION_NOTE)}</p>',
+    ]
     parts.append("<h2>Figures</h2>")
     for key, title in view.FIGURE_TITLES.items():
         if key in figures:

@@ -3,6 +3,7 @@
 Rendering only: the maps are computed in `hdkd.deploy.explain`. Models see small images (32 px for the CPU
 presets), so the image and its map are enlarged (bilinear) until the shorter side is at least ``min_size`` pixels.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,13 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def overlay_array(image: np.ndarray, saliency: np.ndarray, min_size: int = DEFAULT_MIN_SIZE,
-                  alpha: float = DEFAULT_ALPHA, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
+def overlay_array(
+    image: np.ndarray,
+    saliency: np.ndarray,
+    min_size: int = DEFAULT_MIN_SIZE,
+    alpha: float = DEFAULT_ALPHA,
+    colormap: str = DEFAULT_COLORMAP,
+) -> np.ndarray:
     """uint8 (H', W', 3): the colour-mapped ``saliency`` (H, W, values in [0, 1]) blended over ``image`` (uint8,
     same H, W), both enlarged by the smallest integer factor that makes the shorter side >= ``min_size``."""
     rgb = _as_rgb(image)
@@ -52,7 +58,12 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def render_overlay(image: np.ndarray, saliency: np.ndarray, min_size: int = DEFAULT_MIN_SIZE,
-                   alpha: float = DEFAULT_ALPHA, colormap: str = DEFAULT_COLORMAP) -> bytes:
+def render_overlay(
+    image: np.ndarray,
+    saliency: np.ndarray,
+    min_size: int = DEFAULT_MIN_SIZE,
+    alpha: float = DEFAULT_ALPHA,
+    colormap: str = DEFAULT_COLORMAP,
+) -> bytes:
     """The overlay of `overlay_array` encoded as PNG bytes."""
     return png_bytes(overlay_array(image, saliency, min_size, alpha, colormap))

@@ -1,4 +1,5 @@
 """The pipeline report as Markdown (``report.md``), rendered from ``pipeline_view``."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -130,8 +131,12 @@ def _model_section(label: str, r: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], summary: Mapping[str, Any],
-              figures: Mapping[str, Any] = REPORT_FILES) -> str:
+def render_markdown(
+    results: Mapping[str, Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    figures: Mapping[str, Any] = REPORT_FILES,
+) -> str:
     lines = ["# HDKD pipeline report", ""]
     stamp = md_spans(stamp_spans(meta))
     if stamp:

@@ -5,6 +5,7 @@ Write order makes a crash visible: stale ``report.json`` / ``report.md`` / ``rep
 removed first, the PNGs are drawn next, and the Markdown, the HTML and then the JSON are written last, each
 atomically. A folder holding a ``report.json`` therefore always holds a complete report of one run.
 """
+
 from __future__ import annotations
 
 import json

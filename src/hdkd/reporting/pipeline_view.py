@@ -4,6 +4,7 @@ Text that carries emphasis is a list of spans ``(style, text)`` with style ``pla
 Markdown renderer (``pipeline_markdown``) and the HTML renderer (``html``) each turn spans into their own markup, so
 neither parses the other's output.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -193,8 +194,9 @@ def summary_spans(results: Mapping[str, Mapping[str, Any]], summary: Mapping[str
         value = pct(summary["best_test_balanced_accuracy"])
         names = join_spans([[("bold", str(b))] for b in best], " and ")
         verb = "has the best" if len(best) == 1 else "tie for the best"
-        sentences.append([("plain", "On the test split, "), *names,
-                          ("plain", f" {verb} balanced accuracy ({value}%).")])
+        sentences.append(
+            [("plain", "On the test split, "), *names, ("plain", f" {verb} balanced accuracy ({value}%).")]
+        )
     hdkd, student = find_role(results, "hdkd"), find_role(results, "student")
     diff = summary["hdkd_minus_student_accuracy_points"]
     if diff is not None:
@@ -219,28 +221,49 @@ def summary_spans(results: Mapping[str, Mapping[str, Any]], summary: Mapping[str
     counts = {n for n in summary["test_samples"].values() if n is not None}
     if len(counts) > 1:
         detail = ", ".join(f"{k}: {v}" for k, v in summary["test_samples"].items())
-        sentences.append([("bold", "Warning:"),
-                          ("plain", f" the models were evaluated on different numbers of test samples ({detail}).")])
+        sentences.append(
+            [
+                ("bold", "Warning:"),
+                ("plain", f" the models were evaluated on different numbers of test samples ({detail})."),
+            ]
+        )
     elif counts:
         sentences.append([("plain", f"Test split: {counts.pop()} samples.")])
     return join_spans(sentences, " ")
 
 
-PER_CLASS_HEADER = ["Class", "Precision (%)", "Recall / sensitivity (%)", "Specificity (%)", "F1 (%)", "AUC (OvR)",
-                    "PR-AUC (OvR)", "Support"]
+PER_CLASS_HEADER = [
+    "Class",
+    "Precision (%)",
+    "Recall / sensitivity (%)",
+    "Specificity (%)",
+    "F1 (%)",
+    "AUC (OvR)",
+    "PR-AUC (OvR)",
+    "Support",
+]
 
 
 def per_class_rows(m: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for name in m["class_names"]:
         pc = m["per_class"][name]
-        rows.append([str(name), pct(pc["precision"]), pct(pc["recall"]), pct(pc["specificity"]), pct(pc["f1"]),
-                     dec(pc.get("auc")), dec(pc.get("pr_auc")), str(pc["support"])])
+        rows.append(
+            [
+                str(name),
+                pct(pc["precision"]),
+                pct(pc["recall"]),
+                pct(pc["specificity"]),
+                pct(pc["f1"]),
+                dec(pc.get("auc")),
+                dec(pc.get("pr_auc")),
+                str(pc["support"]),
+            ]
+        )
     return rows
 
 
-CALIBRATION_HEADER = ["Model", "T (fitted on validation)", "Validation NLL", "Test ECE (%)", "Test Brier",
-                      "Test NLL"]
+CALIBRATION_HEADER = ["Model", "T (fitted on validation)", "Validation NLL", "Test ECE (%)", "Test Brier", "Test NLL"]
 
 
 def calibration_rows(results: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
@@ -251,18 +274,28 @@ def calibration_rows(results: Mapping[str, Mapping[str, Any]]) -> list[list[str]
         ts = r.get("temperature_scaling")
         if ts:
             before, after = ts.get("test_before") or {}, ts.get("test_after") or {}
-            rows.append([
-                str(label),
-                f"{float(ts['temperature']):.3f} ({'at the search bound; ' if ts.get('at_bound') else ''}"
-                f"n = {ts.get('n_val', 'n/a')})",
-                f"{dec(ts.get('val_nll_before'))} → {dec(ts.get('val_nll_after'))}",
-                f"{pct(before.get('ece', m.get('ece')))} → {pct(after.get('ece'))}",
-                f"{dec(before.get('brier', m.get('brier')))} → {dec(after.get('brier'))}",
-                f"{dec(before.get('nll', m.get('nll')))} → {dec(after.get('nll'))}",
-            ])
+            rows.append(
+                [
+                    str(label),
+                    f"{float(ts['temperature']):.3f} ({'at the search bound; ' if ts.get('at_bound') else ''}"
+                    f"n = {ts.get('n_val', 'n/a')})",
+                    f"{dec(ts.get('val_nll_before'))} → {dec(ts.get('val_nll_after'))}",
+                    f"{pct(before.get('ece', m.get('ece')))} → {pct(after.get('ece'))}",
+                    f"{dec(before.get('brier', m.get('brier')))} → {dec(after.get('brier'))}",
+                    f"{dec(before.get('nll', m.get('nll')))} → {dec(after.get('nll'))}",
+                ]
+            )
         else:
-            rows.append([str(label), "n/a (no validation predictions)", "n/a", pct(m.get("ece")),
-                         dec(m.get("brier")), dec(m.get("nll"))])
+            rows.append(
+                [
+                    str(label),
+                    "n/a (no validation predictions)",
+                    "n/a",
+                    pct(m.get("ece")),
+                    dec(m.get("brier")),
+                    dec(m.get("nll")),
+                ]
+            )
     return rows
 
 
@@ -272,8 +305,12 @@ def ci_text(r: Mapping[str, Any]) -> Optional[str]:
     if ci_entry(ci, "accuracy") is None:
         return None
     parts = []
-    for key, name, percent in (("accuracy", "accuracy", True), ("balanced_accuracy", "balanced accuracy", True),
-                               ("macro_f1", "macro-F1", True), ("auc_ovr_macro", "AUC (OvR macro)", False)):
+    for key, name, percent in (
+        ("accuracy", "accuracy", True),
+        ("balanced_accuracy", "balanced accuracy", True),
+        ("macro_f1", "macro-F1", True),
+        ("auc_ovr_macro", "AUC (OvR macro)", False),
+    ):
         entry = ci_entry(ci, key)
         if entry is None:
             parts.append(f"{name} n/a")
@@ -285,8 +322,10 @@ def ci_text(r: Mapping[str, Any]) -> Optional[str]:
 
 def ci_method(r: Mapping[str, Any]) -> str:
     ci = r["bootstrap"]
-    return (f"{100 * ci['level']:g}% CI, {ci['method']}, {ci['n_boot']} resamples of the {ci['n']} test images, "
-            f"seed {ci['seed']}")
+    return (
+        f"{100 * ci['level']:g}% CI, {ci['method']}, {ci['n_boot']} resamples of the {ci['n']} test images, "
+        f"seed {ci['seed']}"
+    )
 
 
 def scaling_text(r: Mapping[str, Any]) -> Optional[str]:
@@ -294,10 +333,12 @@ def scaling_text(r: Mapping[str, Any]) -> Optional[str]:
     if not ts:
         return None
     before, after = ts.get("test_before") or {}, ts.get("test_after") or {}
-    return (f"T = {float(ts['temperature']):.3f} fitted on the validation split (n = {ts.get('n_val')}; validation "
-            f"NLL {dec(ts.get('val_nll_before'))} → {dec(ts.get('val_nll_after'))}); on test: ECE "
-            f"{pct(before.get('ece'))}% → {pct(after.get('ece'))}%, Brier {dec(before.get('brier'))} → "
-            f"{dec(after.get('brier'))}, NLL {dec(before.get('nll'))} → {dec(after.get('nll'))}")
+    return (
+        f"T = {float(ts['temperature']):.3f} fitted on the validation split (n = {ts.get('n_val')}; validation "
+        f"NLL {dec(ts.get('val_nll_before'))} → {dec(ts.get('val_nll_after'))}); on test: ECE "
+        f"{pct(before.get('ece'))}% → {pct(after.get('ece'))}%, Brier {dec(before.get('brier'))} → "
+        f"{dec(after.get('brier'))}, NLL {dec(before.get('nll'))} → {dec(after.get('nll'))}"
+    )
 
 
 def headline_text(m: Mapping[str, Any]) -> str:
@@ -323,8 +364,9 @@ def headline_text(m: Mapping[str, Any]) -> str:
 def model_facts(r: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     """The per-model facts both reports list, as (label, text, is code); each renderer only formats them."""
     m = r["metrics"]
-    facts = [("Parameters", f"{format_params(r.get('params'))}; GFLOPs per image: {format_gflops(r.get('flops'))}",
-              False)]
+    facts = [
+        ("Parameters", f"{format_params(r.get('params'))}; GFLOPs per image: {format_gflops(r.get('flops'))}", False)
+    ]
     if r.get("best_epoch") is not None:
         facts.append(("Checkpoint epoch", str(r["best_epoch"]), False))
     if r.get("train_time_s") is not None:
@@ -333,9 +375,14 @@ def model_facts(r: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
         facts.append(("Checkpoint", str(r["checkpoint"]), True))
     val = r.get("val_metrics")
     if val:
-        facts.append(("Validation (at the checkpoint)",
-                      f"accuracy {pct(val.get('accuracy'))}%, balanced accuracy "
-                      f"{pct(val.get('balanced_accuracy'))}%, macro-F1 {pct(val.get('macro_f1'))}%", False))
+        facts.append(
+            (
+                "Validation (at the checkpoint)",
+                f"accuracy {pct(val.get('accuracy'))}%, balanced accuracy "
+                f"{pct(val.get('balanced_accuracy'))}%, macro-F1 {pct(val.get('macro_f1'))}%",
+                False,
+            )
+        )
     facts.append(("Test", headline_text(m), False))
     interval = ci_text(r)
     if interval:

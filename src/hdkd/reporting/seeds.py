@@ -1,4 +1,5 @@
 """The seeds summary as Markdown and JSON (``seeds_summary.md/.json``): mean ± std over training seeds."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,13 @@ from hdkd.evaluation.seeds import SEED_METRICS
 from hdkd.io import atomic_write_text
 from hdkd.reporting.tables import md_escape
 
-_NAMES = {"accuracy": "Accuracy (%)", "balanced_accuracy": "Balanced accuracy (%)", "macro_f1": "Macro-F1 (%)",
-          "auc_ovr_macro": "AUC (OvR macro)", "ece": "ECE (%)"}
+_NAMES = {
+    "accuracy": "Accuracy (%)",
+    "balanced_accuracy": "Balanced accuracy (%)",
+    "macro_f1": "Macro-F1 (%)",
+    "auc_ovr_macro": "AUC (OvR macro)",
+    "ece": "ECE (%)",
+}
 
 
 _PERCENT = {"accuracy", "balanced_accuracy", "macro_f1", "ece"}
@@ -43,10 +49,18 @@ def format_seeds_markdown(summary: Mapping[str, Any], table_only: bool = False) 
     if table_only:
         return "\n".join(table)
     seeds = summary["seeds"]
-    lines = ["# HDKD pipeline over training seeds", "",
-             f"Seeds: {', '.join(str(s) for s in seeds)}. Test-split metrics, mean ± {summary['std']}; each run's "
-             "full report is in `seed_<s>/report.md` (`report.html`). Only the training seed changes between runs; "
-             "the data split is the same.", "", *table, "", "## Per seed", ""]
+    lines = [
+        "# HDKD pipeline over training seeds",
+        "",
+        f"Seeds: {', '.join(str(s) for s in seeds)}. Test-split metrics, mean ± {summary['std']}; each run's "
+        "full report is in `seed_<s>/report.md` (`report.html`). Only the training seed changes between runs; "
+        "the data split is the same.",
+        "",
+        *table,
+        "",
+        "## Per seed",
+        "",
+    ]
     per_seed_header = ["Model", "Metric", *(f"seed {s}" for s in seeds)]
     lines += ["| " + " | ".join(per_seed_header) + " |", "|---|---|" + "---:|" * len(seeds)]
     for label, entries in summary["models"].items():

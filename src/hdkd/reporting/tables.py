@@ -1,4 +1,5 @@
 """Text tables of metrics (terminal and Markdown): one model's metrics, and models side by side."""
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,7 @@ def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], align_left
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt(row: Sequence[str]) -> str:
-        cells = [
-            str(c).ljust(w) if i < align_left else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))
-        ]
+        cells = [str(c).ljust(w) if i < align_left else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
 
     return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
@@ -93,8 +92,16 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     for name in names:
         pc = metrics["per_class"][name]
         rows.append(
-            [name, pct(pc["precision"]), pct(pc["recall"]), pct(pc["specificity"]), pct(pc["f1"]),
-             dec(pc.get("auc")), dec(pc.get("pr_auc")), str(pc["support"])]
+            [
+                name,
+                pct(pc["precision"]),
+                pct(pc["recall"]),
+                pct(pc["specificity"]),
+                pct(pc["f1"]),
+                dec(pc.get("auc")),
+                dec(pc.get("pr_auc")),
+                str(pc["support"]),
+            ]
         )
     lines += _text_table(["class", "precision", "recall", "specificity", "F1", "AUC", "PR-AUC", "support"], rows)
 
@@ -130,11 +137,21 @@ def comparison_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str]
     accuracy, balanced accuracy, macro-F1 and AUC cells carry the interval in brackets, and the headers say so.
     """
     with_ci = any(ci_entry(res.get("bootstrap"), "accuracy") is not None for res in results.values())
-    level = next((res["bootstrap"]["level"] for res in results.values() if ci_entry(res.get("bootstrap"), "accuracy")),
-                 0.95)
+    level = next(
+        (res["bootstrap"]["level"] for res in results.values() if ci_entry(res.get("bootstrap"), "accuracy")), 0.95
+    )
     suffix = f" [{100 * level:g}% CI]" if with_ci else ""
-    header = ["Model", "Params", "GFLOPs", f"Accuracy (%){suffix}", f"Balanced accuracy (%){suffix}",
-              f"Macro-F1 (%){suffix}", f"AUC (OvR macro){suffix}", "ECE (%)", "ECE after temp. scaling (%)"]
+    header = [
+        "Model",
+        "Params",
+        "GFLOPs",
+        f"Accuracy (%){suffix}",
+        f"Balanced accuracy (%){suffix}",
+        f"Macro-F1 (%){suffix}",
+        f"AUC (OvR macro){suffix}",
+        "ECE (%)",
+        "ECE after temp. scaling (%)",
+    ]
     rows = []
     for label, res in results.items():
         m = res.get("metrics")
@@ -142,17 +159,19 @@ def comparison_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str]
             raise ValueError(f"results[{label!r}] has no 'metrics' entry")
         ci = res.get("bootstrap")
         scaling = res.get("temperature_scaling") or {}
-        rows.append([
-            str(label),
-            format_params(res.get("params")),
-            format_gflops(res.get("flops")),
-            _with_ci(m.get("accuracy"), ci, "accuracy"),
-            _with_ci(m.get("balanced_accuracy"), ci, "balanced_accuracy"),
-            _with_ci(m.get("macro_f1"), ci, "macro_f1"),
-            _with_ci(m.get("auc_ovr_macro"), ci, "auc_ovr_macro", percent=False),
-            pct(m.get("ece")),
-            pct((scaling.get("test_after") or {}).get("ece")),
-        ])
+        rows.append(
+            [
+                str(label),
+                format_params(res.get("params")),
+                format_gflops(res.get("flops")),
+                _with_ci(m.get("accuracy"), ci, "accuracy"),
+                _with_ci(m.get("balanced_accuracy"), ci, "balanced_accuracy"),
+                _with_ci(m.get("macro_f1"), ci, "macro_f1"),
+                _with_ci(m.get("auc_ovr_macro"), ci, "auc_ovr_macro", percent=False),
+                pct(m.get("ece")),
+                pct((scaling.get("test_after") or {}).get("ece")),
+            ]
+        )
     return header, rows
 
 

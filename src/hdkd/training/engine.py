@@ -1,4 +1,5 @@
 """One epoch of training and one pass of inference: the plain loops every role shares."""
+
 from __future__ import annotations
 
 import time
@@ -40,19 +41,31 @@ class EpochStats:
     def result(self) -> dict[str, float]:
         seen = max(self.sums["seen"], 1)
         stats = {f"train_{k}": self.sums[k] / seen for k in self.KEYS}
-        stats.update(train_accuracy=self.sums["correct"] / seen,
-                     train_images_per_s=self.sums["seen"] / max(self.sums["elapsed"], 1e-9),
-                     train_time_s=self.sums["elapsed"])
+        stats.update(
+            train_accuracy=self.sums["correct"] / seen,
+            train_images_per_s=self.sums["seen"] / max(self.sums["elapsed"], 1e-9),
+            train_time_s=self.sums["elapsed"],
+        )
         return stats
 
 
-def train_one_epoch(model: nn.Module, criterion, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    amp: str = "none", channels_last: bool = False, progress: bool = True,
-                    max_steps: Optional[int] = None, desc: str = "train", stats: Optional[EpochStats] = None,
-                    on_step: Optional[Callable[[int, EpochStats], None]] = None, first_step: int = 0,
-                    world_size: int = 1,
-                    batch_transform: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
-                    ) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    amp: str = "none",
+    channels_last: bool = False,
+    progress: bool = True,
+    max_steps: Optional[int] = None,
+    desc: str = "train",
+    stats: Optional[EpochStats] = None,
+    on_step: Optional[Callable[[int, EpochStats], None]] = None,
+    first_step: int = 0,
+    world_size: int = 1,
+    batch_transform: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+) -> dict[str, float]:
     """Train over `loader`; `on_step(steps_done, stats)` runs after each optimiser step (periodic checkpoints).
 
     With `batch_transform` the loader yields raw (uint8 images, labels, indices) and the batch is augmented on
@@ -85,13 +98,14 @@ def train_one_epoch(model: nn.Module, criterion, loader, optimizer: torch.optim.
         stats.sums["elapsed"] = time.perf_counter() - start
         if progress:
             seen = stats.sums["seen"]
-            bar.set_postfix(loss=f"{stats.sums['loss'] / seen:.4f}", acc=f"{stats.sums['correct'] / seen:.3f}",
-                            img_s=f"{seen * world_size / max(stats.sums['elapsed'], 1e-9):.0f}")
+            bar.set_postfix(
+                loss=f"{stats.sums['loss'] / seen:.4f}",
+                acc=f"{stats.sums['correct'] / seen:.3f}",
+                img_s=f"{seen * world_size / max(stats.sums['elapsed'], 1e-9):.0f}",
+            )
         if on_step is not None:
             on_step(step, stats)
     if stats.sums["seen"] == 0:
         raise RuntimeError("the training loader produced no batch")
     stats.all_reduce(device)
     return stats.result()
-
-

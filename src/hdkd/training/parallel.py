@@ -7,6 +7,7 @@ the first that can start. Each worker goes through `train_or_reuse(..., resume=T
 reused and an interrupted one continues, and it exits when the main process dies, so no orphan goes on writing
 into a model folder.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -54,10 +55,14 @@ def _train_in_worker(cfg: Config) -> tuple[float, bool]:
     return time.perf_counter() - start, not finished
 
 
-def train_in_processes(tasks: dict[str, tuple[Config, Optional[str]]], jobs: int,
-                       log: Callable[[str], None] = print,
-                       on_finished: Callable[[set[str]], None] = lambda finished: None,
-                       trained: Optional[set[str]] = None, root: Optional[Path] = None) -> set[str]:
+def train_in_processes(
+    tasks: dict[str, tuple[Config, Optional[str]]],
+    jobs: int,
+    log: Callable[[str], None] = print,
+    on_finished: Callable[[set[str]], None] = lambda finished: None,
+    trained: Optional[set[str]] = None,
+    root: Optional[Path] = None,
+) -> set[str]:
     """Train ``tasks`` (output folder -> (resolved config, folder it needs first or None), in priority order) in
     ``jobs`` worker processes with ``cpus // jobs`` threads each.
 
@@ -66,14 +71,14 @@ def train_in_processes(tasks: dict[str, tuple[Config, Optional[str]]], jobs: int
     Folders in log lines are shown relative to ``root``.
     """
 
-
     threads = max(1, available_cpus() // jobs)
     finished: set[str] = set()
     trained = set() if trained is None else trained
     waiting = dict(tasks)
     context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads and state
-    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                                initargs=(threads, os.getpid())) as pool:
+    with cf.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_worker_init, initargs=(threads, os.getpid())
+    ) as pool:
         running: dict[cf.Future, str] = {}
         while waiting or running:
             for out, (cfg, needs) in list(waiting.items()):

@@ -1,4 +1,5 @@
 """Planning a grid: each variant's config, the result-relevant key that names its folder, the teacher it shares."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,14 @@ from hdkd.experiments.ablation.variants import VARIANTS, Variant
 
 # ------------------------------------------------------------------------------------------------ configurations
 # settings that change where or how verbosely a run happens, not what it computes (as train_or_reuse ignores them)
-_NEUTRAL = (("output",), ("roles",), ("train", "progress"), ("train", "device"), ("data", "num_workers"),
-            ("data", "cache_dir"))
+_NEUTRAL = (
+    ("output",),
+    ("roles",),
+    ("train", "progress"),
+    ("train", "device"),
+    ("data", "num_workers"),
+    ("data", "cache_dir"),
+)
 
 
 # settings hashed at one fixed value whatever they are: folding the frozen teacher's BatchNorms computes the same
@@ -139,9 +146,10 @@ def _check_architecture(cfg: Config, where: str) -> None:
     dflt = m.name != "hdkd_teacher"
     reduction = m.stem_stride * 4 * (m.dflt_patch_size if dflt else 1)
     if m.img_size % reduction:
-        raise ConfigError(f"{where}: model.img_size {m.img_size} must be a multiple of {reduction} for "
-                          f"{m.name} with stem stride {m.stem_stride}" + (f" and DFLT patch size {m.dflt_patch_size}"
-                                                                           if dflt else ""))
+        raise ConfigError(
+            f"{where}: model.img_size {m.img_size} must be a multiple of {reduction} for "
+            f"{m.name} with stem stride {m.stem_stride}" + (f" and DFLT patch size {m.dflt_patch_size}" if dflt else "")
+        )
 
 
 @dataclass
@@ -176,18 +184,23 @@ class AblationPlan:
 
     def describe(self) -> str:
         t = self.trainings()
-        lines = [f"{len(self.runs)} run(s) ({len(self.runs) - len(self.pending)} already in "
-                 f"{self.output / RESULTS_FILE}); pending runs need {len(t['teachers'])} teacher(s) and "
-                 f"{len(t['models'])} model(s) (each trained unless already finished in its folder):"]
+        lines = [
+            f"{len(self.runs)} run(s) ({len(self.runs) - len(self.pending)} already in "
+            f"{self.output / RESULTS_FILE}); pending runs need {len(t['teachers'])} teacher(s) and "
+            f"{len(t['models'])} model(s) (each trained unless already finished in its folder):"
+        ]
         for r in self.pending:
             teacher = f", teacher {r.teacher_key}" if r.teacher_key else ""
-            lines.append(f"  seed {r.seed} {r.variant.name:<20} {r.config.model.name} -> "
-                         f"{r.model_dir.relative_to(self.output)}{teacher}")
+            lines.append(
+                f"  seed {r.seed} {r.variant.name:<20} {r.config.model.name} -> "
+                f"{r.model_dir.relative_to(self.output)}{teacher}"
+            )
         return "\n".join(lines)
 
 
-def plan_ablation(cfg: Config, variants: Sequence[Variant | str], seeds: Sequence[int],
-                  output: str | Path) -> AblationPlan:
+def plan_ablation(
+    cfg: Config, variants: Sequence[Variant | str], seeds: Sequence[int], output: str | Path
+) -> AblationPlan:
     """Resolve every (seed, variant) into configs, teacher keys and model folders; check them before any training."""
     variants = [VARIANTS[v] if isinstance(v, str) else v for v in variants]
     seeds = [int(s) for s in seeds]

@@ -1,4 +1,6 @@
-"""The ablation records file (``OUTPUT/results.jsonl``): one JSON line per (variant, seed), read and appended atomically."""
+"""The ablation records file (``OUTPUT/results.jsonl``): one JSON line per (variant, seed), read and appended
+atomically."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +11,6 @@ from typing import Any
 from hdkd.io import atomic_write_text
 
 RESULTS_FILE = "results.jsonl"
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -52,6 +50,3 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     if old and not old.endswith("\n"):
         old += "\n"
     atomic_write_text(path, old + json.dumps(_finite(record), allow_nan=False, default=str) + "\n")
-
-
-

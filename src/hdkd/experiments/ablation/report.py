@@ -1,5 +1,6 @@
 """Writing the ablation report (``hdkd ablate --report``): the summary of a results file (``summary``) rendered by
 ``hdkd.reporting.ablation`` into Markdown, JSON and the data-efficiency figure, and the claims across datasets."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ def write_ablation_report(results: str | Path, out_dir: Optional[str | Path] = N
     if plotted is None:
         markdown = markdown.replace(FIGURE_LINK + "\n", "")
     paths["markdown"] = atomic_write_text(out / "ablation_report.md", markdown)
-    paths["json"] = atomic_write_text(out / "ablation_report.json",
-                                      json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
+    paths["json"] = atomic_write_text(
+        out / "ablation_report.json", json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n"
+    )
     return paths
 
 
@@ -51,13 +53,16 @@ def claim_labels(results: Sequence[str | Path], labels: Optional[Sequence[str]] 
     if len(labels) != len(results):
         raise ConfigError(f"--labels: {len(labels)} label(s) for {len(results)} results file(s)")
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"--labels: every results file needs its own label, got {labels} "
-                          "(two results files in folders of the same name need --labels)")
+        raise ConfigError(
+            f"--labels: every results file needs its own label, got {labels} "
+            "(two results files in folders of the same name need --labels)"
+        )
     return labels
 
 
-def write_claims_across(results: Sequence[str | Path], out_dir: str | Path,
-                        labels: Optional[Sequence[str]] = None) -> dict[str, Path]:
+def write_claims_across(
+    results: Sequence[str | Path], out_dir: str | Path, labels: Optional[Sequence[str]] = None
+) -> dict[str, Path]:
     """``ablation_claims.md`` and ``.json`` in ``out_dir`` comparing the claims of several results files; each label
     defaults to the name of the folder holding its results file."""
 
@@ -73,6 +78,9 @@ def write_claims_across(results: Sequence[str | Path], out_dir: str | Path,
         summaries[label] = summarise_ablation(records, source=str(path))
     out = Path(out_dir)
     claims = {label: {"source": s["source"], "claims": s["claims"]} for label, s in summaries.items()}
-    return {"markdown": atomic_write_text(out / "ablation_claims.md", format_claims_across(summaries)),
-            "json": atomic_write_text(out / "ablation_claims.json",
-                                      json.dumps(claims, indent=2, allow_nan=False, default=str) + "\n")}
+    return {
+        "markdown": atomic_write_text(out / "ablation_claims.md", format_claims_across(summaries)),
+        "json": atomic_write_text(
+            out / "ablation_claims.json", json.dumps(claims, indent=2, allow_nan=False, default=str) + "\n"
+        ),
+    }

@@ -12,6 +12,7 @@ Records. When one (variant, seed) appears more than once, the latest record coun
 made with different settings (``settings_key``: e.g. the grid was rerun with another config into the same folder),
 only the latest settings count and the report says how many records it left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,14 +42,17 @@ def select_records(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict
         latest_settings = items[-1][1].get("settings_key")
         kept = [(o, r) for o, r in items if r.get("settings_key") == latest_settings]
         if len(kept) < len(items):
-            notes.append(f"{variant}: {len(items) - len(kept)} record(s) made with other settings left out "
-                         f"(only the latest settings, {latest_settings}, count)")
+            notes.append(
+                f"{variant}: {len(items) - len(kept)} record(s) made with other settings left out "
+                f"(only the latest settings, {latest_settings}, count)"
+            )
         per_seed: dict[int, dict] = {}
         for _, record in kept:
             per_seed[int(record["seed"])] = dict(record)  # a later record of the same seed replaces an earlier one
         if len(kept) > len(per_seed):
-            notes.append(f"{variant}: {len(kept) - len(per_seed)} repeated (variant, seed) record(s); the latest "
-                         f"of each counts")
+            notes.append(
+                f"{variant}: {len(kept) - len(per_seed)} repeated (variant, seed) record(s); the latest of each counts"
+            )
         chosen[variant] = dict(sorted(per_seed.items()))
     order = {name: i for i, name in enumerate(VARIANTS)}
     chosen = dict(sorted(chosen.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
@@ -57,9 +61,11 @@ def select_records(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict
 
 def _stats(values: Sequence[Optional[float]]) -> dict[str, Any]:
     defined = np.array([v for v in values if v is not None], dtype=np.float64)
-    return {"mean": float(defined.mean()) if defined.size else None,
-            "std": float(defined.std(ddof=1)) if defined.size > 1 else None,
-            "n": int(defined.size)}
+    return {
+        "mean": float(defined.mean()) if defined.size else None,
+        "std": float(defined.std(ddof=1)) if defined.size > 1 else None,
+        "n": int(defined.size),
+    }
 
 
 def _metric(record: Mapping[str, Any], key: str) -> Optional[float]:
@@ -73,15 +79,24 @@ def _t_quantile(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def paired_difference(a: Mapping[int, Mapping[str, Any]], b: Mapping[int, Mapping[str, Any]],
-                      metric: str) -> dict[str, Any]:
+def paired_difference(
+    a: Mapping[int, Mapping[str, Any]], b: Mapping[int, Mapping[str, Any]], metric: str
+) -> dict[str, Any]:
     """Mean ± sample std of ``metric(a) - metric(b)`` over the seeds both have; 95 % t interval and a verdict."""
-    seeds = sorted(s for s in set(a) & set(b)
-                   if _metric(a[s], metric) is not None and _metric(b[s], metric) is not None)
+    seeds = sorted(
+        s for s in set(a) & set(b) if _metric(a[s], metric) is not None and _metric(b[s], metric) is not None
+    )
     diffs = np.array([_metric(a[s], metric) - _metric(b[s], metric) for s in seeds], dtype=np.float64)
-    out: dict[str, Any] = {"metric": metric, "seeds": seeds, "n": len(seeds),
-                           "differences": [float(d) for d in diffs], "mean": None, "std": None,
-                           "ci95": None, "verdict": "not testable: no seed has both arms"}
+    out: dict[str, Any] = {
+        "metric": metric,
+        "seeds": seeds,
+        "n": len(seeds),
+        "differences": [float(d) for d in diffs],
+        "mean": None,
+        "std": None,
+        "ci95": None,
+        "verdict": "not testable: no seed has both arms",
+    }
     if not seeds:
         return out
     out["mean"] = float(diffs.mean())
@@ -140,11 +155,18 @@ def summarise_ablation(records: Sequence[Mapping[str, Any]], source: str = "") -
         variants[name] = {
             "group": any_record.get("group") or getattr(VARIANTS.get(name), "group", "other"),
             "description": any_record.get("description") or getattr(VARIANTS.get(name), "description", ""),
-            "model": any_record.get("model"), "role": any_record.get("role"),
+            "model": any_record.get("model"),
+            "role": any_record.get("role"),
             "seeds": list(per_seed),
-            "metrics": {k: {**_stats([_metric(r, k) for r in per_seed.values()]),
-                            "values": [_metric(r, k) for r in per_seed.values()]} for k in REPORT_METRICS},
-            "params": any_record.get("params"), "flops": any_record.get("flops"),
+            "metrics": {
+                k: {
+                    **_stats([_metric(r, k) for r in per_seed.values()]),
+                    "values": [_metric(r, k) for r in per_seed.values()],
+                }
+                for k in REPORT_METRICS
+            },
+            "params": any_record.get("params"),
+            "flops": any_record.get("flops"),
             "train_time_s": _stats([r.get("train_time_s") for r in per_seed.values()]),
             "wall_time_s": _stats([r.get("wall_time_s") for r in per_seed.values()]),
             "settings_key": any_record.get("settings_key"),
@@ -154,30 +176,55 @@ def summarise_ablation(records: Sequence[Mapping[str, Any]], source: str = "") -
     other = [v for v in chosen if v not in VARIANTS]
     if other:
         groups["other"] = other
-    groups = {g: names for g, names in groups.items()  # the speed group only once a speed setting was measured
-              if names and (g != "speed" or any(n in SPEED_REFERENCES for n in names))}
+    groups = {
+        g: names
+        for g, names in groups.items()  # the speed group only once a speed setting was measured
+        if names and (g != "speed" or any(n in SPEED_REFERENCES for n in names))
+    }
 
     def compare(a: str, b: str) -> dict[str, Any]:
         present = a in chosen and b in chosen
-        return {"a": a, "b": b, "present": present,
-                "differences": {m: paired_difference(chosen.get(a, {}), chosen.get(b, {}), m) for m in TABLE_METRICS}}
+        return {
+            "a": a,
+            "b": b,
+            "present": present,
+            "differences": {m: paired_difference(chosen.get(a, {}), chosen.get(b, {}), m) for m in TABLE_METRICS},
+        }
 
     points = _arm_points(chosen)
-    curve = {arm: {str(f): {k: _stats([_metric(r, k) for r in recs.values()]) for k in TABLE_METRICS}
-                   | {"seeds": list(recs), "train_images": sorted({_train_images(r) for r in recs.values()} - {None})}
-                   for f, recs in fr.items()} for arm, fr in points.items()}
+    curve = {
+        arm: {
+            str(f): {k: _stats([_metric(r, k) for r in recs.values()]) for k in TABLE_METRICS}
+            | {"seeds": list(recs), "train_images": sorted({_train_images(r) for r in recs.values()} - {None})}
+            for f, recs in fr.items()
+        }
+        for arm, fr in points.items()
+    }
     claims = {
-        "distillation": {"claim": "distillation beats the student alone (HDKD minus student alone)",
-                         **compare("hdkd", "student_alone")},
-        "block": {"claim": "MBCSA beats MBConv (HDKD with MBCSA minus HDKD with MBConv, each with its own teacher)",
-                  **compare("hdkd", "block_mbconv")},
+        "distillation": {
+            "claim": "distillation beats the student alone (HDKD minus student alone)",
+            **compare("hdkd", "student_alone"),
+        },
+        "block": {
+            "claim": "MBCSA beats MBConv (HDKD with MBCSA minus HDKD with MBConv, each with its own teacher)",
+            **compare("hdkd", "block_mbconv"),
+        },
         "data_efficiency": _data_efficiency_claim(points),
     }
     comparisons = [compare(a, b) | {"what": what} for a, b, what in ABLATION_COMPARISONS if a in chosen and b in chosen]
-    return {"source": source, "std": "sample standard deviation over seeds (ddof=1)", "comparisons": comparisons,
-            "claims_method": "paired by seed; mean ± sample std of the per-seed differences; 95% Student-t CI",
-            "notes": notes, "variants": variants, "groups": groups, "claims": claims, "data_efficiency": curve,
-            **summarise_teachers(chosen), "speed": summarise_speed(chosen, compare)}
+    return {
+        "source": source,
+        "std": "sample standard deviation over seeds (ddof=1)",
+        "comparisons": comparisons,
+        "claims_method": "paired by seed; mean ± sample std of the per-seed differences; 95% Student-t CI",
+        "notes": notes,
+        "variants": variants,
+        "groups": groups,
+        "claims": claims,
+        "data_efficiency": curve,
+        **summarise_teachers(chosen),
+        "speed": summarise_speed(chosen, compare),
+    }
 
 
 # the grid's other questions, each as (variant, reference, what the difference measures), paired by seed like the claims
@@ -232,20 +279,40 @@ def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) ->
     out: dict[str, Any] = {}
     for key, entry in teachers.items():
         vals = entry.pop("per_seed")
-        out[key] = {**entry, "seeds": sorted(vals),
-                    "val": {m: _stats([None if vals[s].get(m) is None else float(vals[s][m]) for s in sorted(vals)])
-                            for m in TABLE_METRICS}}
+        out[key] = {
+            **entry,
+            "seeds": sorted(vals),
+            "val": {
+                m: _stats([None if vals[s].get(m) is None else float(vals[s][m]) for s in sorted(vals)])
+                for m in TABLE_METRICS
+            },
+        }
     alone = chosen.get("student_alone", {})
-    reference = {m: _stats([None if (r.get("val_metrics") or {}).get(m) is None else float(r["val_metrics"][m])
-                            for r in alone.values()]) for m in TABLE_METRICS} if alone else None
+    reference = (
+        {
+            m: _stats(
+                [
+                    None if (r.get("val_metrics") or {}).get(m) is None else float(r["val_metrics"][m])
+                    for r in alone.values()
+                ]
+            )
+            for m in TABLE_METRICS
+        }
+        if alone
+        else None
+    )
     return {"teachers": out, "student_alone_val": reference}
 
 
 def _data_efficiency_claim(points: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Any]]]]) -> dict[str, Any]:
     """Gain of HDKD over the student alone at each training fraction; the claim: gain(smallest) > gain(100 %)."""
-    out: dict[str, Any] = {"claim": "the gain of HDKD over the student alone is largest with scarce data "
-                                    "(gain at the smallest training fraction minus gain at the full training set)",
-                           "present": False, "gains": {}, "differences": {}}
+    out: dict[str, Any] = {
+        "claim": "the gain of HDKD over the student alone is largest with scarce data "
+        "(gain at the smallest training fraction minus gain at the full training set)",
+        "present": False,
+        "gains": {},
+        "differences": {},
+    }
     student, hdkd = points.get("student_alone", {}), points.get("hdkd", {})
     fractions = sorted(set(student) & set(hdkd))
     if not fractions:
@@ -260,11 +327,15 @@ def _data_efficiency_claim(points: Mapping[str, Mapping[float, Mapping[int, Mapp
     if len(fractions) < 2:
         return out
     for m in TABLE_METRICS:  # per seed: (hdkd - student) at lo minus the same at hi
-        gain_lo = {s: {"metrics": {m: _metric(hdkd[lo][s], m) - _metric(student[lo][s], m)}}
-                   for s in set(hdkd[lo]) & set(student[lo])
-                   if _metric(hdkd[lo][s], m) is not None and _metric(student[lo][s], m) is not None}
-        gain_hi = {s: {"metrics": {m: _metric(hdkd[hi][s], m) - _metric(student[hi][s], m)}}
-                   for s in set(hdkd[hi]) & set(student[hi])
-                   if _metric(hdkd[hi][s], m) is not None and _metric(student[hi][s], m) is not None}
+        gain_lo = {
+            s: {"metrics": {m: _metric(hdkd[lo][s], m) - _metric(student[lo][s], m)}}
+            for s in set(hdkd[lo]) & set(student[lo])
+            if _metric(hdkd[lo][s], m) is not None and _metric(student[lo][s], m) is not None
+        }
+        gain_hi = {
+            s: {"metrics": {m: _metric(hdkd[hi][s], m) - _metric(student[hi][s], m)}}
+            for s in set(hdkd[hi]) & set(student[hi])
+            if _metric(hdkd[hi][s], m) is not None and _metric(student[hi][s], m) is not None
+        }
         out["differences"][m] = paired_difference(gain_lo, gain_hi, m)
     return out

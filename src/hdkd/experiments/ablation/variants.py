@@ -2,6 +2,7 @@
 
 See ``hdkd.experiments.ablation.run`` for how a grid trains, shares and records them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,59 +47,153 @@ _HDKD = ("distill.kd=soft", "distill.lam=10")  # the paper's method (HDKD_SPEC s
 
 def _registry() -> list[Variant]:
     v = [
-        Variant("student_alone", "distillation", "student", (), "the hybrid student trained alone (no teacher)",
-                arm="student_alone"),
-        Variant("logit_soft", "distillation", "hdkd", ("distill.kd=soft", "distill.lam=0"),
-                "logit distillation only: soft KL through the distillation token"),
-        Variant("logit_hard", "distillation", "hdkd", ("distill.kd=hard", "distill.lam=0"),
-                "logit distillation only: hard (teacher argmax) labels for the distillation token"),
-        Variant("feature_only", "distillation", "hdkd",
-                ("distill.kd=none", "distill.lam=10", "roles.hdkd.model.name=hdkd_student"),
-                "feature distillation only (stage MSE, lam 10), hdkd_student architecture (no distillation token)"),
-        Variant("hdkd", "distillation", "hdkd", _HDKD, "HDKD: soft logit + feature distillation, lam 10",
-                arm="hdkd"),
+        Variant(
+            "student_alone",
+            "distillation",
+            "student",
+            (),
+            "the hybrid student trained alone (no teacher)",
+            arm="student_alone",
+        ),
+        Variant(
+            "logit_soft",
+            "distillation",
+            "hdkd",
+            ("distill.kd=soft", "distill.lam=0"),
+            "logit distillation only: soft KL through the distillation token",
+        ),
+        Variant(
+            "logit_hard",
+            "distillation",
+            "hdkd",
+            ("distill.kd=hard", "distill.lam=0"),
+            "logit distillation only: hard (teacher argmax) labels for the distillation token",
+        ),
+        Variant(
+            "feature_only",
+            "distillation",
+            "hdkd",
+            ("distill.kd=none", "distill.lam=10", "roles.hdkd.model.name=hdkd_student"),
+            "feature distillation only (stage MSE, lam 10), hdkd_student architecture (no distillation token)",
+        ),
+        Variant("hdkd", "distillation", "hdkd", _HDKD, "HDKD: soft logit + feature distillation, lam 10", arm="hdkd"),
     ]
-    v += [Variant(f"lam_{lam}", "lambda", "hdkd", ("distill.kd=soft", f"distill.lam={lam}"),
-                  f"HDKD with feature weight lambda = {lam}") for lam in (1, 10, 100)]
     v += [
-        Variant("block_mbconv", "block", "hdkd", _HDKD + ("model.block=mbconv",),
-                "HDKD with MBConv (squeeze-excitation) instead of MBCSA in teacher and student", changes_teacher=True),
+        Variant(
+            f"lam_{lam}",
+            "lambda",
+            "hdkd",
+            ("distill.kd=soft", f"distill.lam={lam}"),
+            f"HDKD with feature weight lambda = {lam}",
+        )
+        for lam in (1, 10, 100)
     ]
-    v += [Variant(f"dflt_depth_{d}", "dflt_depth", "hdkd", _HDKD + (f"model.dflt_depth={d}",),
-                  f"HDKD with {d} DFLT transformer layer(s) in the student (shared teacher)") for d in (1, 3, 6)]
-    v += [Variant("stem_stride_4", "stem", "hdkd", _HDKD + ("model.stem_stride=4",),
-                  "HDKD with stem stride 4 in teacher and student (img_size a multiple of 32)", changes_teacher=True)]
+    v += [
+        Variant(
+            "block_mbconv",
+            "block",
+            "hdkd",
+            _HDKD + ("model.block=mbconv",),
+            "HDKD with MBConv (squeeze-excitation) instead of MBCSA in teacher and student",
+            changes_teacher=True,
+        ),
+    ]
+    v += [
+        Variant(
+            f"dflt_depth_{d}",
+            "dflt_depth",
+            "hdkd",
+            _HDKD + (f"model.dflt_depth={d}",),
+            f"HDKD with {d} DFLT transformer layer(s) in the student (shared teacher)",
+        )
+        for d in (1, 3, 6)
+    ]
+    v += [
+        Variant(
+            "stem_stride_4",
+            "stem",
+            "hdkd",
+            _HDKD + ("model.stem_stride=4",),
+            "HDKD with stem stride 4 in teacher and student (img_size a multiple of 32)",
+            changes_teacher=True,
+        )
+    ]
     for pct in (10, 25, 50, 100):
         v += [
-            Variant(f"frac_{pct}_student", "data_efficiency", "student", (),
-                    f"student alone on {pct}% of the training set", arm="student_alone", fraction=pct / 100),
-            Variant(f"frac_{pct}_hdkd", "data_efficiency", "hdkd", _HDKD,
-                    f"HDKD on {pct}% of the training set (teacher trained on the same subset)",
-                    changes_teacher=pct != 100, arm="hdkd", fraction=pct / 100),
+            Variant(
+                f"frac_{pct}_student",
+                "data_efficiency",
+                "student",
+                (),
+                f"student alone on {pct}% of the training set",
+                arm="student_alone",
+                fraction=pct / 100,
+            ),
+            Variant(
+                f"frac_{pct}_hdkd",
+                "data_efficiency",
+                "hdkd",
+                _HDKD,
+                f"HDKD on {pct}% of the training set (teacher trained on the same subset)",
+                changes_teacher=pct != 100,
+                arm="hdkd",
+                fraction=pct / 100,
+            ),
         ]
-    v += [Variant("teacher_resnet18", "timm_teacher", "hdkd",
-                  ("distill.kd=soft", "distill.lam=0", "roles.teacher.model.name=resnet18"),
-                  "logit-only distillation from a timm ResNet-18 teacher (compare with logit_soft)",
-                  changes_teacher=True)]
+    v += [
+        Variant(
+            "teacher_resnet18",
+            "timm_teacher",
+            "hdkd",
+            ("distill.kd=soft", "distill.lam=0", "roles.teacher.model.name=resnet18"),
+            "logit-only distillation from a timm ResNet-18 teacher (compare with logit_soft)",
+            changes_teacher=True,
+        )
+    ]
     # speed settings: do they change accuracy beyond the seed-to-seed spread? (each against its fp32 / loader
     # reference, paired by seed; not part of `all`, the paper's grid)
     v += [
-        Variant("student_bf16", "speed", "student", ("train.amp=bf16",),
-                "the student alone trained with bf16 autocast (compare with student_alone)"),
-        Variant("hdkd_bf16", "speed", "hdkd", _HDKD + ("train.amp=bf16",),
-                "HDKD with teacher and student trained in bf16 autocast (compare with hdkd)", changes_teacher=True),
-        Variant("student_augment_device", "speed", "student", ("data.augment_on=device",),
-                "the student alone with batched augmentation on the device (compare with student_alone)"),
-        Variant("hdkd_augment_device", "speed", "hdkd", _HDKD + ("data.augment_on=device",),
-                "HDKD, teacher and student with batched augmentation on the device (compare with hdkd)",
-                changes_teacher=True),
+        Variant(
+            "student_bf16",
+            "speed",
+            "student",
+            ("train.amp=bf16",),
+            "the student alone trained with bf16 autocast (compare with student_alone)",
+        ),
+        Variant(
+            "hdkd_bf16",
+            "speed",
+            "hdkd",
+            _HDKD + ("train.amp=bf16",),
+            "HDKD with teacher and student trained in bf16 autocast (compare with hdkd)",
+            changes_teacher=True,
+        ),
+        Variant(
+            "student_augment_device",
+            "speed",
+            "student",
+            ("data.augment_on=device",),
+            "the student alone with batched augmentation on the device (compare with student_alone)",
+        ),
+        Variant(
+            "hdkd_augment_device",
+            "speed",
+            "hdkd",
+            _HDKD + ("data.augment_on=device",),
+            "HDKD, teacher and student with batched augmentation on the device (compare with hdkd)",
+            changes_teacher=True,
+        ),
     ]
     return v
 
 
 # each speed variant and the default-settings variant it is compared with
-SPEED_REFERENCES = {"student_bf16": "student_alone", "hdkd_bf16": "hdkd",
-                    "student_augment_device": "student_alone", "hdkd_augment_device": "hdkd"}
+SPEED_REFERENCES = {
+    "student_bf16": "student_alone",
+    "hdkd_bf16": "hdkd",
+    "student_augment_device": "student_alone",
+    "hdkd_augment_device": "hdkd",
+}
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in _registry()}
@@ -151,6 +246,8 @@ def resolve_variants(names: Optional[Sequence[str]] = None) -> list[Variant]:
         elif name in VARIANTS:
             chosen.add(name)
         else:
-            raise ConfigError(f"--variants: unknown variant or group {name!r}; groups: {', '.join(GROUPS)}; "
-                              f"variants: {', '.join(VARIANTS)}")
+            raise ConfigError(
+                f"--variants: unknown variant or group {name!r}; groups: {', '.join(GROUPS)}; "
+                f"variants: {', '.join(VARIANTS)}"
+            )
     return [v for v in VARIANTS.values() if v.name in chosen]
