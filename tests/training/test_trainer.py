@@ -94,6 +94,7 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypa
 
     real_compile = trainer_module.compile_model
     monkeypatch.setattr(trainer_module, "compile_model", recording_compile)
+    monkeypatch.setattr("hdkd.distillation.losses.compile_model", recording_compile)  # the teacher's
     runs = {}
     for compiled in (False, True):
         cfg = _cfg(

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from hdkd.errors import ConfigError, HDKDError
 from hdkd.models.fuse import fold_batchnorm
-from hdkd.runtime import unwrap_model
+from hdkd.runtime import compile_model, unwrap_model
 
 
 @dataclass
@@ -129,6 +129,10 @@ class HDKDLoss(nn.Module):
         self._checked_shapes = False
         self.teacher.eval()
         self.teacher.requires_grad_(False)
+
+    def compile_teacher(self, mode: Optional[str] = None, backend: str = "inductor") -> None:
+        """torch.compile the frozen teacher (the criterion owns it: moved with ``.to``, folded at construction)."""
+        self.teacher = compile_model(self.teacher, mode, backend)
 
     def train(self, mode: bool = True):
         """The teacher stays frozen in eval mode whatever mode the criterion is put in."""

@@ -8,47 +8,35 @@ finished, `summary.json`. Checkpoints are written atomically.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 from torch.utils.data import DataLoader
 
 from hdkd.config import Config, save_yaml
 from hdkd.data import DataSplits, build_datasets
 from hdkd.data.batch_augment import BatchAugment, batch_seeds
-from hdkd.data.imbalance import balanced_sample_weights, check_sampler, class_weights
+from hdkd.data.imbalance import balanced_sample_weights, check_sampler
 from hdkd.data.loaders import make_loader, resolve_num_workers, single_threaded_worker
-from hdkd.distillation import HDKDLoss, SupervisedLoss
-from hdkd.errors import CheckpointError, ConfigError
+from hdkd.distillation import HDKDLoss
+from hdkd.distillation.teacher import build_criterion
+from hdkd.errors import ConfigError
 from hdkd.evaluation import classification_metrics
 from hdkd.evaluation.predict import predict
 from hdkd.io import atomic_write_text
-from hdkd.models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
-from hdkd.models.checkpoint import atomic_torch_save, read_checkpoint_metadata
-from hdkd.models.factory import create_model
+from hdkd.models import count_params, save_checkpoint
+from hdkd.models.checkpoint import atomic_torch_save
+from hdkd.models.from_config import build_model, model_args
 from hdkd.runtime import check_compile_options, compile_model, resolve_amp, resolve_device, seed_everything
 from hdkd.training.distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
 from hdkd.training.engine import EpochStats, train_one_epoch
 from hdkd.training.optim import build_optimizer, build_scheduler
-
-_ARCH_KEYS = (
-    "img_size",
-    "in_chans",
-    "block",
-    "stem_stride",
-    "depths",
-    "widths",
-    "dflt_depth",
-    "dflt_heads",
-    "dflt_patch_size",
-)
 
 
 @dataclass
@@ -61,84 +49,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     params: int = 0
     train_time_s: float = 0.0
-
-
-def model_args(cfg: Config, num_classes: int, in_chans: int) -> dict[str, Any]:
-    """Arguments for timm.create_model; stored in checkpoints so they can rebuild their model."""
-    m = cfg.model
-    args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "img_size": m.img_size}
-    if m.name.startswith("hdkd"):
-        args.update(
-            block=m.block,
-            stem_stride=m.stem_stride,
-            widths=list(m.widths),
-            dflt_depth=m.dflt_depth,
-            dflt_heads=m.dflt_heads,
-            dflt_patch_size=m.dflt_patch_size,
-        )
-        if m.depths is not None:
-            args["depths"] = list(m.depths)
-    args.update(m.kwargs)
-    return args
-
-
-def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
-    try:
-        return create_model(cfg.model.name, **model_args(cfg, num_classes, in_chans))
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise ConfigError(f"model.name: unknown model {cfg.model.name!r}") from None
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model: cannot build {cfg.model.name!r}: {exc}") from None
-
-
-def load_teacher(cfg: Config, num_classes: int, in_chans: int, class_names: list[str]) -> nn.Module:
-    """The frozen teacher for the hdkd role: a project checkpoint, an authors' .pth, or any timm model's weights."""
-    path = cfg.distill.teacher
-    if not path:
-        raise ConfigError(
-            "distill.teacher: the hdkd role needs a trained teacher checkpoint "
-            "(train one with `hdkd train teacher`, or run `hdkd pipeline`)"
-        )
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: teacher checkpoint not found")
-    meta = read_checkpoint_metadata(path)
-    if meta.get("model_name"):
-        saved_classes = (meta.get("extra") or {}).get("class_names")
-        if saved_classes and list(saved_classes) != list(class_names):
-            raise CheckpointError(f"{path}: teacher was trained on classes {saved_classes}, the data has {class_names}")
-        teacher = create_model_from_checkpoint(path)
-        if teacher.num_classes != num_classes:
-            raise CheckpointError(f"{path}: teacher has {teacher.num_classes} classes, the data has {num_classes}")
-        return teacher
-    name = cfg.distill.teacher_model or "hdkd_teacher"
-    tcfg = Config(model=dataclasses.replace(cfg.model, name=name, depths=None))
-    teacher = build_model(tcfg, num_classes, in_chans)
-    return load_checkpoint(teacher, path)
-
-
-def build_criterion(cfg: Config, data: DataSplits, device: torch.device) -> nn.Module:
-    labels = data.train.labels if data.train is not None else np.zeros(0, dtype=np.int64)
-    weight = class_weights(cfg.train.class_weight, labels, data.num_classes)  # train.class_weight (None: off)
-    weight = None if weight is None else torch.as_tensor(weight, device=device)
-    if cfg.role != "hdkd":
-        return SupervisedLoss(weight=weight)
-    teacher = load_teacher(cfg, data.num_classes, data.in_chans, data.class_names).to(device)
-    d = cfg.distill
-    return HDKDLoss(
-        teacher,
-        alpha=d.alpha,
-        tau=d.tau,
-        lam=d.lam,
-        kd=d.kd,
-        beta=d.beta,
-        kd_reduction=d.kd_reduction,
-        feature_stages=d.feature_stages,
-        fold_teacher_bn=d.fold_teacher_bn,
-        class_weight=weight,
-    )
 
 
 def _select_value(metrics: dict[str, Any], key: str) -> float:
@@ -207,8 +117,220 @@ def device_augmentation(train_set, cfg: Config, device: torch.device):
     return raw, transform
 
 
-def _load_state(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+@dataclass
+class Run:
+    """What `train` sets up before the first step: resolved config, devices, data, model, criterion, optimiser."""
+
+    cfg: Config
+    ctx: DistContext
+    device: torch.device
+    amp: str
+    augment_on: str
+    data: DataSplits
+    core: nn.Module  # the plain model: validated and saved (`model` may wrap it in DDP and torch.compile)
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    out: Path
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / "last_state.pt"
+
+
+@dataclass
+class Progress:
+    """Where training stands: what `last_state.pt` holds besides the weights and optimiser state."""
+
+    epoch: int = 0
+    batch: int = 0
+    best_value: float = -float("inf")
+    best_epoch: int = -1
+    best_val: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_stats: Optional[dict[str, float]] = None
+
+
+def check_train_config(cfg: Config) -> None:
+    """The training options that can be refused before anything is built."""
+    check_sampler(cfg.train.sampler)
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs: must be at least 1, got {cfg.train.epochs}")
+    if cfg.train.save_every_steps is not None and cfg.train.save_every_steps < 1:
+        raise ConfigError(f"train.save_every_steps: must be >= 1, got {cfg.train.save_every_steps}")
+    if cfg.train.compile:
+        check_compile_options(cfg.train.compile_mode, cfg.train.compile_backend)
+
+
+def set_up(cfg: Config, data: Optional[DataSplits]) -> Run:
+    """Devices, data, model, criterion (with its frozen teacher) and optimiser; nothing is written yet, so a bad
+    teacher or dataset leaves no output behind."""
+    ctx = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    if cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU implementation)")
+    augment_on, amp = resolve_augment_on(cfg.data.augment_on, device), resolve_amp(cfg.train.amp, device)
+    if data is None:
+        data = build_datasets(cfg.data, cfg.model.img_size, cfg.model.in_chans)
+    if data.train is None or data.val is None:
+        raise ConfigError("data: training needs a train and a validation split (set data.val_fraction > 0)")
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    model = build_model(cfg, data.num_classes, data.in_chans).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = build_criterion(cfg, data, device).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
+    return Run(cfg, ctx, device, amp, augment_on, data, model, model, criterion, optimizer, scheduler, Path(cfg.output))
+
+
+def resume_progress(run: Run, resume: bool) -> Progress:
+    """With `resume` and a `last_state.pt`, load it into the model, optimiser and scheduler; else a fresh start."""
+    if not (resume and run.state_path.is_file()):
+        return Progress()
+    state = torch.load(run.state_path, map_location="cpu", weights_only=True)
+    run.core.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    return Progress(
+        epoch=state["epoch"],
+        batch=state["batch"],
+        best_value=state["best_value"],
+        best_epoch=state["best_epoch"],
+        best_val=json.loads(state["best_val"]),
+        history=json.loads(state["history"]),
+        epoch_stats=json.loads(state["epoch_stats"]) if state["batch"] else None,
+    )
+
+
+def prepare_output(run: Run, resumed: bool) -> None:
+    """config.yaml written; a stale summary (and, unless resumed, log) removed so nothing looks like this run's."""
+    if not run.ctx.is_main:
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    save_yaml(run.cfg, run.out / "config.yaml")
+    (run.out / "summary.json").unlink(missing_ok=True)
+    if not resumed:
+        (run.out / "log.jsonl").unlink(missing_ok=True)
+
+
+def wrap(run: Run) -> None:
+    """DistributedDataParallel under torchrun (SyncBatchNorm first if asked), then torch.compile of the trained
+    model and of the criterion's teacher; validation and checkpoints keep using the plain `run.core`."""
+    cfg = run.cfg
+    if run.ctx.enabled:
+        if cfg.train.sync_bn:
+            run.core = run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        run.model = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    if cfg.train.compile:
+        run.model = compile_model(run.model, cfg.train.compile_mode, cfg.train.compile_backend)
+        if isinstance(run.criterion, HDKDLoss):
+            run.criterion.compile_teacher(cfg.train.compile_mode, cfg.train.compile_backend)
+
+
+def save_state(run: Run, progress: Progress, epoch: int, batch: int, stats: Optional[EpochStats]) -> None:
+    """Everything needed to resume exactly, atomically (mid-epoch with `batch` > 0 and the epoch's running sums)."""
+    state = {
+        "model": run.core.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "epoch": epoch,
+        "batch": batch,
+        "epoch_stats": json.dumps(stats.sums if stats else {}),
+        "best_value": progress.best_value,
+        "best_epoch": progress.best_epoch,
+        "best_val": json.dumps(progress.best_val),
+        "history": json.dumps(progress.history),
+    }
+    atomic_torch_save(state, run.state_path)
+
+
+def run_epoch(run: Run, progress: Progress, epoch: int, train_set, batch_transform, workers: int) -> dict:
+    """One epoch of training (from `progress.batch` when resuming mid-epoch), with step checkpoints every
+    train.save_every_steps; its statistics, led by the epoch's learning rate."""
+    cfg, every = run.cfg, run.cfg.train.save_every_steps
+    first = progress.batch if epoch == progress.epoch else 0
+    run.scheduler.step(epoch)
+    lr = run.optimizer.param_groups[0]["lr"]
+
+    def on_step(steps_done: int, stats: EpochStats) -> None:
+        if every and run.ctx.is_main and steps_done % every == 0:
+            save_state(run, progress, epoch, steps_done, stats)
+
+    stats = train_one_epoch(
+        run.model,
+        run.criterion,
+        _train_loader(train_set, cfg, epoch, workers, run.ctx, first),
+        run.optimizer,
+        run.device,
+        run.amp,
+        cfg.train.channels_last,
+        cfg.train.progress and run.ctx.is_main,
+        cfg.train.max_steps_per_epoch,
+        desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}",
+        stats=EpochStats(progress.epoch_stats if epoch == progress.epoch else None),
+        on_step=on_step,
+        first_step=first,
+        world_size=run.ctx.world_size,
+        batch_transform=batch_transform,
+    )
+    return {"lr": lr, **stats}
+
+
+def checkpoint_and_log(run: Run, progress: Progress, epoch: int, stats: dict, val_loader) -> None:
+    """Validate the epoch's model, keep it as best.safetensors when the selection metric improved, write
+    last.safetensors, the resume state and the log line (rank 0 only)."""
+    cfg, select = run.cfg, run.cfg.train.select_metric
+    y, probs, val_loss = predict(run.core, val_loader, run.device, run.amp, cfg.train.channels_last)
+    val = classification_metrics(y, probs, run.data.class_names)
+    value = _select_value(val, select)
+    record = {"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_accuracy": val["accuracy"],
+              "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"]}  # fmt: skip
+    args = model_args(cfg, run.data.num_classes, run.data.in_chans)
+    extra = {"class_names": run.data.class_names, "role": cfg.role, "img_size": cfg.model.img_size,
+             "in_chans": run.data.in_chans}  # fmt: skip
+    improved = value > progress.best_value
+    if improved:
+        progress.best_value, progress.best_epoch, progress.best_val = value, epoch + 1, val
+        best_extra = {**extra, "epoch": epoch + 1, f"val_{select}": value}
+        save_checkpoint(run.core, run.out / "best.safetensors", cfg.model.name, args, extra=best_extra)
+    save_checkpoint(run.core, run.out / "last.safetensors", cfg.model.name, args, extra={**extra, "epoch": epoch + 1})
+    progress.history.append(record)
+    save_state(run, progress, epoch + 1, 0, None)
+    with open(run.out / "log.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
+    if cfg.train.progress:
+        print(
+            f"{cfg.role} epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f} "
+            f"train acc {stats['train_accuracy']:.3f} | val acc {val['accuracy']:.3f} "
+            f"bal acc {val['balanced_accuracy']:.3f} | {stats['train_images_per_s']:.0f} img/s"
+            + (" *" if improved else ""),
+            flush=True,
+        )
+
+
+def write_summary(run: Run, progress: Progress, params: int, train_time: float) -> None:
+    """summary.json: written last, so its presence means the run finished."""
+    select = run.cfg.train.select_metric
+    summary = {
+        "role": run.cfg.role,
+        "model": run.cfg.model.name,
+        "params": params,
+        "best_epoch": progress.best_epoch,
+        f"best_val_{select}": progress.best_value,
+        "best_val": progress.best_val,
+        "train_time_s": train_time,
+        "data": run.data.description,
+        "counts": run.data.counts,
+        "world_size": run.ctx.world_size,
+        "amp": run.amp,
+        "augment_on": run.augment_on,
+    }
+    atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
 
 
 def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) -> TrainResult:
@@ -219,192 +341,36 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     rank 0 validates, logs and writes checkpoints.
     """
     cfg = cfg.resolved()
-    check_sampler(cfg.train.sampler)
-    if cfg.train.epochs < 1:
-        raise ConfigError(f"train.epochs: must be at least 1, got {cfg.train.epochs}")
-    if cfg.train.save_every_steps is not None and cfg.train.save_every_steps < 1:
-        raise ConfigError(f"train.save_every_steps: must be >= 1, got {cfg.train.save_every_steps}")
-    if cfg.train.compile:
-        check_compile_options(cfg.train.compile_mode, cfg.train.compile_backend)
-    ctx = init_distributed(cfg.train.device)
-    device = resolve_device(cfg.train.device)
-    if ctx.enabled and device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
-    augment_on = resolve_augment_on(cfg.data.augment_on, device)
-    amp = resolve_amp(cfg.train.amp, device)
-    if cfg.train.sync_bn and device.type != "cuda":
-        raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU implementation)")
-    if data is None:
-        data = build_datasets(cfg.data, cfg.model.img_size, cfg.model.in_chans)
-    if data.train is None or data.val is None:
-        raise ConfigError("data: training needs a train and a validation split (set data.val_fraction > 0)")
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-
-    model = build_model(cfg, data.num_classes, data.in_chans).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = build_criterion(cfg, data, device)  # before any output exists: a bad teacher leaves nothing behind
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
-
-    out = Path(cfg.output)
-    state_path = out / "last_state.pt"
-    history: list[dict[str, Any]] = []
-    start_epoch, start_batch, best_value, best_epoch, best_val = 0, 0, -float("inf"), -1, {}
-    epoch_stats: Optional[dict[str, float]] = None
-    if resume and state_path.is_file():
-        state = _load_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_batch = state["epoch"], state["batch"]
-        best_value, best_epoch = state["best_value"], state["best_epoch"]
-        best_val, history = json.loads(state["best_val"]), json.loads(state["history"])
-        epoch_stats = json.loads(state["epoch_stats"]) if start_batch else None
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
-        (out / "summary.json").unlink(missing_ok=True)  # a stale summary must not look like this run's result
-        if not (resume and state_path.is_file()):
-            (out / "log.jsonl").unlink(missing_ok=True)
-    args = model_args(cfg, data.num_classes, data.in_chans)
-    extra = {
-        "class_names": data.class_names,
-        "role": cfg.role,
-        "img_size": cfg.model.img_size,
-        "in_chans": data.in_chans,
-    }
-
-    core = model  # the unwrapped model: evaluated and saved
-    if ctx.enabled:
-        if cfg.train.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            core = model
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:  # the training forward passes; validation and checkpoints use the plain `core`
-        model = compile_model(model, cfg.train.compile_mode, cfg.train.compile_backend)
-        if isinstance(criterion, HDKDLoss):
-            criterion.teacher = compile_model(criterion.teacher, cfg.train.compile_mode, cfg.train.compile_backend)
-
-    def save_state(epoch: int, batch: int, stats: Optional[EpochStats]) -> None:
-        atomic_torch_save(
-            {
-                "model": core.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "batch": batch,
-                "epoch_stats": json.dumps(stats.sums if stats else {}),
-                "best_value": best_value,
-                "best_epoch": best_epoch,
-                "best_val": json.dumps(best_val),
-                "history": json.dumps(history),
-            },
-            state_path,
-        )
-
+    check_train_config(cfg)
+    run = set_up(cfg, data)
+    progress = resume_progress(run, resume)
+    prepare_output(run, resumed=resume and run.state_path.is_file())
+    wrap(run)
     workers = resolve_num_workers(cfg.data.num_workers)
-    val_loader = make_loader(data.val, cfg.train.eval_batch_size, False, workers)
-    train_set, batch_transform = data.train, None
-    if augment_on == "device":
-        train_set, batch_transform = device_augmentation(data.train, cfg, device)
-    params = count_params(core)
-    select = cfg.train.select_metric
-    every = cfg.train.save_every_steps
+    val_loader = make_loader(run.data.val, cfg.train.eval_batch_size, False, workers)
+    train_set, batch_transform = run.data.train, None
+    if run.augment_on == "device":
+        train_set, batch_transform = device_augmentation(run.data.train, cfg, run.device)
+    params = count_params(run.core)
     run_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        scheduler.step(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        first = start_batch if epoch == start_epoch else 0
-        train_loader = _train_loader(train_set, cfg, epoch, workers, ctx, first)
-
-        def on_step(steps_done: int, stats: EpochStats, epoch=epoch) -> None:
-            if every and ctx.is_main and steps_done % every == 0:
-                save_state(epoch, steps_done, stats)
-
-        stats = train_one_epoch(
-            model,
-            criterion,
-            train_loader,
-            optimizer,
-            device,
-            amp,
-            cfg.train.channels_last,
-            cfg.train.progress and ctx.is_main,
-            cfg.train.max_steps_per_epoch,
-            desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}",
-            stats=EpochStats(epoch_stats if epoch == start_epoch else None),
-            on_step=on_step,
-            first_step=first,
-            world_size=ctx.world_size,
-            batch_transform=batch_transform,
-        )
-        if not ctx.is_main:
-            continue
-        y, probs, val_loss = predict(core, val_loader, device, amp, cfg.train.channels_last)
-        val = classification_metrics(y, probs, data.class_names)
-        value = _select_value(val, select)
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            **stats,
-            "val_loss": val_loss,
-            "val_accuracy": val["accuracy"],
-            "val_balanced_accuracy": val["balanced_accuracy"],
-            "val_macro_f1": val["macro_f1"],
-        }
-        improved = value > best_value
-        if improved:
-            best_value, best_epoch, best_val = value, epoch + 1, val
-            save_checkpoint(
-                core,
-                out / "best.safetensors",
-                cfg.model.name,
-                args,
-                extra={**extra, "epoch": epoch + 1, f"val_{select}": value},
-            )
-        save_checkpoint(core, out / "last.safetensors", cfg.model.name, args, extra={**extra, "epoch": epoch + 1})
-        history.append(record)
-        save_state(epoch + 1, 0, None)
-        with open(out / "log.jsonl", "a") as log:
-            log.write(json.dumps(record) + "\n")
-        if cfg.train.progress:
-            print(
-                f"{cfg.role} epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f} "
-                f"train acc {stats['train_accuracy']:.3f} | val acc {val['accuracy']:.3f} "
-                f"bal acc {val['balanced_accuracy']:.3f} | {stats['train_images_per_s']:.0f} img/s"
-                + (" *" if improved else ""),
-                flush=True,
-            )
+    for epoch in range(progress.epoch, cfg.train.epochs):
+        stats = run_epoch(run, progress, epoch, train_set, batch_transform, workers)
+        if run.ctx.is_main:
+            checkpoint_and_log(run, progress, epoch, stats, val_loader)
     train_time = time.perf_counter() - run_start
-    result = TrainResult(
-        output=out,
-        best_checkpoint=out / "best.safetensors",
-        last_checkpoint=out / "last.safetensors",
-        best_epoch=best_epoch,
-        best_val=best_val,
-        history=history,
+    if run.ctx.is_main:
+        write_summary(run, progress, params, train_time)
+    cleanup_distributed(run.ctx)
+    return TrainResult(
+        output=run.out,
+        best_checkpoint=run.out / "best.safetensors",
+        last_checkpoint=run.out / "last.safetensors",
+        best_epoch=progress.best_epoch,
+        best_val=progress.best_val,
+        history=progress.history,
         params=params,
         train_time_s=train_time,
     )
-    if ctx.is_main:
-        summary = {
-            "role": cfg.role,
-            "model": cfg.model.name,
-            "params": params,
-            "best_epoch": best_epoch,
-            f"best_val_{select}": best_value,
-            "best_val": best_val,
-            "train_time_s": train_time,
-            "data": data.description,
-            "counts": data.counts,
-            "world_size": ctx.world_size,
-            "amp": amp,
-            "augment_on": augment_on,
-        }
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    cleanup_distributed(ctx)
-    return result
 
 
 # settings that change where or how verbosely a run happens, not what it computes
@@ -441,8 +407,6 @@ def train_or_reuse(cfg: Config, data: Optional[DataSplits] = None, resume: bool 
     cfg = cfg.resolved()
     out = Path(cfg.output)
     if resume and (out / "summary.json").is_file() and (out / "config.yaml").is_file():
-        import yaml
-
         saved = yaml.safe_load((out / "config.yaml").read_text())
         differences = _config_differences(saved, cfg.to_dict())
         if differences:
