@@ -39,6 +39,13 @@ def atomic_write(path: os.PathLike | str, write: Callable[[IO[bytes]], None]) ->
     return path
 
 
+def remove_stale(folder: os.PathLike | str, names) -> None:
+    """Delete earlier results named ``names`` in ``folder`` before a job writes new ones, so that an interrupted job
+    never leaves an old file looking like its own output."""
+    for name in names:
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
 def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     data = text.encode("utf-8")

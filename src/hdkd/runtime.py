@@ -71,6 +71,14 @@ def autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
+SEED_STRIDE = 1_000_003  # a prime: (seed, epoch) pairs map to distinct stream seeds for any realistic epoch count
+
+
+def mix_seed(seed: int, epoch: int) -> int:
+    """One integer seed for a (training seed, epoch) pair: the batch order and the augmentation streams use it."""
+    return int(seed) * SEED_STRIDE + int(epoch)
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)

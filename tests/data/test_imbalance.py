@@ -51,7 +51,9 @@ def test_build_criterion_passes_the_weights_to_both_losses(monkeypatch):
     cfg.train.class_weight = None
     assert trainer.build_criterion(cfg, _splits(), torch.device("cpu")).weight is None
 
-    monkeypatch.setattr("hdkd.distillation.teacher.load_teacher", lambda *args: nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
+    monkeypatch.setattr(
+        "hdkd.distillation.teacher.load_teacher", lambda *args: nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    )
     cfg = Config(role="hdkd")
     cfg.train.class_weight = "balanced"
     cfg.distill.lam = 0.0  # logit-only distillation: any classifier can be the teacher

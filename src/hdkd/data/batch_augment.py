@@ -20,7 +20,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hdkd.data.transforms import RECIPES, mean_std
+from hdkd.data.transforms import (
+    BLUR_SIGMA,
+    BRIGHTNESS_JITTER,
+    CONTRAST_JITTER,
+    FLIP_P,
+    RECIPES,
+    ROTATION_DEGREES,
+    SHARPNESS_FACTOR,
+    SHARPNESS_P,
+    mean_std,
+)
 from hdkd.errors import ConfigError
 
 _U64 = np.uint64
@@ -32,13 +42,8 @@ _TWO64 = 1 << 64
 # one hash stream per random parameter; the numbers are part of the augmentation's definition, so never renumber
 _ANGLE, _HFLIP, _VFLIP, _BRIGHTNESS, _CONTRAST, _ORDER, _SHARPEN, _SIGMA = range(8)
 
-ROTATION_DEGREES = 180.0
-FLIP_P = 0.5
-BRIGHTNESS = (0.7, 1.3)
-CONTRAST = (0.7, 1.3)
-SHARPNESS_FACTOR = 2.0
-SHARPNESS_P = 0.5
-BLUR_SIGMA = (0.1, 2.0)
+BRIGHTNESS = (1 - BRIGHTNESS_JITTER, 1 + BRIGHTNESS_JITTER)  # as ColorJitter turns its argument into a range
+CONTRAST = (1 - CONTRAST_JITTER, 1 + CONTRAST_JITTER)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hdkd.runtime import SEED_STRIDE, mix_seed
+
 
 class CachedImageDataset(Dataset):
     """uint8 images (N, H, W, C) + int64 labels (N,); items are (transform(uint8 C x H x W tensor), int label).
@@ -42,7 +44,7 @@ class CachedImageDataset(Dataset):
         Then a run's augmentations do not depend on the number of loader workers or processes, nor on where a
         resumed run restarts, which is what makes resume and data-parallel runs reproduce a single uninterrupted run.
         """
-        self.augment_seed = (int(seed) * 1_000_003 + int(epoch)) * 1_000_003
+        self.augment_seed = mix_seed(seed, epoch) * SEED_STRIDE
 
     def __len__(self) -> int:
         return len(self.labels)

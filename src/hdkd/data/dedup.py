@@ -41,12 +41,14 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
+from hdkd.config import DataConfig
 from hdkd.data.cache import cached_file_images
 from hdkd.data.imageio import rgb_to_luma
 from hdkd.data.sources import SPLITS, SplitData
 from hdkd.errors import ConfigError, DataError
 
-DEFAULT_THRESHOLD = 24  # Hamming distance, in bits of the 256-bit pHash (DataConfig.duplicate_threshold)
+# Hamming distance in bits of the 256-bit pHash; the default of data.duplicate_threshold, defined there
+DEFAULT_THRESHOLD = DataConfig.duplicate_threshold
 
 
 HASH_DECODE_SIZE = 64  # decoded (cached) image size; the DCT runs on the grey image at this size

@@ -16,6 +16,17 @@ GREY_MEAN = (0.449,)  # the average of the ImageNet channel means
 GREY_STD = (0.226,)
 RECIPES = ("authors", "none")
 
+# The authors' augmentation, defined once: the per-image pipeline (`train_transform`) and the batched one on the
+# training device (`hdkd.data.batch_augment`) both read these numbers.
+ROTATION_DEGREES = 180.0
+FLIP_P = 0.5
+BRIGHTNESS_JITTER = 0.3  # ColorJitter's factor is drawn from [1 - 0.3, 1 + 0.3]
+CONTRAST_JITTER = 0.3
+SHARPNESS_FACTOR = 2.0
+SHARPNESS_P = 0.5
+BLUR_KERNEL = 3
+BLUR_SIGMA = (0.1, 2.0)
+
 
 def mean_std(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """ImageNet statistics for 3 channels; their channel averages (0.449,), (0.226,) for a single grey channel."""
@@ -49,12 +60,12 @@ def train_transform(recipe: str = "authors", channels: int = 3) -> v2.Compose:
         raise ConfigError(f"data.augment: unknown recipe {recipe!r}; choose {' or '.join(RECIPES)}")
     return v2.Compose(
         [
-            v2.RandomRotation(180),
-            v2.RandomHorizontalFlip(0.5),
-            v2.RandomVerticalFlip(0.5),
-            v2.ColorJitter(brightness=0.3, contrast=0.3),
-            v2.RandomAdjustSharpness(sharpness_factor=2, p=0.5),
-            v2.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0)),
+            v2.RandomRotation(ROTATION_DEGREES),
+            v2.RandomHorizontalFlip(FLIP_P),
+            v2.RandomVerticalFlip(FLIP_P),
+            v2.ColorJitter(brightness=BRIGHTNESS_JITTER, contrast=CONTRAST_JITTER),
+            v2.RandomAdjustSharpness(sharpness_factor=SHARPNESS_FACTOR, p=SHARPNESS_P),
+            v2.GaussianBlur(kernel_size=BLUR_KERNEL, sigma=BLUR_SIGMA),
             *_to_normalised_float(channels),
         ]
     )

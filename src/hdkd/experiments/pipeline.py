@@ -19,6 +19,7 @@ from hdkd.errors import ConfigError
 from hdkd.evaluation.evaluate import evaluate_model
 from hdkd.evaluation.metrics import headline_metrics
 from hdkd.evaluation.seeds import summarise_seeds
+from hdkd.io import remove_stale
 from hdkd.models.checkpoint import update_checkpoint_extra
 from hdkd.reporting.pipeline_report import write_pipeline_report
 from hdkd.reporting.seeds import format_seeds_markdown, write_seeds_summary
@@ -60,8 +61,7 @@ def run_pipeline(
         raise ConfigError(f"data: {base.data.path or 'the embedded dataset'} has no test split to report on")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.md", "report.json", "report.html"):
-        (out / stale).unlink(missing_ok=True)  # never leave an old report looking like this run's
+    remove_stale(out, ("report.md", "report.json", "report.html"))
     device = resolve_device(base.train.device)
     test_loader = make_loader(data.test, base.train.eval_batch_size, False, resolve_num_workers(base.data.num_workers))
     val_loader = (
@@ -77,8 +77,7 @@ def run_pipeline(
     if jobs > 1:
         if not resume:  # a fresh run: nothing in the role folders may be reused by the workers
             for role_cfg in role_cfgs.values():
-                (Path(role_cfg.output) / "summary.json").unlink(missing_ok=True)
-                (Path(role_cfg.output) / "last_state.pt").unlink(missing_ok=True)
+                remove_stale(role_cfg.output, ("summary.json", "last_state.pt"))
         needs = {"hdkd": role_cfgs["teacher"].output if "teacher" in roles else None}
         train_in_processes(
             {c.output: (c.resolved(), needs.get(role)) for role, c in role_cfgs.items()},
@@ -186,8 +185,7 @@ def run_seeds(
         raise ConfigError(f"--seeds: repeated seed(s) in {seeds}")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("seeds_summary.json", "seeds_summary.md"):
-        (out / stale).unlink(missing_ok=True)
+    remove_stale(out, ("seeds_summary.json", "seeds_summary.md"))
     runs = {}
     for seed in seeds:
         runs[seed] = run_pipeline(

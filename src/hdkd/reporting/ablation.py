@@ -8,20 +8,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hdkd.io import atomic_write
+from hdkd.reporting.tables import METRIC_LABELS, md_escape
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-
-
-_NAMES = {
-    "accuracy": "Accuracy (%)",
-    "balanced_accuracy": "Balanced accuracy (%)",
-    "macro_f1": "Macro-F1 (%)",
-    "auc_ovr_macro": "AUC (OvR macro)",
-    "ece": "ECE (%)",
-}
-
-
-_PERCENT = {"accuracy", "balanced_accuracy", "macro_f1", "ece"}
 
 
 FIGURE_LINK = "![accuracy, balanced accuracy and macro-F1 against training fraction](ablation_data_efficiency.png)"
@@ -37,10 +26,6 @@ def _fmt(entry: Mapping[str, Any], percent: bool, signed: bool = False) -> str:
     if entry.get("std") is not None:
         text += f" ± {scale * entry['std']:.{digits}f}"
     return text
-
-
-def _esc(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _diff_line(d: Mapping[str, Any]) -> str:
@@ -59,7 +44,7 @@ def _comparison_verdict(d: Mapping[str, Any]) -> str:
         return "variant lower (CI below 0)"
     if verdict.startswith("inconclusive"):
         return "not resolved (CI contains 0)"
-    return _esc(verdict)
+    return md_escape(verdict)
 
 
 def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
@@ -88,14 +73,14 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             ]
             continue
         for m in TABLE_METRICS:
-            lines.append(f"- {_NAMES[m].replace(' (%)', '')}: {_diff_line(c['differences'][m])}")
+            lines.append(f"- {METRIC_LABELS[m].replace(' (%)', '')}: {_diff_line(c['differences'][m])}")
         lines.append("")
     c = claims["data_efficiency"]
     lines.append(f"**{c['claim'][0].upper() + c['claim'][1:]}.**")
     if not c["gains"]:
         lines += ["Not measured: needs the `data_efficiency` group (student alone and HDKD at several fractions).", ""]
     else:
-        header = " | ".join(f"Gain, {_NAMES[m]}" for m in TABLE_METRICS)
+        header = " | ".join(f"Gain, {METRIC_LABELS[m]}" for m in TABLE_METRICS)
         lines += ["", f"| Fraction of the training set | {header} |", "|---:|" + "---:|" * len(TABLE_METRICS)]
         for f, gains in c["gains"].items():
             counts = sorted(
@@ -116,7 +101,7 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             lo, hi = 100 * c["smallest_fraction"], 100 * c["largest_fraction"]
             for m in TABLE_METRICS:
                 lines.append(
-                    f"- gain at {lo:g}% minus gain at {hi:g}%, {_NAMES[m].replace(' (%)', '')}: "
+                    f"- gain at {lo:g}% minus gain at {hi:g}%, {METRIC_LABELS[m].replace(' (%)', '')}: "
                     f"{_diff_line(c['differences'][m])}"
                 )
         else:
@@ -132,7 +117,7 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             "Paired by seed like the claims: variant minus reference, test split.",
             "",
             "| Question | Variant - reference | n | "
-            + " | ".join(_NAMES[m].replace(" (%)", "") for m in TABLE_METRICS)
+            + " | ".join(METRIC_LABELS[m].replace(" (%)", "") for m in TABLE_METRICS)
             + " | 95% CI (accuracy) | Accuracy |",
             "|---|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---|",
         ]
@@ -140,7 +125,7 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             accuracy = c["differences"]["accuracy"]
             ci = accuracy.get("ci95")
             lines.append(
-                f"| {_esc(c['what'])} | {_esc(c['a'])} - {_esc(c['b'])} | {accuracy['n']} | "
+                f"| {md_escape(c['what'])} | {md_escape(c['a'])} - {md_escape(c['b'])} | {accuracy['n']} | "
                 + " | ".join(_fmt(c["differences"][m], True, signed=True) for m in TABLE_METRICS)
                 + f" | {f'[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]' if ci else ''} | "
                 f"{_comparison_verdict(accuracy)} |"
@@ -156,7 +141,7 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             "",
         ]
         for variant, c in summary["speed"].items():
-            lines.append(f"**{_esc(variant)} minus {_esc(c['b'])}.**")
+            lines.append(f"**{md_escape(variant)} minus {md_escape(c['b'])}.**")
             if not c["present"]:
                 lines += [f"Not measured: needs `{c['b']}` too.", ""]
                 continue
@@ -164,7 +149,7 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
                 d = c["differences"][m]
                 std = "n/a" if d.get("reference_std") is None else f"{100 * d['reference_std']:.2f}"
                 lines.append(
-                    f"- {_NAMES[m].replace(' (%)', '')}: {_diff_line(d)}; default's std {std} points: "
+                    f"- {METRIC_LABELS[m].replace(' (%)', '')}: {_diff_line(d)}; default's std {std} points: "
                     f"{d['spread_verdict']}"
                 )
             lines.append("")
@@ -176,12 +161,12 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             "Teachers are selected and reported on validation only. Distillation can help only when the "
             "teacher is the stronger model: compare with the student trained alone.",
             "",
-            "| Teacher | Model | Distilled into | n | " + " | ".join(_NAMES[m] for m in TABLE_METRICS) + " |",
+            "| Teacher | Model | Distilled into | n | " + " | ".join(METRIC_LABELS[m] for m in TABLE_METRICS) + " |",
             "|---|---|---|---:|" + "---:|" * len(TABLE_METRICS),
         ]
         for key, t in summary["teachers"].items():
             lines.append(
-                f"| {_esc(key)} | {_esc(t['model'])} | {_esc(', '.join(t['variants']))} | "
+                f"| {md_escape(key)} | {md_escape(t['model'])} | {md_escape(', '.join(t['variants']))} | "
                 f"{t['val'][TABLE_METRICS[0]]['n']} | "
                 + " | ".join(_fmt(t["val"][m], True) for m in TABLE_METRICS)
                 + " |"
@@ -201,7 +186,9 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
         lines += [
             f"### {group}",
             "",
-            "| Variant | Model | n | " + " | ".join(_NAMES[m] for m in TABLE_METRICS) + " | Params | Train time (s) |",
+            "| Variant | Model | n | "
+            + " | ".join(METRIC_LABELS[m] for m in TABLE_METRICS)
+            + " | Params | Train time (s) |",
             "|---|---|---:|" + "---:|" * (len(TABLE_METRICS) + 2),
         ]
         for name in names:
@@ -209,14 +196,14 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
             params = "n/a" if v["params"] is None else f"{int(v['params']):,}"
             seconds = v["train_time_s"]["mean"]
             lines.append(
-                f"| {_esc(name)} | {_esc(v['model'])} | {v['metrics']['accuracy']['n']} | "
+                f"| {md_escape(name)} | {md_escape(v['model'])} | {v['metrics']['accuracy']['n']} | "
                 + " | ".join(_fmt(v["metrics"][m], True) for m in TABLE_METRICS)
                 + f" | {params} | {'n/a' if seconds is None else f'{seconds:.0f}'} |"
             )
         lines.append("")
     lines += ["### Variants", "", "| Variant | What | Seeds |", "|---|---|---|"]
     for name, v in variants.items():
-        lines.append(f"| {_esc(name)} | {_esc(v['description'])} | {', '.join(str(s) for s in v['seeds'])} |")
+        lines.append(f"| {md_escape(name)} | {md_escape(v['description'])} | {', '.join(str(s) for s in v['seeds'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -277,7 +264,7 @@ def plot_data_efficiency(summary: Mapping[str, Any], path: str | Path) -> Option
         ax.set_xticklabels([f"{t:g}%" + (f"\n{min(images[t])} images" if len(images[t]) == 1 else "") for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("fraction of the training set")
-        ax.set_ylabel(f"test {_NAMES[metric][0].lower()}{_NAMES[metric][1:]}")
+        ax.set_ylabel(f"test {METRIC_LABELS[metric][0].lower()}{METRIC_LABELS[metric][1:]}")
         ax.grid(True, alpha=0.3)
     axes[0].legend()
     fig.suptitle("Data efficiency: mean ± sample std over seeds")
@@ -306,7 +293,7 @@ def format_claims_across(summaries: Mapping[str, Mapping[str, Any]]) -> str:
         "# HDKD's claims across datasets",
         "",
         "Each row: one results file ("
-        + ", ".join(f"`{_esc(label)}`: `{_esc(summaries[label].get('source', ''))}`" for label in labels)
+        + ", ".join(f"`{md_escape(label)}`: `{md_escape(summaries[label].get('source', ''))}`" for label in labels)
         + "). "
         "Test-split differences in percentage points, paired by seed: mean ± sample std of the per-seed "
         "differences (n pairs), 95% Student-t interval, verdict on accuracy.",
@@ -317,7 +304,7 @@ def format_claims_across(summaries: Mapping[str, Mapping[str, Any]]) -> str:
             f"## {title}",
             "",
             "| Dataset | n | "
-            + " | ".join(_NAMES[m].replace(" (%)", "") for m in TABLE_METRICS)
+            + " | ".join(METRIC_LABELS[m].replace(" (%)", "") for m in TABLE_METRICS)
             + " | 95% CI (accuracy) | Verdict |",
             "|---|---:|" + "---:|" * len(TABLE_METRICS) + "---|---|",
         ]
@@ -326,16 +313,16 @@ def format_claims_across(summaries: Mapping[str, Mapping[str, Any]]) -> str:
             accuracy = _claim_difference(claim, "accuracy")
             if accuracy is None:
                 lines.append(
-                    f"| {_esc(label)} | 0 | " + " | ".join("n/a" for _ in TABLE_METRICS) + " | | not measured |"
+                    f"| {md_escape(label)} | 0 | " + " | ".join("n/a" for _ in TABLE_METRICS) + " | | not measured |"
                 )
                 continue
             cells = [_fmt(_claim_difference(claim, m) or {}, True, signed=True) for m in TABLE_METRICS]
             ci = accuracy.get("ci95")
             ci_text = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
             lines.append(
-                f"| {_esc(label)} | {accuracy['n']} | "
+                f"| {md_escape(label)} | {accuracy['n']} | "
                 + " | ".join(cells)
-                + f" | {ci_text} | {_esc(accuracy['verdict'])} |"
+                + f" | {ci_text} | {md_escape(accuracy['verdict'])} |"
             )
         lines.append("")
     lines += ["## Data efficiency: gain of HDKD over the student alone at each training fraction (accuracy)", ""]
@@ -348,7 +335,7 @@ def format_claims_across(summaries: Mapping[str, Mapping[str, Any]]) -> str:
         for label in labels:
             gains = summaries[label]["claims"]["data_efficiency"]["gains"]
             lines.append(
-                f"| {_esc(label)} | "
+                f"| {md_escape(label)} | "
                 + " | ".join(
                     _fmt(gains[str(f)]["accuracy"], True, signed=True) if str(f) in gains else "n/a" for f in fractions
                 )

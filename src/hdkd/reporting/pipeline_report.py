@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hdkd.io import atomic_write_text
+from hdkd.io import atomic_write_text, remove_stale
 from hdkd.reporting.pipeline_markdown import render_markdown
 from hdkd.reporting.pipeline_view import (
     FIGURE_TITLES,
@@ -68,8 +68,7 @@ def write_pipeline_report(out_dir: Path, results: dict[str, dict], meta: dict) -
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {key: out_dir / name for key, name in REPORT_FILES.items()}
-    for key in ("json", "markdown", "html"):
-        paths[key].unlink(missing_ok=True)
+    remove_stale(out_dir, (REPORT_FILES[key] for key in ("json", "markdown", "html")))
 
     plot_confusion_matrices({label: r["metrics"] for label, r in results.items()}, paths["confusion_matrices"])
     predictions = {label: r.get(PREDICTIONS_KEY) for label, r in results.items()}

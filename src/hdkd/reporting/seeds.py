@@ -9,18 +9,7 @@ from typing import Any, Optional
 
 from hdkd.evaluation.seeds import SEED_METRICS
 from hdkd.io import atomic_write_text
-from hdkd.reporting.tables import md_escape
-
-_NAMES = {
-    "accuracy": "Accuracy (%)",
-    "balanced_accuracy": "Balanced accuracy (%)",
-    "macro_f1": "Macro-F1 (%)",
-    "auc_ovr_macro": "AUC (OvR macro)",
-    "ece": "ECE (%)",
-}
-
-
-_PERCENT = {"accuracy", "balanced_accuracy", "macro_f1", "ece"}
+from hdkd.reporting.tables import METRIC_LABELS, PERCENT_METRICS, md_escape
 
 
 def _mean_std(entry: Mapping[str, Any], percent: bool) -> str:
@@ -41,10 +30,10 @@ def _value(v: Optional[float], percent: bool) -> str:
 
 def format_seeds_markdown(summary: Mapping[str, Any], table_only: bool = False) -> str:
     """Markdown: the mean ± std table (and, unless ``table_only``, a title, a note and the per-seed values)."""
-    header = ["Model", *(_NAMES[k] for k in SEED_METRICS)]
+    header = ["Model", *(METRIC_LABELS[k] for k in SEED_METRICS)]
     table = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(SEED_METRICS)]
     for label, entries in summary["models"].items():
-        cells = [_mean_std(entries[k], k in _PERCENT) for k in SEED_METRICS]
+        cells = [_mean_std(entries[k], k in PERCENT_METRICS) for k in SEED_METRICS]
         table.append(f"| {md_escape(label)} | " + " | ".join(cells) + " |")
     if table_only:
         return "\n".join(table)
@@ -65,8 +54,8 @@ def format_seeds_markdown(summary: Mapping[str, Any], table_only: bool = False) 
     lines += ["| " + " | ".join(per_seed_header) + " |", "|---|---|" + "---:|" * len(seeds)]
     for label, entries in summary["models"].items():
         for key in SEED_METRICS:
-            cells = [_value(v, key in _PERCENT) for v in entries[key]["values"]]
-            lines.append(f"| {md_escape(label)} | {_NAMES[key]} | " + " | ".join(cells) + " |")
+            cells = [_value(v, key in PERCENT_METRICS) for v in entries[key]["values"]]
+            lines.append(f"| {md_escape(label)} | {METRIC_LABELS[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -112,6 +112,17 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# How the headline metrics are named in every table; the ones shown as percentages.
+METRIC_LABELS = {
+    "accuracy": "Accuracy (%)",
+    "balanced_accuracy": "Balanced accuracy (%)",
+    "macro_f1": "Macro-F1 (%)",
+    "auc_ovr_macro": "AUC (OvR macro)",
+    "ece": "ECE (%)",
+}
+PERCENT_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "ece"}
+
+
 def md_escape(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from hdkd.errors import ConfigError
+from hdkd.runtime import mix_seed
 
 
 @dataclass
@@ -81,7 +82,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.weights = weights
 
     def order(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         if self.weights is not None:
             return torch.multinomial(self.weights.double(), self.num_samples, replacement=True, generator=g)
         return torch.randperm(self.num_samples, generator=g)
