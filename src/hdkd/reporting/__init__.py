@@ -1,0 +1,1 @@
+"""Rendering: Markdown/HTML/plots from computed results."""
