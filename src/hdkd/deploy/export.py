@@ -96,7 +96,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, *, opset: int = DEFA
     torch_model = TorchClassifier.from_checkpoint(checkpoint)
     pipeline = pipeline_result(report, checkpoint) if report else None
     info = info_with_report(torch_model.info, pipeline)
-    train_images = training_images(calibration, info, seed) if int8 else None
+    train_images = training_images(calibration, info, seed, calibration_images + SELECTION_IMAGES) if int8 else None
 
     with tempfile.TemporaryDirectory(prefix="hdkd-export-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
@@ -205,7 +205,8 @@ def check_inputs(info: ModelInfo, check_images: str | Path | None, train_images:
 
 
 def read_check_images(folder: str | Path, info: ModelInfo) -> list[np.ndarray]:
-    """Up to MAX_CHECK_IMAGES image files under ``folder`` (recursive, sorted), as the model's training saw them."""
+    """Up to MAX_CHECK_IMAGES image files under ``folder`` (recursive; evenly spaced in sorted order, so that every
+    class folder is represented), as the model's training saw them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"--check-images: {folder} is not a folder")
@@ -213,7 +214,8 @@ def read_check_images(folder: str | Path, info: ModelInfo) -> list[np.ndarray]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
         raise DataError(f"--check-images: no image files in {folder}")
-    return [read_model_image(path, info) for path in files[:MAX_CHECK_IMAGES]]
+    chosen = np.unique(np.linspace(0, len(files) - 1, min(len(files), MAX_CHECK_IMAGES)).round().astype(int))
+    return [read_model_image(files[i], info) for i in chosen]
 
 
 def check_against_torch(torch_model: TorchClassifier, onnx_path: Path, batches: dict[str, torch.Tensor],
@@ -236,8 +238,9 @@ def check_against_torch(torch_model: TorchClassifier, onnx_path: Path, batches: 
 
 # --------------------------------------------------------------------------------------------------- int8
 
-def training_images(data_config: Any, info: ModelInfo, seed: int) -> np.ndarray:
-    """The training split's images as uint8 (N, H, W, C) at the model's size, shuffled with ``seed``.
+def training_images(data_config: Any, info: ModelInfo, seed: int, count: int) -> np.ndarray:
+    """``count`` (at most) images of the training split drawn at random with ``seed``: uint8 (N, H, W, C) at the
+    model's size.
 
     Only the train split is built (``build_datasets(..., splits=("train",))``); SMOTE is switched off, so that only
     real images calibrate. The dataset's classes must be the model's.
@@ -249,7 +252,7 @@ def training_images(data_config: Any, info: ModelInfo, seed: int) -> np.ndarray:
         raise DataError(f"--calibration: {where} has no training images to calibrate on")
     _check_classes(built.class_names, info, f"--calibration: {where}")
     images = built.train.images
-    return images[np.random.default_rng(seed).permutation(len(images))]
+    return images[np.random.default_rng(seed).permutation(len(images))[:count]]
 
 
 def test_split(data_config: Any, info: ModelInfo) -> Optional[tuple[np.ndarray, np.ndarray, str]]:

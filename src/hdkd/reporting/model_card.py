@@ -128,6 +128,9 @@ def _calibration(card: Mapping[str, Any]) -> list[str]:
     if cal.get("test_ece_before") is not None and cal.get("test_ece_after") is not None:
         lines.append(f"Test ECE {cal['test_ece_before']:.4f} before, {cal['test_ece_after']:.4f} after; test NLL "
                      f"{_num(cal.get('test_nll_before'))} before, {_num(cal.get('test_nll_after'))} after.")
+        if cal["test_ece_after"] > cal["test_ece_before"]:
+            lines.append("Here the temperature fitted on validation made the test calibration worse: "
+                         "`hdkd predict --no-calibration` (or T = 1) may give better-calibrated probabilities.")
     return lines + [""]
 
 
