@@ -1,7 +1,8 @@
 """How long an `hdkd ablate` grid takes: measured training throughput of every distinct model it trains, times the
 images it trains on.
 
-For a preset (`-c`) and the variants/seeds of the grid, the grid is planned with `hdkd.ablation.plan_ablation` (so the
+For a preset (`-c`) and the variants/seeds of the grid, the grid is planned with
+`hdkd.experiments.ablation.plan.plan_ablation` (so the
 count of distinct teachers and models, their epochs and training fractions are exactly what `hdkd ablate` would
 train, shared teachers and models counted once). Each distinct architecture + loss is built as training builds it
 (`build_model`, `build_criterion`'s `HDKDLoss` around a randomly initialised teacher) and timed for a few training
@@ -15,6 +16,7 @@ Estimate per training = epochs x (train images x fraction / (1 / (1/model img/s 
 + val images / eval img/s), i.e. augmentation and the model counted as if sequential on one core (conservative: the
 data-loader worker runs on the other core when it is free); plus each run's test and validation pass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdkd.ablation import plan_ablation, resolve_variants
 from hdkd.config import build_config
 from hdkd.data.datasets import CachedImageDataset
 from hdkd.data.transforms import train_transform
 from hdkd.distillation import HDKDLoss, SupervisedLoss
+from hdkd.experiments.ablation.plan import plan_ablation
+from hdkd.experiments.ablation.variants import resolve_variants
 from hdkd.training import build_model
 from hdkd.training.optim import build_optimizer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import write_result_json  # noqa: E402
 
@@ -41,8 +45,15 @@ from timing import write_result_json  # noqa: E402
 def _arch(cfg, teacher=None) -> str:
     """What decides a training step's cost: the model's architecture, its loss, and its teacher's architecture."""
     m, d = cfg.model, cfg.distill
-    key = {"name": m.name, "block": m.block, "stem": m.stem_stride, "depths": m.depths, "widths": m.widths,
-           "dflt_depth": m.dflt_depth, "role": cfg.role}
+    key = {
+        "name": m.name,
+        "block": m.block,
+        "stem": m.stem_stride,
+        "depths": m.depths,
+        "widths": m.widths,
+        "dflt_depth": m.dflt_depth,
+        "role": cfg.role,
+    }
     if cfg.role == "hdkd":
         key.update(kd=d.kd, features=d.lam > 0, teacher=teacher.model.name if teacher is not None else None)
     return json.dumps(key, sort_keys=True, default=str)
@@ -126,13 +137,16 @@ def main(argv=None) -> int:
     arch_rate: dict[str, float] = {}
     eval_rate: dict[str, float] = {}
     batch = cfg.for_role("hdkd").train.batch_size
-    for out, (tcfg, teacher) in sorted(trainings.items()):
+    for _out, (tcfg, teacher) in sorted(trainings.items()):
         key = _arch(tcfg, teacher)
         if key not in arch_rate:
             arch_rate[key] = time_steps(tcfg, teacher, args.classes, args.in_chans, batch, args.steps, args.warmup)
             eval_rate[key] = time_eval(tcfg, args.classes, args.in_chans, cfg.train.eval_batch_size)
-            print(f"{arch_rate[key]:7.1f} train img/s  {eval_rate[key]:7.1f} eval img/s  {key}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"{arch_rate[key]:7.1f} train img/s  {eval_rate[key]:7.1f} eval img/s  {key}",
+                file=sys.stderr,
+                flush=True,
+            )
     img = cfg.model.img_size
     aug = time_augment(img, args.in_chans)
     print(f"{aug:7.1f} augment img/s (authors' recipe, {img} px, one thread)", file=sys.stderr)
@@ -143,18 +157,37 @@ def main(argv=None) -> int:
         train_rate = 1.0 / (1.0 / arch_rate[key] + 1.0 / aug)
         n_train = args.train * tcfg.data.train_fraction
         seconds = tcfg.train.epochs * (n_train / train_rate + args.val / eval_rate[key])
-        rows.append({"folder": str(Path(out).relative_to(plan.output)), "model": tcfg.model.name,
-                     "epochs": tcfg.train.epochs, "train_images": n_train, "seconds": seconds})
+        rows.append(
+            {
+                "folder": str(Path(out).relative_to(plan.output)),
+                "model": tcfg.model.name,
+                "epochs": tcfg.train.epochs,
+                "train_images": n_train,
+                "seconds": seconds,
+            }
+        )
         total += seconds
     for run in plan.runs:  # each run's test + validation pass
         total += (args.test + args.val) / eval_rate[_arch(run.config, run.teacher)]
     teachers = sum(1 for r in rows if r["folder"].startswith("teachers"))
-    summary = {"img_size": img, "batch": batch, "threads": args.threads, "augment_img_per_s": aug,
-               "train_img_per_s": arch_rate, "eval_img_per_s": eval_rate, "runs": len(plan.runs),
-               "teachers": teachers, "models": len(rows) - teachers, "trainings": rows,
-               "estimate_s": total, "estimate_h": total / 3600}
-    print(f"{len(plan.runs)} runs, {teachers} teacher and {len(rows) - teachers} model trainings: "
-          f"estimated {total / 3600:.2f} h ({total / len(plan.runs) / 60:.1f} min per run on average)")
+    summary = {
+        "img_size": img,
+        "batch": batch,
+        "threads": args.threads,
+        "augment_img_per_s": aug,
+        "train_img_per_s": arch_rate,
+        "eval_img_per_s": eval_rate,
+        "runs": len(plan.runs),
+        "teachers": teachers,
+        "models": len(rows) - teachers,
+        "trainings": rows,
+        "estimate_s": total,
+        "estimate_h": total / 3600,
+    }
+    print(
+        f"{len(plan.runs)} runs, {teachers} teacher and {len(rows) - teachers} model trainings: "
+        f"estimated {total / 3600:.2f} h ({total / len(plan.runs) / 60:.1f} min per run on average)"
+    )
     if args.json:
         write_result_json(args.json, summary)
     return 0

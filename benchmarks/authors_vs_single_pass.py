@@ -25,11 +25,12 @@ memory-bound (BN, GELU and CBAM on 64 x 112 x 112 maps), so the measured ratio c
 
 Quick check that it runs: `python benchmarks/authors_vs_single_pass.py --sizes 32 --batch 2 --repeats 1 --warmup 0`.
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import copy
+import sys
 from pathlib import Path
 
 import timm
@@ -37,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 import hdkd
-from hdkd.training.engine import autocast
+from hdkd.runtime import autocast
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import interleaved_medians, write_result_json  # noqa: E402
 
@@ -52,8 +54,7 @@ def authors_loss(teacher, student, x, y, alpha=ALPHA, tau=TAU, lam=LAM, beta=BET
     z_cls, z_dist = student(x)  # student pass 1 (full, train mode: both heads)
     z_cls, z_dist, z_t = z_cls.float(), z_dist.float(), z_t.float()
     ce = F.cross_entropy(z_cls, y)
-    kl = F.kl_div(F.log_softmax(z_dist / tau, dim=1), F.log_softmax(z_t / tau, dim=1), reduction="sum",
-                  log_target=True)
+    kl = F.kl_div(F.log_softmax(z_dist / tau, dim=1), F.log_softmax(z_t / tau, dim=1), reduction="sum", log_target=True)
     kd = kl * (tau * tau) / z_dist.numel()  # DeiT scaling: sum / (B * C)
     feature = 0.0
     for i in STAGES:  # teacher passes 2..4 and student passes 2..4: stages 1..i again, once per distilled stage
@@ -77,8 +78,9 @@ def build(img_size: int, batch: int, channels_last: bool = False, classes: int =
     return teacher, student, x, y
 
 
-def step_timers(img_size: int, batch: int, amp: str, fold_teacher_bn: bool,
-                channels_last: bool = False) -> tuple[dict, dict]:
+def step_timers(
+    img_size: int, batch: int, amp: str, fold_teacher_bn: bool, channels_last: bool = False
+) -> tuple[dict, dict]:
     teacher, student, x, y = build(img_size, batch, channels_last)
     ours = hdkd.HDKDLoss(teacher, alpha=ALPHA, tau=TAU, lam=LAM, beta=BETA)
     variants = {
@@ -124,8 +126,11 @@ def main() -> None:
     parser.add_argument("--amp", nargs="+", default=["none", "bf16"], choices=["none", "bf16"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--fold-teacher-bn", action="store_true",
-                        help="also time our step with the teacher's BatchNorms folded (HDKDLoss(fold_teacher_bn=True))")
+    parser.add_argument(
+        "--fold-teacher-bn",
+        action="store_true",
+        help="also time our step with the teacher's BatchNorms folded (HDKDLoss(fold_teacher_bn=True))",
+    )
     parser.add_argument("--channels-last", action="store_true", help="channels_last models and batch (both steps)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path)
@@ -134,10 +139,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     rows, all_match = [], True
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.repeats} interleaved repeats (medians)")
-    header = (f"{'size':>5} {'amp':>5} {'loss authors':>13} {'loss ours':>13} {'rel diff':>9} {'authors ms':>11} "
-              f"{'ours ms':>8} {'authors img/s':>13} {'ours img/s':>10} {'speed-up':>8}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"{args.repeats} interleaved repeats (medians)"
+    )
+    header = (
+        f"{'size':>5} {'amp':>5} {'loss authors':>13} {'loss ours':>13} {'rel diff':>9} {'authors ms':>11} "
+        f"{'ours ms':>8} {'authors img/s':>13} {'ours img/s':>10} {'speed-up':>8}"
+    )
     if args.fold_teacher_bn:
         header += f" {'folded ms':>9} {'folded x':>8}"
     print(header)
@@ -149,17 +158,27 @@ def main() -> None:
             match = rel <= tol
             all_match &= match
             t = measure(timers, args.repeats, args.warmup)
-            row = {"img_size": size, "amp": amp, "batch": args.batch, "repeats": args.repeats,
-                   "channels_last": args.channels_last,
-                   "loss_authors": first["authors"], "loss_single_pass": first["single_pass"],
-                   "loss_rel_diff": rel, "loss_tolerance": tol, "loss_match": match,
-                   **{f"{k}_s": v for k, v in t.items()},
-                   **{f"{k}_images_per_s": args.batch / v for k, v in t.items()},
-                   "speedup": t["authors"] / t["single_pass"]}
-            line = (f"{size:>5} {amp:>5} {first['authors']:>13.6f} {first['single_pass']:>13.6f} {rel:>9.1e} "
-                    f"{t['authors'] * 1e3:>11.1f} {t['single_pass'] * 1e3:>8.1f} "
-                    f"{row['authors_images_per_s']:>13.1f} {row['single_pass_images_per_s']:>10.1f} "
-                    f"{row['speedup']:>7.2f}x")
+            row = {
+                "img_size": size,
+                "amp": amp,
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "channels_last": args.channels_last,
+                "loss_authors": first["authors"],
+                "loss_single_pass": first["single_pass"],
+                "loss_rel_diff": rel,
+                "loss_tolerance": tol,
+                "loss_match": match,
+                **{f"{k}_s": v for k, v in t.items()},
+                **{f"{k}_images_per_s": args.batch / v for k, v in t.items()},
+                "speedup": t["authors"] / t["single_pass"],
+            }
+            line = (
+                f"{size:>5} {amp:>5} {first['authors']:>13.6f} {first['single_pass']:>13.6f} {rel:>9.1e} "
+                f"{t['authors'] * 1e3:>11.1f} {t['single_pass'] * 1e3:>8.1f} "
+                f"{row['authors_images_per_s']:>13.1f} {row['single_pass_images_per_s']:>10.1f} "
+                f"{row['speedup']:>7.2f}x"
+            )
             if args.fold_teacher_bn:
                 row["loss_single_pass_folded"] = first["single_pass_folded"]
                 row["speedup_folded"] = t["authors"] / t["single_pass_folded"]

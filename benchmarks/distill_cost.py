@@ -13,18 +13,20 @@ respect to activations and to weights) + 1 x the teacher's forward FLOPs (infere
 --peak FILE (the JSON of benchmarks/matmul_peak.py) also gives it as a fraction of this machine's matmul peak
 (fp32 peak for amp none, bf16 peak for amp bf16).
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 import timm
 import torch
 
 import hdkd
-from hdkd.training.engine import autocast
+from hdkd.runtime import autocast
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 
@@ -85,16 +87,26 @@ def main() -> None:
 
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print(f"{'size':>5} {'amp':>5} {'student ms':>11} {'teacher ms':>11} {'floor ms':>9} {'hdkd ms':>8} "
-          f"{'hdkd/floor':>10} {'hdkd img/s':>10}" + (f" {'GFLOP/s':>8}" if args.gflops else "")
-          + (f" {'% peak':>7}" if peak else ""))
+    print(
+        f"{'size':>5} {'amp':>5} {'student ms':>11} {'teacher ms':>11} {'floor ms':>9} {'hdkd ms':>8} "
+        f"{'hdkd/floor':>10} {'hdkd img/s':>10}"
+        + (f" {'GFLOP/s':>8}" if args.gflops else "")
+        + (f" {'% peak':>7}" if peak else "")
+    )
     for amp in args.amp:
         for size in args.sizes:
             t = measure(step_timers(size, args.batch, amp, args.channels_last), args.repeats)
             floor = t["student_step"] + t["teacher_pass"]
-            row = {"img_size": size, "amp": amp, "batch": args.batch, "channels_last": args.channels_last,
-                   **{f"{k}_s": v for k, v in t.items()}, "floor_s": floor, "ratio": t["hdkd_step"] / floor,
-                   "hdkd_images_per_s": args.batch / t["hdkd_step"]}
+            row = {
+                "img_size": size,
+                "amp": amp,
+                "batch": args.batch,
+                "channels_last": args.channels_last,
+                **{f"{k}_s": v for k, v in t.items()},
+                "floor_s": floor,
+                "ratio": t["hdkd_step"] / floor,
+                "hdkd_images_per_s": args.batch / t["hdkd_step"],
+            }
             extra = ""
             if args.gflops:
                 row["train_flops_per_image"] = train_flops_per_image(size)
@@ -106,9 +118,12 @@ def main() -> None:
                     row["fraction_of_peak"] = row["hdkd_gflops"] / peak[dtype]
                     extra += f" {100 * row['fraction_of_peak']:>6.1f}%"
             rows.append(row)
-            print(f"{size:>5} {amp:>5} {t['student_step'] * 1e3:>11.1f} {t['teacher_pass'] * 1e3:>11.1f} "
-                  f"{floor * 1e3:>9.1f} {t['hdkd_step'] * 1e3:>8.1f} {row['ratio']:>10.3f} "
-                  f"{row['hdkd_images_per_s']:>10.1f}" + extra, flush=True)
+            print(
+                f"{size:>5} {amp:>5} {t['student_step'] * 1e3:>11.1f} {t['teacher_pass'] * 1e3:>11.1f} "
+                f"{floor * 1e3:>9.1f} {t['hdkd_step'] * 1e3:>8.1f} {row['ratio']:>10.3f} "
+                f"{row['hdkd_images_per_s']:>10.1f}" + extra,
+                flush=True,
+            )
     if args.json:
         write_result_json(args.json, {"rows": rows})
 

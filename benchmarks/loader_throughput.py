@@ -13,6 +13,7 @@ For the model to be the bottleneck, the data path alone must deliver more images
     OMP_NUM_THREADS=1 python benchmarks/loader_throughput.py --data ../shared/data/brain_tumor_mri --img-size 64 \
         --batch 32 --workers 0 --paths loader device --no-step --json docs/bench/loader_cpu_64.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,8 @@ import hdkd
 from hdkd.config import DataConfig
 from hdkd.data import build_datasets
 from hdkd.data.batch_augment import BatchAugment, batch_seeds
-from hdkd.training.engine import autocast
+from hdkd.runtime import autocast
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import write_result_json  # noqa: E402
 
@@ -43,8 +45,15 @@ def data_batches(dataset, path: str, batch: int, workers: int, device: torch.dev
     dataset.set_epoch(0, 0)
     dataset.raw = path == "device"
     augment = BatchAugment(channels, "authors").to(device) if path == "device" else None
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     while True:
         for item in loader:
             images = item[0].to(device, non_blocking=True)
@@ -85,20 +94,31 @@ def main() -> None:
 
     data = build_datasets(DataConfig(path=args.data, num_workers=args.workers), args.img_size, splits=("train",))
     channels, classes = data.in_chans, data.num_classes
-    rows = {"data": data.description, "img_size": args.img_size, "batch": args.batch, "workers": args.workers,
-            "device": str(device), "amp": args.amp, "channels_last": args.channels_last, "compile": args.compile}
+    rows = {
+        "data": data.description,
+        "img_size": args.img_size,
+        "batch": args.batch,
+        "workers": args.workers,
+        "device": str(device),
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+    }
     for path in args.paths:
         stream = data_batches(data.train, path, args.batch, args.workers, device, channels)
-        rows[f"data_{path}_images_per_s"] = images_per_s(lambda: next(stream), args.batches, args.warmup,
-                                                         args.batch, device)
+        rows[f"data_{path}_images_per_s"] = images_per_s(
+            lambda stream=stream: next(stream), args.batches, args.warmup, args.batch, device
+        )
         print(f"data path {path:>6}: {rows[f'data_{path}_images_per_s']:9.1f} img/s", flush=True)
 
     if not args.no_step:
         torch.manual_seed(0)
-        teacher = timm.create_model("hdkd_teacher", num_classes=classes, in_chans=channels,
-                                    img_size=args.img_size).to(device)
-        student = timm.create_model("hdkd", num_classes=classes, in_chans=channels,
-                                    img_size=args.img_size).to(device).train()
+        teacher = timm.create_model("hdkd_teacher", num_classes=classes, in_chans=channels, img_size=args.img_size).to(
+            device
+        )
+        student = (
+            timm.create_model("hdkd", num_classes=classes, in_chans=channels, img_size=args.img_size).to(device).train()
+        )
         if args.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
             student = student.to(memory_format=torch.channels_last)
@@ -108,8 +128,10 @@ def main() -> None:
             model = torch.compile(student)
             criterion.teacher = torch.compile(criterion.teacher)
         opt = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=0.05)
-        fixed = (torch.randn(args.batch, channels, args.img_size, args.img_size, device=device),
-                 torch.randint(0, classes, (args.batch,), device=device))
+        fixed = (
+            torch.randn(args.batch, channels, args.img_size, args.img_size, device=device),
+            torch.randint(0, classes, (args.batch,), device=device),
+        )
 
         def train_step(images, labels):
             if args.channels_last:
@@ -120,17 +142,22 @@ def main() -> None:
             out.total.backward()
             opt.step()
 
-        rows["step_images_per_s"] = images_per_s(lambda: train_step(*fixed), args.batches, args.warmup,
-                                                 args.batch, device)
+        rows["step_images_per_s"] = images_per_s(
+            lambda: train_step(*fixed), args.batches, args.warmup, args.batch, device
+        )
         print(f"HDKD step alone : {rows['step_images_per_s']:9.1f} img/s", flush=True)
         for path in args.paths:
             stream = data_batches(data.train, path, args.batch, args.workers, device, channels)
             key = f"train_{path}_images_per_s"
-            rows[key] = images_per_s(lambda: train_step(*next(stream)), args.batches, args.warmup, args.batch,
-                                     device)
+            rows[key] = images_per_s(
+                lambda stream=stream: train_step(*next(stream)), args.batches, args.warmup, args.batch, device
+            )
             rows[f"data_{path}_over_step"] = rows[f"data_{path}_images_per_s"] / rows["step_images_per_s"]
-            print(f"step + {path:>6}: {rows[key]:9.1f} img/s (data path alone / step alone = "
-                  f"{rows[f'data_{path}_over_step']:.2f})", flush=True)
+            print(
+                f"step + {path:>6}: {rows[key]:9.1f} img/s (data path alone / step alone = "
+                f"{rows[f'data_{path}_over_step']:.2f})",
+                flush=True,
+            )
     if args.json:
         write_result_json(args.json, rows, device)
 

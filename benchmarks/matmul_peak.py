@@ -10,11 +10,12 @@ read.
 
 Quick check: `python benchmarks/matmul_peak.py --sizes 256 --repeats 1`.
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -59,12 +60,22 @@ def measure_peak(sizes, dtypes, device: torch.device, repeats: int, warmup: int,
         for _ in range(repeats):
             for name, fn in timers.items():  # interleaved
                 samples[name].append(fn())
-        flops = 2.0 * n ** 3
+        flops = 2.0 * n**3
         for name, values in samples.items():
             med, best = statistics.median(values), min(values)
-            rows.append({"n": n, "dtype": name, "device": str(device), "median_s": med, "best_s": best,
-                         "gflops_median": flops / med / 1e9, "gflops_best": flops / best / 1e9,
-                         "repeats": repeats, "inner": inner})
+            rows.append(
+                {
+                    "n": n,
+                    "dtype": name,
+                    "device": str(device),
+                    "median_s": med,
+                    "best_s": best,
+                    "gflops_median": flops / med / 1e9,
+                    "gflops_best": flops / best / 1e9,
+                    "repeats": repeats,
+                    "inner": inner,
+                }
+            )
     return rows
 
 
@@ -87,8 +98,10 @@ def main() -> None:
     print(f"{'n':>6} {'dtype':>6} {'median ms':>10} {'GFLOP/s (median)':>17} {'GFLOP/s (best)':>15}")
     rows = measure_peak(args.sizes, args.dtypes, device, args.repeats, args.warmup, args.inner)
     for r in rows:
-        print(f"{r['n']:>6} {r['dtype']:>6} {r['median_s'] * 1e3:>10.2f} {r['gflops_median']:>17.1f} "
-              f"{r['gflops_best']:>15.1f}")
+        print(
+            f"{r['n']:>6} {r['dtype']:>6} {r['median_s'] * 1e3:>10.2f} {r['gflops_median']:>17.1f} "
+            f"{r['gflops_best']:>15.1f}"
+        )
     # the peak per dtype: the best median over the sizes measured
     peak = {d: max(r["gflops_median"] for r in rows if r["dtype"] == d) for d in args.dtypes}
     print("peak (best median over sizes): " + ", ".join(f"{d} {v:.1f} GFLOP/s" for d, v in peak.items()))

@@ -11,6 +11,7 @@ machine's matmul peak for that precision.
     OMP_NUM_THREADS=1 python benchmarks/precision_speed.py --sizes 64 --batch 32 --compile \
         --json docs/bench/precision_speed_64.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,10 @@ import timm
 import torch
 
 import hdkd
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
-from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 from distill_cost import train_flops_per_image  # noqa: E402
+from timing import interleaved_medians, training_step, write_result_json  # noqa: E402
 
 
 def hdkd_step(img_size: int, batch: int, amp: str, compiled: bool, channels_last: bool, classes: int = 4):
@@ -57,23 +59,34 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="also the torch.compile'd settings")
-    parser.add_argument("--memory-formats", nargs="+", default=["contiguous"], choices=["contiguous", "channels_last"],
-                        help="memory formats to compare (each setting in each; the reference is the first, fp32 eager)")
+    parser.add_argument(
+        "--memory-formats",
+        nargs="+",
+        default=["contiguous"],
+        choices=["contiguous", "channels_last"],
+        help="memory formats to compare (each setting in each; the reference is the first, fp32 eager)",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--peak", type=Path, help="matmul_peak.py JSON: GFLOP/s as a fraction of peak")
     args = parser.parse_args()
     peak = json.loads(args.peak.read_text())["peak_gflops"] if args.peak else None
-    settings = [(amp, compiled, fmt) for fmt in dict.fromkeys(args.memory_formats)
-                for amp, compiled in [("none", False), ("bf16", False)]
-                + ([("none", True), ("bf16", True)] if args.compile else [])]
+    settings = [
+        (amp, compiled, fmt)
+        for fmt in dict.fromkeys(args.memory_formats)
+        for amp, compiled in [("none", False), ("bf16", False)]
+        + ([("none", True), ("bf16", True)] if args.compile else [])
+    ]
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for size in args.sizes:
         timers, first_loss, compile_s, formats = {}, {}, {}, {}
         for amp, compiled, fmt in settings:
-            name = (("fp32" if amp == "none" else amp) + ("+compile" if compiled else "")
-                    + ("+channels_last" if fmt == "channels_last" else ""))
+            name = (
+                ("fp32" if amp == "none" else amp)
+                + ("+compile" if compiled else "")
+                + ("+channels_last" if fmt == "channels_last" else "")
+            )
             step, losses = hdkd_step(size, args.batch, amp, compiled, fmt == "channels_last")
             formats[name] = fmt
             start = time.perf_counter()
@@ -85,10 +98,17 @@ def main() -> None:
         reference = next(iter(seconds.values()))  # fp32 eager in the first memory format
         flops = train_flops_per_image(size) if peak else None
         for name, s in seconds.items():
-            row = {"img_size": size, "batch": args.batch, "setting": name, "step_s": s,
-                   "images_per_s": args.batch / s, "speedup_vs_fp32": reference / s,
-                   "first_step_s": compile_s[name], "first_loss": first_loss[name],
-                   "memory_format": formats[name]}
+            row = {
+                "img_size": size,
+                "batch": args.batch,
+                "setting": name,
+                "step_s": s,
+                "images_per_s": args.batch / s,
+                "speedup_vs_fp32": reference / s,
+                "first_step_s": compile_s[name],
+                "first_loss": first_loss[name],
+                "memory_format": formats[name],
+            }
             extra = ""
             if peak:
                 dtype = "bf16" if name.startswith("bf16") else "fp32"
@@ -96,9 +116,12 @@ def main() -> None:
                 row["fraction_of_peak"] = row["gflops"] / peak[dtype]
                 extra = f", {row['gflops']:.1f} GFLOP/s = {100 * row['fraction_of_peak']:.1f}% of {dtype} peak"
             rows.append(row)
-            print(f"{size:>4}px {name:<28} {s * 1e3:9.1f} ms/step {row['images_per_s']:8.1f} img/s "
-                  f"x{row['speedup_vs_fp32']:.2f} vs {next(iter(seconds))} (first step {compile_s[name]:.1f} s, "
-                  f"loss {first_loss[name]:.4f}){extra}", flush=True)
+            print(
+                f"{size:>4}px {name:<28} {s * 1e3:9.1f} ms/step {row['images_per_s']:8.1f} img/s "
+                f"x{row['speedup_vs_fp32']:.2f} vs {next(iter(seconds))} (first step {compile_s[name]:.1f} s, "
+                f"loss {first_loss[name]:.4f}){extra}",
+                flush=True,
+            )
     if args.json:
         write_result_json(args.json, {"rows": rows})
 

@@ -1,4 +1,5 @@
 """Shared by the benchmark scripts: interleaved timing, so machine noise hits every variant alike."""
+
 from __future__ import annotations
 
 import statistics
@@ -30,8 +31,11 @@ def write_result_json(path, results: dict, device=None) -> None:
 
     from hdkd.io import atomic_write_text
 
-    meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if device is not None:
         device = torch.device(device)
         meta["device"] = str(device)
@@ -43,7 +47,7 @@ def write_result_json(path, results: dict, device=None) -> None:
 def training_step(criterion, model, optimizer, images, labels, device, amp: str = "none"):
     """One optimiser step as the trainer takes it (loss under autocast, backward, step); returns the loss output,
     so every benchmark times the same step."""
-    from hdkd.training.engine import autocast
+    from hdkd.runtime import autocast
 
     with autocast(device, amp):
         out = criterion(model, images, labels)

@@ -1,4 +1,5 @@
 """Shared paths: real data and the authors' fixtures live in ../shared beside the repository, never inside it."""
+
 from pathlib import Path
 
 import pytest

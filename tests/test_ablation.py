@@ -1,4 +1,5 @@
 """`hdkd ablate`: the variant registry's resolved configs, shared teachers, results.jsonl, resuming, and the report."""
+
 import json
 from pathlib import Path
 
@@ -7,19 +8,49 @@ import pytest
 import torch
 
 import hdkd.training.trainer as trainer_module
-from hdkd.ablation import (GROUPS, VARIANTS, model_config, plan_ablation, read_results, resolve_variants,
-                           run_ablation, teacher_config, teacher_key, variant_config)
-from hdkd.ablation_report import format_ablation_markdown, summarise_ablation, write_ablation_report
 from hdkd.cli import main
 from hdkd.config import build_config
 from hdkd.errors import ConfigError
+from hdkd.experiments.ablation.plan import model_config, plan_ablation, teacher_config, teacher_key, variant_config
+from hdkd.experiments.ablation.records import read_results
+from hdkd.experiments.ablation.report import write_ablation_report
+from hdkd.experiments.ablation.run import run_ablation
+from hdkd.experiments.ablation.summary import summarise_ablation
+from hdkd.experiments.ablation.variants import GROUPS, VARIANTS, resolve_variants
+from hdkd.reporting.ablation import format_ablation_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.img_size=32", "data.max_per_class=6", "train.epochs=1", "train.max_steps_per_epoch=1",
-        "train.batch_size=4", "train.progress=false", "data.num_workers=0", "model.depths=[1,1,1]",
-        "model.widths=[8,8,16]", "model.dflt_depth=1", "model.dflt_heads=2"]
-RECORD_FIELDS = {"variant", "group", "seed", "config", "git_commit", "hdkd_version", "metrics", "best_epoch", "amp",
-                 "val_metrics", "params", "train_time_s", "wall_time_s", "timestamp", "settings_key", "teacher"}
+TINY = [
+    "model.img_size=32",
+    "data.max_per_class=6",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=1",
+    "train.batch_size=4",
+    "train.progress=false",
+    "data.num_workers=0",
+    "model.depths=[1,1,1]",
+    "model.widths=[8,8,16]",
+    "model.dflt_depth=1",
+    "model.dflt_heads=2",
+]
+RECORD_FIELDS = {
+    "variant",
+    "group",
+    "seed",
+    "config",
+    "git_commit",
+    "hdkd_version",
+    "metrics",
+    "best_epoch",
+    "amp",
+    "val_metrics",
+    "params",
+    "train_time_s",
+    "wall_time_s",
+    "timestamp",
+    "settings_key",
+    "teacher",
+}
 
 
 def tiny_config(*extra):
@@ -59,8 +90,9 @@ def test_registry_overrides_give_the_intended_resolved_configs():
     assert _teacher_key(cfg, "frac_25_hdkd") != _teacher_key(cfg, "hdkd")
     assert _teacher_key(cfg, "frac_100_hdkd") == _teacher_key(cfg, "hdkd")
     # fractions are of the configured training set
-    assert variant_config(tiny_config("data.train_fraction=0.4"), "frac_25_student").data.train_fraction == \
-        pytest.approx(0.1)
+    assert variant_config(
+        tiny_config("data.train_fraction=0.4"), "frac_25_student"
+    ).data.train_fraction == pytest.approx(0.1)
     # a timm teacher, logit-only
     timm_variant = variant_config(cfg, "teacher_resnet18", 0)
     assert teacher_config(timm_variant).model.name == "resnet18"
@@ -82,13 +114,16 @@ def test_variant_wins_over_base_and_per_role_values_and_seed_is_set_for_every_ro
 
 def test_groups_select_variants_and_unknown_names_fail():
     assert [v.name for v in resolve_variants(["block"])] == ["hdkd", "block_mbconv"]
-    from hdkd.ablation import SPEED_REFERENCES
+    from hdkd.experiments.ablation.variants import SPEED_REFERENCES
 
     # `all` is the paper's grid; the speed settings are compared on request (`--variants speed`)
     assert len(resolve_variants(None)) == len(GROUPS["all"]) == len(VARIANTS) - len(SPEED_REFERENCES)
     assert not set(SPEED_REFERENCES) & set(GROUPS["all"]) and set(SPEED_REFERENCES) <= set(GROUPS["speed"])
-    assert {v.name for v in resolve_variants(["frac_10", "student_alone"])} == \
-        {"student_alone", "frac_10_student", "frac_10_hdkd"}
+    assert {v.name for v in resolve_variants(["frac_10", "student_alone"])} == {
+        "student_alone",
+        "frac_10_student",
+        "frac_10_hdkd",
+    }
     assert len(resolve_variants(["data_efficiency"])) == 8
     with pytest.raises(ConfigError, match="unknown variant or group 'nope'"):
         resolve_variants(["nope"])
@@ -209,7 +244,7 @@ def test_parallel_jobs_train_the_same_models_and_record_every_run(grid, tmp_path
     monkeypatch.setenv("HDKD_CACHE_DIR", str(grid["out"].parent / "hdkd-cache"))
     # one thread per worker whatever this machine has, as the serial grid ran (a different thread count changes
     # float reductions, and a first Adam step amplifies that on near-zero gradients)
-    monkeypatch.setattr("hdkd.data.cache.available_cpus", lambda: 2)
+    monkeypatch.setattr("hdkd.training.parallel.available_cpus", lambda: 2)
     lines = []
     results = run_ablation(tiny_config(), resolve_variants(VARIANTS_RUN), [0], tmp_path, log=lines.append, jobs=2)
     records = read_results(results)
@@ -272,16 +307,26 @@ def test_report_on_constructed_records_claims_and_latest_settings():
     rng = np.random.default_rng(0)
     records = []
     for seed in range(4):
-        for variant, arm, frac, base in [("frac_10_student", "student_alone", 0.1, 0.50),
-                                         ("frac_10_hdkd", "hdkd", 0.1, 0.60),
-                                         ("frac_100_student", "student_alone", 1.0, 0.80),
-                                         ("frac_100_hdkd", "hdkd", 1.0, 0.82),
-                                         ("hdkd", "hdkd", 1.0, 0.82), ("student_alone", "student_alone", 1.0, 0.80),
-                                         ("block_mbconv", None, None, 0.70)]:
+        for variant, arm, frac, base in [
+            ("frac_10_student", "student_alone", 0.1, 0.50),
+            ("frac_10_hdkd", "hdkd", 0.1, 0.60),
+            ("frac_100_student", "student_alone", 1.0, 0.80),
+            ("frac_100_hdkd", "hdkd", 1.0, 0.82),
+            ("hdkd", "hdkd", 1.0, 0.82),
+            ("student_alone", "student_alone", 1.0, 0.80),
+            ("block_mbconv", None, None, 0.70),
+        ]:
             acc = base + 0.01 * rng.standard_normal()
-            records.append({"variant": variant, "seed": seed, "arm": arm, "fraction_of_base": frac,
-                            "settings_key": "k", "metrics": {"accuracy": acc, "balanced_accuracy": acc,
-                                                             "macro_f1": acc}})
+            records.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "arm": arm,
+                    "fraction_of_base": frac,
+                    "settings_key": "k",
+                    "metrics": {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc},
+                }
+            )
     records.append({"variant": "block_mbconv", "seed": 0, "settings_key": "old", "metrics": {"accuracy": 0.0}})
     records.append(dict(records[-2], metrics={"accuracy": 0.71, "balanced_accuracy": 0.71, "macro_f1": 0.71}))
     summary = summarise_ablation(records)
@@ -296,13 +341,18 @@ def test_report_on_constructed_records_claims_and_latest_settings():
     assert eff["gains"]["0.1"]["accuracy"]["mean"] == pytest.approx(np.mean(np.subtract(gains, alone)))
     # the other ablations: present pairs only, the same paired statistics as the claims
     assert [(c["a"], c["b"]) for c in summary["comparisons"]] == []  # no pair of ABLATION_COMPARISONS was run
-    with_stem = records + [dict(r, variant="stem_stride_4", metrics={k: v - 0.09 for k, v in r["metrics"].items()})
-                           for r in records if r["variant"] == "hdkd"]
+    with_stem = records + [
+        dict(r, variant="stem_stride_4", metrics={k: v - 0.09 for k, v in r["metrics"].items()})
+        for r in records
+        if r["variant"] == "hdkd"
+    ]
     stem = summarise_ablation(with_stem)["comparisons"]
     assert [(c["a"], c["b"]) for c in stem] == [("hdkd", "stem_stride_4")]
     assert stem[0]["differences"]["accuracy"]["mean"] == pytest.approx(0.09)
-    assert "| stem stride 2 against 4 (own teachers) | hdkd - stem_stride_4 | 4 | +9.00 ± 0.00 |" in \
-        format_ablation_markdown(summarise_ablation(with_stem))
+    assert (
+        "| stem stride 2 against 4 (own teachers) | hdkd - stem_stride_4 | 4 | +9.00 ± 0.00 |"
+        in format_ablation_markdown(summarise_ablation(with_stem))
+    )
     # the "old" settings record is left out, and the repeated seed-0 record replaced by the latest
     mbconv = summary["variants"]["block_mbconv"]["metrics"]["accuracy"]
     assert mbconv["n"] == 4 and 0.71 in mbconv["values"]
@@ -318,15 +368,20 @@ def test_cli_report_list_and_bad_variant(grid, tmp_path, capsys):
     assert main(["ablate", "--variants", "nope", "-o", str(tmp_path / "x")]) == 2
     assert "unknown variant or group" in capsys.readouterr().err
     assert main(["ablate", "--report", str(tmp_path / "missing.jsonl")]) == 2
-    assert main(["ablate", "--dry-run", "--variants", "block", "--seeds", "0", "-o", str(tmp_path / "d")]
-                + sum((["--set", s] for s in TINY), [])) == 0
+    assert (
+        main(
+            ["ablate", "--dry-run", "--variants", "block", "--seeds", "0", "-o", str(tmp_path / "d")]
+            + sum((["--set", s] for s in TINY), [])
+        )
+        == 0
+    )
     assert "2 run(s)" in capsys.readouterr().out and not (tmp_path / "d").exists()
 
 
 def test_options_added_later_keep_the_keys_of_finished_runs():
     """A config written before train.compile / data.augment_on existed hashes like today's config at their
     defaults (finished runs are reused); setting such an option to a non-default value is a new setting."""
-    from hdkd.ablation import _ADDED_LATER, config_key
+    from hdkd.experiments.ablation.plan import _ADDED_LATER, config_key
 
     cfg = build_config("hdkd").resolved()
     older = cfg.to_dict()
@@ -337,6 +392,7 @@ def test_options_added_later_keep_the_keys_of_finished_runs():
     assert config_key(cfg) == config_key(older)
     cfg.data.augment_on = "device"
     assert config_key(cfg) != config_key(older)
+
 
 COMMITTED_GRIDS = {"brain_mri_32": "ablation_cpu_brain_mri.yaml", "dermamnist_32": "ablation_dermamnist.yaml"}
 
@@ -349,8 +405,12 @@ def test_committed_grid_records_keep_their_keys_under_todays_preset(folder, tmp_
     if not records:
         pytest.skip(f"no committed records in docs/ablation/{folder}")
     data = records[0]["config"]["data"]
-    cfg = build_config(None, [str(REPO / "configs" / COMMITTED_GRIDS[folder])], [],
-                       data={"path": data["path"], "num_workers": data["num_workers"]})
+    cfg = build_config(
+        None,
+        [str(REPO / "configs" / COMMITTED_GRIDS[folder])],
+        [],
+        data={"path": data["path"], "num_workers": data["num_workers"]},
+    )
     seeds = sorted({r["seed"] for r in records})
     plan = plan_ablation(cfg, resolve_variants(sorted({r["variant"] for r in records})), seeds, tmp_path)
     planned = {(run.variant.name, run.seed): run.settings_key for run in plan.runs}
@@ -365,10 +425,20 @@ def test_speed_settings_are_compared_with_their_default_within_the_seed_spread()
     records = []
     for seed in range(3):
         base = 0.80 + 0.02 * rng.standard_normal()
-        for variant, acc in [("student_alone", base), ("student_bf16", base + 0.001),
-                             ("hdkd", base), ("hdkd_augment_device", base - 0.10)]:
-            records.append({"variant": variant, "seed": seed, "settings_key": "k",
-                            "metrics": {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc}})
+        for variant, acc in [
+            ("student_alone", base),
+            ("student_bf16", base + 0.001),
+            ("hdkd", base),
+            ("hdkd_augment_device", base - 0.10),
+        ]:
+            records.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "settings_key": "k",
+                    "metrics": {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc},
+                }
+            )
     speed = summarise_ablation(records)["speed"]
     assert set(speed) == {"student_bf16", "hdkd_augment_device"}
     bf16 = speed["student_bf16"]["differences"]["accuracy"]
@@ -390,24 +460,33 @@ def _claim_records(gain: float, seeds=range(3), noise: float = 0.002, seed: int 
     rng = np.random.default_rng(seed)
     records = []
     for s in seeds:
-        for variant, arm, frac, base in [("student_alone", "student_alone", 1.0, 0.70),
-                                         ("hdkd", "hdkd", 1.0, 0.70 + gain),
-                                         ("block_mbconv", None, None, 0.60 + gain),
-                                         ("frac_10_student", "student_alone", 0.1, 0.40),
-                                         ("frac_10_hdkd", "hdkd", 0.1, 0.40 + 2 * gain)]:
+        for variant, arm, frac, base in [
+            ("student_alone", "student_alone", 1.0, 0.70),
+            ("hdkd", "hdkd", 1.0, 0.70 + gain),
+            ("block_mbconv", None, None, 0.60 + gain),
+            ("frac_10_student", "student_alone", 0.1, 0.40),
+            ("frac_10_hdkd", "hdkd", 0.1, 0.40 + 2 * gain),
+        ]:
             acc = base + noise * rng.standard_normal()
-            records.append({"variant": variant, "seed": s, "arm": arm, "fraction_of_base": frac, "settings_key": "k",
-                            "metrics": {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc}})
+            records.append(
+                {
+                    "variant": variant,
+                    "seed": s,
+                    "arm": arm,
+                    "fraction_of_base": frac,
+                    "settings_key": "k",
+                    "metrics": {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc},
+                }
+            )
     return records
 
 
 def test_claims_across_datasets_side_by_side(tmp_path):
-    from hdkd.ablation_report import write_claims_across
+    from hdkd.experiments.ablation.report import write_claims_across
 
     for name, gain in [("brain", 0.05), ("derma", -0.05)]:
         (tmp_path / name).mkdir()
-        (tmp_path / name / "results.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in _claim_records(gain)))
+        (tmp_path / name / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _claim_records(gain)))
     files = [tmp_path / "brain" / "results.jsonl", tmp_path / "derma" / "results.jsonl"]
     paths = write_claims_across(files, tmp_path / "out")
     claims = json.loads(paths["json"].read_text())
@@ -430,8 +509,12 @@ def test_claims_across_datasets_side_by_side(tmp_path):
     gains = [float(c.split()[0]) for c in cells(rows[-1])[1:]]  # derma's gain at 10 % then at 100 %
     assert cells(rows[-1])[0] == "derma" and gains == pytest.approx([-10, -5], abs=1)
     # the CLI: each report beside its results file, the comparison in -o; labels checked
-    assert main(["ablate", "--report", *map(str, files), "-o", str(tmp_path / "cli"),
-                 "--labels", "Brain MRI", "DermaMNIST"]) == 0
+    assert (
+        main(
+            ["ablate", "--report", *map(str, files), "-o", str(tmp_path / "cli"), "--labels", "Brain MRI", "DermaMNIST"]
+        )
+        == 0
+    )
     assert "| Brain MRI | 3 |" in (tmp_path / "cli" / "ablation_claims.md").read_text()
     assert (tmp_path / "derma" / "ablation_report.md").is_file()
     assert main(["ablate", "--report", *map(str, files)]) == 2  # several need -o
@@ -443,17 +526,26 @@ def test_claims_across_datasets_side_by_side(tmp_path):
 def test_data_efficiency_figure_plots_each_headline_metric(tmp_path):
     """One panel per metric: balanced accuracy is plotted from balanced accuracy, not from accuracy (which misleads
     on an imbalanced set such as DermaMNIST)."""
-    from hdkd.ablation_report import data_efficiency_series, plot_data_efficiency
+    from hdkd.reporting.ablation import data_efficiency_series, plot_data_efficiency
 
     records = []
     for seed in range(3):
-        for variant, arm, frac, acc, bal in [("frac_10_student", "student_alone", 0.1, 0.50, 0.20),
-                                             ("frac_10_hdkd", "hdkd", 0.1, 0.40, 0.30 + 0.01 * seed),
-                                             ("frac_100_student", "student_alone", 1.0, 0.80, 0.35),
-                                             ("frac_100_hdkd", "hdkd", 1.0, 0.70, 0.45)]:
-            records.append({"variant": variant, "seed": seed, "arm": arm, "fraction_of_base": frac,
-                            "settings_key": "k", "metrics": {"accuracy": acc, "balanced_accuracy": bal,
-                                                             "macro_f1": bal / 2}})
+        for variant, arm, frac, acc, bal in [
+            ("frac_10_student", "student_alone", 0.1, 0.50, 0.20),
+            ("frac_10_hdkd", "hdkd", 0.1, 0.40, 0.30 + 0.01 * seed),
+            ("frac_100_student", "student_alone", 1.0, 0.80, 0.35),
+            ("frac_100_hdkd", "hdkd", 1.0, 0.70, 0.45),
+        ]:
+            records.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "arm": arm,
+                    "fraction_of_base": frac,
+                    "settings_key": "k",
+                    "metrics": {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": bal / 2},
+                }
+            )
     summary = summarise_ablation(records)
     xs, ys, errs, ns = data_efficiency_series(summary, "balanced_accuracy")["hdkd"]
     assert xs == [10.0, 100.0] and ys == pytest.approx([31.0, 45.0]) and errs[0] == pytest.approx(1.0)

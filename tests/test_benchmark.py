@@ -1,4 +1,5 @@
 """Speed tooling at tiny settings: `hdkd benchmark`, the authors'-formulation baseline and the matmul peak script."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -22,8 +23,27 @@ def _load_script(name):
 
 def test_benchmark_cli_tiny(tmp_path, capsys):
     out = tmp_path / "bench"
-    rc = main(["benchmark", "--models", "hdkd", "resnet18", "no_such_model", "--img-size", "32", "--batch", "2",
-               "--repeats", "1", "--warmup", "0", "--device", "cpu", "-o", str(out)])
+    rc = main(
+        [
+            "benchmark",
+            "--models",
+            "hdkd",
+            "resnet18",
+            "no_such_model",
+            "--img-size",
+            "32",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "benchmark.json").read_text())
     assert {"torch", "threads"} <= set(report["meta"])
@@ -35,8 +55,7 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
         assert r["device"] == "cpu"
         for key in ("latency_ms", "infer_images_per_s", "train_images_per_s"):
             assert r[key] > 0, key
-        model = timm.create_model(name, pretrained=False, num_classes=4,
-                                  **({"img_size": 32} if name == "hdkd" else {}))
+        model = timm.create_model(name, pretrained=False, num_classes=4, **({"img_size": 32} if name == "hdkd" else {}))
         assert r["params"] == hdkd.count_params(model)
         assert r["flops"] == hdkd.count_flops(model, 32)
     table = (out / "benchmark.md").read_text()
@@ -46,7 +65,7 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
 
 
 def test_benchmark_rejects_bad_amp():
-    from hdkd.benchmark import run_benchmark
+    from hdkd.experiments.benchmark import run_benchmark
 
     with pytest.raises(hdkd.ConfigError):
         run_benchmark(["hdkd"], img_size=32, batch_sizes=[2], amp="fp8")

@@ -1,4 +1,5 @@
 """The command line end to end on the embedded dataset, and bad input: one clear line, nothing left behind."""
+
 import json
 import subprocess
 import sys
@@ -34,8 +35,9 @@ def test_pipeline_end_to_end_on_embedded_data(tmp_path, capsys):
     assert "| hdkd |" in stdout
 
     # evaluate the distilled checkpoint on the same split: same metrics as the report
-    code, stdout, err = _run(["evaluate", str(out / "hdkd" / "best.safetensors"), "--split", "test",
-                              "-o", str(tmp_path / "m.json")], capsys)
+    code, stdout, err = _run(
+        ["evaluate", str(out / "hdkd" / "best.safetensors"), "--split", "test", "-o", str(tmp_path / "m.json")], capsys
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["accuracy"] == pytest.approx(report["results"]["hdkd"]["metrics"]["accuracy"])
@@ -106,8 +108,20 @@ def test_teacher_checkpoint_with_wrong_class_count(tmp_path, capsys):
     assert main(["train", "teacher", "--data", str(three), "-o", str(tmp_path / "t3"), *common]) == 0
     capsys.readouterr()
     out = tmp_path / "h2"
-    code, _, err = _run(["train", "hdkd", "--data", str(two), "-o", str(out), "--teacher",
-                         str(tmp_path / "t3" / "best.safetensors"), *common], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "hdkd",
+            "--data",
+            str(two),
+            "-o",
+            str(out),
+            "--teacher",
+            str(tmp_path / "t3" / "best.safetensors"),
+            *common,
+        ],
+        capsys,
+    )
     _assert_clean_failure(code, err, "best.safetensors", "classes", out=out)
 
 
@@ -123,12 +137,24 @@ def test_pipeline_jobs_trains_roles_in_processes_like_one_process(tmp_path, caps
     import torch
     from safetensors.torch import load_file
 
-    monkeypatch.setattr("hdkd.data.cache.available_cpus", lambda: 2)  # one thread per worker
+    monkeypatch.setattr("hdkd.training.parallel.available_cpus", lambda: 2)  # one thread per worker
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        common = ["pipeline", "--epochs", "1", "--no-progress", "--max-per-class", "8", "--workers", "0",
-                  "--bootstrap", "0", "--set", "train.deterministic=true"]
+        common = [
+            "pipeline",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--max-per-class",
+            "8",
+            "--workers",
+            "0",
+            "--bootstrap",
+            "0",
+            "--set",
+            "train.deterministic=true",
+        ]
         code, _, err = _run([*common, "-o", str(tmp_path / "serial")], capsys)
         assert code == 0, err
         code, stdout, err = _run([*common, "-o", str(tmp_path / "jobs"), "--jobs", "2"], capsys)

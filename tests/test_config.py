@@ -1,6 +1,6 @@
 import pytest
 
-from hdkd.config import AUTHORS_OPTIM, build_config, parse_override
+from hdkd.config import build_config, parse_override
 from hdkd.errors import ConfigError
 
 
@@ -32,11 +32,14 @@ def test_parse_override_types():
     assert parse_override("data.cache_dir=null") == {"data": {"cache_dir": None}}
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.epochz=3", "unknown option.*epochz"),
-    ("trainer.epochs=3", "unknown option.*trainer"),
-    ("epochs", "expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochz=3", "unknown option.*epochz"),
+        ("trainer.epochs=3", "unknown option.*trainer"),
+        ("epochs", "expected KEY=VALUE"),
+    ],
+)
 def test_bad_options_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         build_config("teacher", overrides=[override])

@@ -1,6 +1,7 @@
 """`python -m hdkd ...` (also what torchrun launches)."""
+
 import sys
 
-from .cli import main
+from hdkd.cli import main
 
 sys.exit(main())

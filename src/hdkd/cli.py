@@ -1,4 +1,6 @@
-"""The command line: a thin layer over the Python API (`hdkd.training.train`, `hdkd.pipeline.run_pipeline`, ...)."""
+"""The command line: a thin layer over the Python API (`hdkd.training.train`,
+`hdkd.experiments.pipeline.run_pipeline`, ...)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,16 +9,29 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import ConfigError, HDKDError
+from hdkd.commands import explain as explain_command
+from hdkd.commands import predict as predict_command
+from hdkd.commands import serve as serve_command
+from hdkd.errors import ConfigError, HDKDError
 
+DEPLOY_COMMANDS = (predict_command, explain_command, serve_command)
 QUICKSTART = Path(__file__).parent / "presets" / "quickstart.yaml"
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
-                   help="config file (repeatable; later files override earlier ones)")
-    p.add_argument("--data", help="dataset: class folders, a CSV-labelled folder or a MedMNIST .npz "
-                                  "(default: the embedded synthetic dataset)")
+    p.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config file (repeatable; later files override earlier ones)",
+    )
+    p.add_argument(
+        "--data",
+        help="dataset: class folders, a CSV-labelled folder or a MedMNIST .npz "
+        "(default: the embedded synthetic dataset)",
+    )
     p.add_argument("--output", "-o", help="output folder")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -25,30 +40,48 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=("auto", "none", "bf16"),
-                   help="bf16 autocast (train.amp; default auto: bf16 where the CPU or GPU has native bf16)")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "none", "bf16"),
+        help="bf16 autocast (train.amp; default auto: bf16 where the CPU or GPU has native bf16)",
+    )
     p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the trained model and the teacher (train.compile; see also "
-                        "train.compile_mode and train.compile_backend)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the trained model and the teacher (train.compile; see also "
+        "train.compile_mode and train.compile_backend)",
+    )
     p.add_argument("--max-per-class", type=int, help="cap images per class and split (quick runs)")
     p.add_argument("--workers", type=int, help="data-loader workers (-1: sized to the machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config value, e.g. --set distill.lam=1 --set optim.lr=1e-4")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set distill.lam=1 --set optim.lr=1e-4",
+    )
 
 
 def _build(args, role: Optional[str]):
-    from .config import Config, build_config
+    from hdkd.config import Config, build_config
 
     sections = {
         "data": {"path": args.data, "max_per_class": args.max_per_class, "num_workers": args.workers},
         "model": {"img_size": args.img_size, "in_chans": args.in_chans},
         "optim": {"lr": args.lr},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
-                  "amp": args.amp, "channels_last": args.channels_last,
-                  "compile": args.compile,
-                  "progress": False if args.no_progress else None},
+        "train": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "device": args.device,
+            "amp": args.amp,
+            "channels_last": args.channels_last,
+            "compile": args.compile,
+            "progress": False if args.no_progress else None,
+        },
         "distill": {"teacher": getattr(args, "teacher", None)},
     }
     files = list(args.config)
@@ -63,47 +96,60 @@ def _build(args, role: Optional[str]):
 
 
 def cmd_train(args) -> int:
-    from .training import train
+    from hdkd.training import train
 
     cfg = _build(args, args.role)
     result = train(cfg, resume=args.resume)
     if not result.best_val:  # a non-zero rank under torchrun: rank 0 reports
         return 0
-    print(f"best epoch {result.best_epoch}: validation "
-          + ", ".join(f"{k} {result.best_val[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1")))
+    print(
+        f"best epoch {result.best_epoch}: validation "
+        + ", ".join(f"{k} {result.best_val[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1"))
+    )
     print(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .config import build_config
-    from .evaluation import format_metrics_table
-    from .io import atomic_write_text
-    from .evaluation.evaluate import evaluate_checkpoint
+    from hdkd.config import build_config
+    from hdkd.evaluation.evaluate import evaluate_checkpoint
+    from hdkd.io import atomic_write_text
+    from hdkd.reporting.tables import format_metrics_table
 
     data = build_config("teacher", args.config, args.set, data={"path": args.data}).data
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
-    metrics = evaluate_checkpoint(args.checkpoint, data, split=args.split, batch_size=args.batch_size,
-                                  device=args.device, amp=args.amp, n_boot=args.bootstrap)
+    metrics = evaluate_checkpoint(
+        args.checkpoint,
+        data,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        n_boot=args.bootstrap,
+    )
     print(f"{metrics['model']} on {metrics['split']} ({metrics['data']})")
     print(format_metrics_table(metrics))
-    out = Path(args.output) if args.output else Path(args.checkpoint).with_name(
-        f"{Path(args.checkpoint).stem}_{args.split}_metrics.json")
+    out = (
+        Path(args.output)
+        if args.output
+        else Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.split}_metrics.json")
+    )
     atomic_write_text(out, json.dumps(metrics, indent=2))
     print(f"metrics written to {out}")
     return 0
 
 
 def cmd_pipeline(args) -> int:
-    from .pipeline import run_pipeline, run_seeds
+    from hdkd.experiments.pipeline import run_pipeline, run_seeds
 
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
     cfg = _build(args, None)
     if args.seeds:
-        outcome = run_seeds(cfg, args.seeds, roles=args.roles, n_boot=args.bootstrap, resume=args.resume,
-                            jobs=args.jobs)
+        outcome = run_seeds(
+            cfg, args.seeds, roles=args.roles, n_boot=args.bootstrap, resume=args.resume, jobs=args.jobs
+        )
         print(outcome["table"])
         print(f"summary over seeds: {outcome['paths']['markdown']}")
         return 0
@@ -116,16 +162,31 @@ def cmd_pipeline(args) -> int:
 def cmd_benchmark(args) -> int:
     import torch
 
-    from .benchmark import DEFAULT_MODELS, FOLD_SUFFIX, benchmark_meta, format_table, run_benchmark, write_benchmark
+    from hdkd.experiments.benchmark import (
+        DEFAULT_MODELS,
+        FOLD_SUFFIX,
+        benchmark_meta,
+        format_table,
+        run_benchmark,
+        write_benchmark,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
     models = list(args.models or DEFAULT_MODELS)
     if args.fold_bn:  # add an inference-only BN-folded variant of each HDKD model
         models += [m + FOLD_SUFFIX for m in list(models) if m.startswith("hdkd") and not m.endswith(FOLD_SUFFIX)]
-    rows = run_benchmark(models, img_size=args.img_size, batch_sizes=args.batch, device=args.device, amp=args.amp,
-                         repeats=args.repeats, warmup=args.warmup, num_classes=args.num_classes,
-                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    rows = run_benchmark(
+        models,
+        img_size=args.img_size,
+        batch_sizes=args.batch,
+        device=args.device,
+        amp=args.amp,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        num_classes=args.num_classes,
+        progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     print(format_table(rows))
     device = next((r["device"] for r in rows if r["status"] == "ok"), "cpu")
     paths = write_benchmark(rows, args.output, benchmark_meta(device))
@@ -134,8 +195,8 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .config import build_config
-    from .data.audit import audit_data, write_audit
+    from hdkd.config import build_config
+    from hdkd.experiments.audit import audit_data, write_audit
 
     data = build_config("teacher", args.config, args.set, data={"path": args.data}).data
     result = audit_data(data, threshold=args.threshold, exact_only=args.exact_only)
@@ -146,18 +207,26 @@ def cmd_audit(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from .data.download import download_medmnist
+    from hdkd.data.download import download_medmnist
 
-    path = download_medmnist(args.name, size=args.size, cache=args.cache, url_base=args.url_base, md5=args.md5,
-                             log=lambda message: print(message, file=sys.stderr, flush=True))
+    path = download_medmnist(
+        args.name,
+        size=args.size,
+        cache=args.cache,
+        url_base=args.url_base,
+        md5=args.md5,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
     print(path)
     print(f"use it with: hdkd pipeline --data {path}", file=sys.stderr)
     return 0
 
 
 def cmd_ablate(args) -> int:
-    from .ablation import describe_registry, plan_ablation, resolve_variants, run_ablation
-    from .ablation_report import claim_labels, write_ablation_report, write_claims_across
+    from hdkd.experiments.ablation.plan import plan_ablation
+    from hdkd.experiments.ablation.report import claim_labels, write_ablation_report, write_claims_across
+    from hdkd.experiments.ablation.run import run_ablation
+    from hdkd.experiments.ablation.variants import describe_registry, resolve_variants
 
     if args.list:
         print(describe_registry())
@@ -192,9 +261,10 @@ def cmd_ablate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hdkd", description="Hybrid data-efficient knowledge distillation for "
-                                                              "medical image classification.")
-    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="hdkd", description="Hybrid data-efficient knowledge distillation for medical image classification."
+    )
+    from hdkd.version import __version__
 
     parser.add_argument("--version", action="version", version=f"hdkd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,40 +280,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="best.safetensors or last.safetensors from `hdkd train`")
     p.add_argument("--data", help="dataset (default: the embedded synthetic dataset)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
-                   help="config file whose data section describes the dataset")
+    p.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config file whose data section describes the dataset",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto", choices=("auto", "none", "bf16"),
-                   help="precision of inference, as train.amp (default auto, as the pipeline's test metrics; none: "
-                        "fp32, the same numbers on every machine)")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "none", "bf16"),
+        help="precision of inference, as train.amp (default auto, as the pipeline's test metrics; none: "
+        "fp32, the same numbers on every machine)",
+    )
     p.add_argument("--output", "-o", help="JSON file for the metrics (default: next to the checkpoint)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples for 95%% confidence intervals of the headline metrics (0: none)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for 95%% confidence intervals of the headline metrics (0: none)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("pipeline", help="teacher, student and HDKD, then a side-by-side report on the test split")
     _add_run_options(p)
-    p.add_argument("--roles", nargs="+", default=["teacher", "student", "hdkd"],
-                   choices=("teacher", "student", "hdkd"))
+    p.add_argument("--roles", nargs="+", default=["teacher", "student", "hdkd"], choices=("teacher", "student", "hdkd"))
     p.add_argument("--teacher", help="reuse this teacher checkpoint instead of training one")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
-                   help="run the whole pipeline once per training seed into OUTPUT/seed_<S>/ and summarise "
-                        "mean and std over seeds in OUTPUT/seeds_summary.md/.json (replaces --seed)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples for 95%% confidence intervals of the test metrics (0: none)")
-    p.add_argument("--resume", action="store_true",
-                   help="reuse models already trained in OUTPUT/<role>/ with the same settings; continue an "
-                        "interrupted one from its last epoch")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train in N processes: teacher and student side by side, HDKD after the teacher "
-                        "(e.g. 2 on a 2-core CPU, with OMP_NUM_THREADS=1 and --workers 0)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="run the whole pipeline once per training seed into OUTPUT/seed_<S>/ and summarise "
+        "mean and std over seeds in OUTPUT/seeds_summary.md/.json (replaces --seed)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for 95%% confidence intervals of the test metrics (0: none)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse models already trained in OUTPUT/<role>/ with the same settings; continue an "
+        "interrupted one from its last epoch",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes: teacher and student side by side, HDKD after the teacher "
+        "(e.g. 2 on a 2-core CPU, with OMP_NUM_THREADS=1 and --workers 0)",
+    )
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("benchmark", help="parameters, FLOPs, latency and throughput of HDKD models and timm peers")
-    p.add_argument("--models", nargs="+", metavar="NAME",
-                   help="timm model names (default: hdkd_teacher, hdkd_student, hdkd and seven timm peers)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help="timm model names (default: hdkd_teacher, hdkd_student, hdkd and seven timm peers)",
+    )
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch", type=int, nargs="+", default=[32], help="batch size(s) for the throughputs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -252,22 +358,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--num-classes", type=int, default=4)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--fold-bn", action="store_true",
-                   help="also measure each HDKD model with BatchNorm folded (inference only)")
-    p.add_argument("--output", "-o", default="runs/benchmark",
-                   help="folder for benchmark.json, benchmark.md and benchmark.png")
+    p.add_argument(
+        "--fold-bn", action="store_true", help="also measure each HDKD model with BatchNorm folded (inference only)"
+    )
+    p.add_argument(
+        "--output", "-o", default="runs/benchmark", help="folder for benchmark.json, benchmark.md and benchmark.png"
+    )
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("audit", help="leakage audit: exact and near-duplicate images within and across splits")
     p.add_argument("data", help="dataset: class folders, a CSV-labelled folder or a MedMNIST .npz")
     p.add_argument("--output", "-o", default="runs/audit", help="folder for audit.json and audit.md")
-    p.add_argument("--threshold", type=int, metavar="N",
-                   help="near duplicate: pHash Hamming distance <= N of 256 bits (default: data.duplicate_threshold)")
+    p.add_argument(
+        "--threshold",
+        type=int,
+        metavar="N",
+        help="near duplicate: pHash Hamming distance <= N of 256 bits (default: data.duplicate_threshold)",
+    )
     p.add_argument("--exact-only", action="store_true", help="byte-identical duplicates only (decodes nothing)")
-    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
-                   help="config file whose data section describes the dataset")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="data options, e.g. --set data.format=csv --set data.val_fraction=0.2")
+    p.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config file whose data section describes the dataset",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="data options, e.g. --set data.format=csv --set data.val_fraction=0.2",
+    )
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("data", help="dataset utilities")
@@ -276,31 +399,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", choices=("medmnist",))
     p.add_argument("name", help="MedMNIST dataset, e.g. breastmnist, dermamnist, pneumoniamnist")
     p.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size in pixels")
-    p.add_argument("--cache", metavar="DIR", help="folder for the file (default: ~/.cache/hdkd/medmnist, or "
-                                                  "$HDKD_CACHE_DIR/medmnist)")
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="folder for the file (default: ~/.cache/hdkd/medmnist, or $HDKD_CACHE_DIR/medmnist)",
+    )
     p.add_argument("--url-base", metavar="URL", help="where the files are (default: the MedMNIST v3 Zenodo record)")
     p.add_argument("--md5", help="expected MD5 (required for files without a published checksum in hdkd)")
     p.set_defaults(func=cmd_data_download)
 
     p = sub.add_parser("ablate", help="ablation grid: named variants x seeds into OUTPUT/results.jsonl and a report")
     _add_run_options(p)
-    p.add_argument("--variants", nargs="+", metavar="NAME",
-                   help="variants and/or groups (default: all; see --list)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
-                   help="training seeds (default: 0 1 2; replaces --seed)")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
-                   help="bootstrap resamples for 95%% confidence intervals of each run's test metrics (0: none)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train in N processes side by side (e.g. one per core; default 1)")
+    p.add_argument("--variants", nargs="+", metavar="NAME", help="variants and/or groups (default: all; see --list)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        metavar="S",
+        help="training seeds (default: 0 1 2; replaces --seed)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="bootstrap resamples for 95%% confidence intervals of each run's test metrics (0: none)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes side by side (e.g. one per core; default 1)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the runs, teachers and models; train nothing")
     p.add_argument("--list", action="store_true", help="list the variants and groups")
-    p.add_argument("--report", metavar="RESULTS.jsonl", nargs="+",
-                   help="only write the report of a results file (into --output, default: beside it); with "
-                        "several (e.g. one per dataset), each report beside its file and the claims side by side "
-                        "in --output (ablation_claims.md)")
-    p.add_argument("--labels", nargs="+", metavar="NAME",
-                   help="with --report: a name per results file for the claims table (default: its folder's name)")
+    p.add_argument(
+        "--report",
+        metavar="RESULTS.jsonl",
+        nargs="+",
+        help="only write the report of a results file (into --output, default: beside it); with "
+        "several (e.g. one per dataset), each report beside its file and the claims side by side "
+        "in --output (ablation_claims.md)",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="NAME",
+        help="with --report: a name per results file for the claims table (default: its folder's name)",
+    )
     p.set_defaults(func=cmd_ablate)
+
+    for command in DEPLOY_COMMANDS:  # use a trained model: predict, export, explain, serve
+        command.register(sub)
     return parser
 
 

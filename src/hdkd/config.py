@@ -3,6 +3,7 @@
 A run is fully described by a `Config`; it is written next to every checkpoint so a result can be traced back to
 exactly what produced it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,10 +13,13 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import ConfigError
+from hdkd.errors import ConfigError
 
 ROLES = ("teacher", "student", "hdkd")
 MODEL_FOR_ROLE = {"teacher": "hdkd_teacher", "student": "hdkd_student", "hdkd": "hdkd"}
+# The distilled student is the student trained another way: its per-role settings start from the student's, and a
+# roles.hdkd block only says what differs (presets do not repeat the student's block).
+ROLE_INHERITS: dict[str, tuple[str, ...]] = {"hdkd": ("student",)}
 
 
 @dataclass
@@ -44,7 +48,9 @@ class DataConfig:
     cache_dir: Optional[str] = None  # where decoded, resized images are cached; None -> ~/.cache/hdkd
     num_workers: int = -1  # data-loader workers; -1 -> sized to the machine
     augment: str = "authors"  # authors | none
-    augment_on: str = "auto"  # loader (per image, in workers) | device (batched on the training device) | auto (device on GPU)
+    augment_on: str = (
+        "auto"  # loader (per image, in workers) | device (batched on the training device) | auto (device on GPU)
+    )
     # CSV-labelled data (HAM-10000 defaults)
     csv: Optional[str] = None  # metadata CSV; None -> the only *.csv in path
     image_column: str = "image_id"
@@ -55,7 +61,7 @@ class DataConfig:
     image_ext: Optional[str] = None
     # leakage and class imbalance (hdkd audit; README "Duplicates and leakage", "Class imbalance")
     drop_duplicates: Optional[str] = None  # test | train: where to drop exact/near duplicates across splits
-    duplicate_threshold: int = 24  # near duplicate: 256-bit pHash Hamming distance <= this (hdkd.data.audit)
+    duplicate_threshold: int = 24  # near duplicate: 256-bit pHash Hamming distance <= this (hdkd.data.dedup)
     smote: Optional[dict[str, int] | str] = None  # class name -> target train count (or a JSON file of that)
 
 
@@ -139,7 +145,8 @@ class Config:
         unknown = sorted(set(values.get("roles") or {}) - set(ROLES))
         if unknown:
             raise ConfigError(f"roles: unknown role(s) {', '.join(unknown)}; choose from {', '.join(ROLES)}")
-        values = merge(values, (values.get("roles") or {}).get(self.role) or {})
+        for role in ROLE_INHERITS.get(self.role, ()) + (self.role,):
+            values = merge(values, (values.get("roles") or {}).get(role) or {})
         cfg = from_dict(values)
         if cfg.model.name is None:
             cfg.model.name = MODEL_FOR_ROLE[cfg.role]
@@ -151,15 +158,22 @@ class Config:
 
 # The authors' optimisers and schedules (HDKD_SPEC section 4).
 AUTHORS_OPTIM: dict[str, dict[str, Any]] = {
-    "teacher": dict(name="adam", lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0,
-                    warmup_lr=1e-3, min_lr=1e-3),
-    "student": dict(name="adamw", lr=5e-5, weight_decay=0.05, schedule="cosine", warmup_epochs=5,
-                    warmup_lr=2e-5, min_lr=2e-5),
+    "teacher": dict(
+        name="adam", lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0, warmup_lr=1e-3, min_lr=1e-3
+    ),
+    "student": dict(
+        name="adamw", lr=5e-5, weight_decay=0.05, schedule="cosine", warmup_epochs=5, warmup_lr=2e-5, min_lr=2e-5
+    ),
 }
 AUTHORS_OPTIM["hdkd"] = AUTHORS_OPTIM["student"]
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "distill": DistillConfig,
-             "train": TrainConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "distill": DistillConfig,
+    "train": TrainConfig,
+}
 
 
 def _check_keys(cls, values: dict, where: str) -> None:
@@ -223,8 +237,12 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-def build_config(role: Optional[str] = None, files: tuple[str, ...] | list[str] = (),
-                 overrides: tuple[str, ...] | list[str] = (), **sections: dict[str, Any]) -> Config:
+def build_config(
+    role: Optional[str] = None,
+    files: tuple[str, ...] | list[str] = (),
+    overrides: tuple[str, ...] | list[str] = (),
+    **sections: dict[str, Any],
+) -> Config:
     """YAML files (in order) <- `sections` (named CLI options) <- `--set` overrides; unresolved (see `resolved`)."""
     values: dict[str, Any] = {}
     for path in files:

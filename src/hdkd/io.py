@@ -4,6 +4,7 @@ Atomic file writes: write a temporary file in the destination's folder, then ``o
 
 A reader (or a crash) therefore never sees a half-written file: the destination is either the old file or the new one.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Helpers writing tiny datasets for the data tests (unique module name: no clash with other test folders)."""
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,15 @@ def folder_dataset(root: Path, layout: dict[str, dict[str, int]], size: int = 8)
     return root
 
 
-def csv_dataset(root: Path, rows: list[dict[str, str]], size: int = 8, image_folder: str = "images",
-                csv_name: str = "labels.csv", ext: str = ".png", missing: tuple[str, ...] = ()) -> Path:
+def csv_dataset(
+    root: Path,
+    rows: list[dict[str, str]],
+    size: int = 8,
+    image_folder: str = "images",
+    csv_name: str = "labels.csv",
+    ext: str = ".png",
+    missing: tuple[str, ...] = (),
+) -> Path:
     """Writes rows (dicts with an image_id) to root/csv_name and an image per row into root/image_folder."""
     root.mkdir(parents=True, exist_ok=True)
     for number, row in enumerate(rows):
@@ -49,8 +57,12 @@ def csv_dataset(root: Path, rows: list[dict[str, str]], size: int = 8, image_fol
     return root
 
 
-def class_rows(counts: dict[str, int], split: str | None = None, groups_per_class: int | None = None,
-               rng: np.random.Generator | None = None) -> list[dict[str, str]]:
+def class_rows(
+    counts: dict[str, int],
+    split: str | None = None,
+    groups_per_class: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> list[dict[str, str]]:
     rows = []
     for name, count in counts.items():
         for i in range(count):

@@ -1,4 +1,6 @@
-"""Leakage audit (hdkd.data.audit, `hdkd audit`) and data.drop_duplicates: planted duplicates are found, exactly."""
+"""Leakage audit (hdkd.data.dedup, hdkd.experiments.audit, `hdkd audit`) and data.drop_duplicates: planted
+duplicates are found, exactly."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +16,11 @@ from PIL import Image
 from hdkd.cli import main
 from hdkd.config import DataConfig
 from hdkd.data import build_datasets
-from hdkd.data.audit import DEFAULT_THRESHOLD, audit_data, hamming, near_pairs, perceptual_hashes
 from hdkd.data.build import discover, select_splits
+from hdkd.data.dedup import DEFAULT_THRESHOLD, hamming, near_pairs, perceptual_hashes
 from hdkd.data.imageio import load_image, resize_image
 from hdkd.errors import ConfigError
+from hdkd.experiments.audit import audit_data
 
 
 def _texture(rng: np.random.Generator, size: int = 64) -> np.ndarray:
@@ -122,9 +125,12 @@ def test_audit_finds_exactly_the_planted_groups(leaky, tmp_path, capsys):
     assert _group_sets(report["exact_groups"]) == {
         frozenset({"train_a0.png", "train_a0_copy.png"}),
         frozenset({"train_a1.png", "test_a_exact.png"}),
-        frozenset({"train_a2.png", "test_b_conflict.png"})}
-    assert _group_sets(report["near_groups"]) == {frozenset({"train_a3.png", "test_a_near.jpg"}),
-                                                  frozenset({"train_b1.png", "val_b_near.jpg"})}
+        frozenset({"train_a2.png", "test_b_conflict.png"}),
+    }
+    assert _group_sets(report["near_groups"]) == {
+        frozenset({"train_a3.png", "test_a_near.jpg"}),
+        frozenset({"train_b1.png", "val_b_near.jpg"}),
+    }
     by_members = {frozenset(Path(m["path"]).name for m in g["members"]): g for g in report["exact_groups"]}
     conflict = by_members[frozenset({"train_a2.png", "test_b_conflict.png"})]
     assert conflict["label_conflict"] and conflict["cross_split"] and conflict["classes"] == ["a", "b"]
@@ -163,8 +169,10 @@ def test_exact_only_and_threshold_options(leaky, tmp_path, capsys):
 
 def test_audit_npz_names_rows_and_finds_cross_split_copies(tmp_path):
     rng = np.random.default_rng(3)
-    arrays = {f"{s}_images": np.stack([_texture(rng, 28) for _ in range(n)]) for s, n in
-              (("train", 10), ("val", 4), ("test", 5))}
+    arrays = {
+        f"{s}_images": np.stack([_texture(rng, 28) for _ in range(n)])
+        for s, n in (("train", 10), ("val", 4), ("test", 5))
+    }
     arrays.update({f"{s}_labels": (np.arange(n) % 2)[:, None] for s, n in (("train", 10), ("val", 4), ("test", 5))})
     arrays["test_images"][1] = arrays["train_images"][3]  # exact; labels: train 3 -> 1, test 1 -> 1
     arrays["val_images"][2] = arrays["train_images"][4]  # exact; labels: train 4 -> 0, val 2 -> 0
@@ -173,8 +181,10 @@ def test_audit_npz_names_rows_and_finds_cross_split_copies(tmp_path):
     np.savez(path, **arrays)
     result = audit_data(DataConfig(path=str(path)))
     groups = {frozenset(m.path for m in g.members): g for g in result.exact}
-    assert set(groups) == {frozenset({f"{path}:train_images[3]", f"{path}:test_images[1]"}),
-                           frozenset({f"{path}:train_images[4]", f"{path}:val_images[2]"})}
+    assert set(groups) == {
+        frozenset({f"{path}:train_images[3]", f"{path}:test_images[1]"}),
+        frozenset({f"{path}:train_images[4]", f"{path}:val_images[2]"}),
+    }
     assert groups[frozenset({f"{path}:train_images[3]", f"{path}:test_images[1]"})].label_conflict
     assert result.test_with_train_val_duplicate == 1
 
@@ -192,21 +202,26 @@ def test_drop_duplicates_test_and_train(leaky):
     notes: list[str] = []
     dropped = select_splits(discover(cfg), cfg, notes)
     assert _split_names(clean["test"]) - _split_names(dropped["test"]) == {
-        "test_a_exact.png", "test_b_conflict.png", "test_a_near.jpg"}
+        "test_a_exact.png",
+        "test_b_conflict.png",
+        "test_a_near.jpg",
+    }
     assert dropped["train"].paths == clean["train"].paths and dropped["val"].paths == clean["val"].paths
     assert "minus 3 image(s)" in dropped["test"].origin and "3 from test" in notes[0]
 
     cfg = DataConfig(path=str(root), drop_duplicates="train")
     dropped = select_splits(discover(cfg), cfg)
-    assert _split_names(clean["train"]) - _split_names(dropped["train"]) == {"train_a1.png", "train_a2.png",
-                                                                           "train_a3.png"}
+    assert _split_names(clean["train"]) - _split_names(dropped["train"]) == {
+        "train_a1.png",
+        "train_a2.png",
+        "train_a3.png",
+    }
     assert dropped["test"].paths == clean["test"].paths
     assert dropped["val"].paths == clean["val"].paths  # its near copy of a train image does not touch test
 
     cfg = DataConfig(path=str(root), drop_duplicates="test", duplicate_threshold=0)
     exact_only = select_splits(discover(cfg), cfg)  # the near copy is further than 0 bits: it stays
-    assert _split_names(clean["test"]) - _split_names(exact_only["test"]) == {"test_a_exact.png",
-                                                                            "test_b_conflict.png"}
+    assert _split_names(clean["test"]) - _split_names(exact_only["test"]) == {"test_a_exact.png", "test_b_conflict.png"}
 
     with pytest.raises(ConfigError, match="data.drop_duplicates: unknown value 'val'"):
         select_splits(discover(base), DataConfig(path=str(root), drop_duplicates="val"))

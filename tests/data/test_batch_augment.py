@@ -1,4 +1,5 @@
 """The batched on-device augmentation: each op against torchvision, seed determinism, parameter distributions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from hdkd.data import CachedImageDataset, eval_transform
 from hdkd.data.batch_augment import (
-    BatchAugment, adjust_brightness, adjust_contrast, adjust_sharpness, batch_seeds, draw_params, flip,
-    gaussian_blur, rotate,
+    BatchAugment,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_sharpness,
+    batch_seeds,
+    draw_params,
+    flip,
+    gaussian_blur,
+    rotate,
 )
 from hdkd.errors import ConfigError
 
@@ -131,7 +139,7 @@ def test_authors_pipeline_order_for_one_image():
         if p.vflip[i]:
             x = TF.vertical_flip(x)
         jitter = [(TF.adjust_brightness, p.brightness[i]), (TF.adjust_contrast, p.contrast[i])]
-        for fn, f in (jitter if p.brightness_first[i] else jitter[::-1]):
+        for fn, f in jitter if p.brightness_first[i] else jitter[::-1]:
             x = fn(x, float(f))
         if p.sharpen[i]:
             x = TF.adjust_sharpness(x, 2.0)

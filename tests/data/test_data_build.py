@@ -1,4 +1,5 @@
 """build_datasets: validation carving, fractions, caps, group-safe splits, channels and transforms."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,9 @@ import torch
 from data_helpers import class_rows, csv_dataset, folder_dataset
 
 from hdkd.config import DataConfig
-from hdkd.data import build_datasets, resolve_num_workers
+from hdkd.data import build_datasets
 from hdkd.data.build import build_eval_dataset, discover, select_splits
+from hdkd.data.loaders import resolve_num_workers
 from hdkd.errors import ConfigError, DataError
 
 LAYOUT = {"Training": {"a": 60, "b": 30, "c": 10}, "Testing": {"a": 5, "b": 4, "c": 3}}
@@ -101,8 +103,11 @@ def test_build_end_to_end(kaggle_like, cache_dir):
     cfg = DataConfig(path=str(kaggle_like), cache_dir=cache_dir, max_per_class=5)
     built = build_datasets(cfg, img_size=12, in_chans=None)
     assert built.class_names == ["a", "b", "c"] and built.in_chans == 3  # grey files -> 3 channels by default
-    assert built.counts == {"train": {"a": 5, "b": 5, "c": 5}, "val": {"a": 5, "b": 3, "c": 1},
-                            "test": {"a": 5, "b": 4, "c": 3}}
+    assert built.counts == {
+        "train": {"a": 5, "b": 5, "c": 5},
+        "val": {"a": 5, "b": 3, "c": 1},
+        "test": {"a": 5, "b": 4, "c": 3},
+    }
     assert "carved from train" in built.source["val"] and built.source["test"].startswith("Testing folder")
     image, label = built.test[0]
     assert image.shape == (3, 12, 12) and image.dtype == torch.float32 and isinstance(label, int)
@@ -138,11 +143,11 @@ def test_grey_medmnist_defaults_to_one_channel(tmp_path, cache_dir):
 
 
 def test_resolve_num_workers(monkeypatch):
-    monkeypatch.setattr("hdkd.data.build.available_cpus", lambda: 4)
+    monkeypatch.setattr("hdkd.data.loaders.available_cpus", lambda: 4)
     assert resolve_num_workers(-1) == 3
-    monkeypatch.setattr("hdkd.data.build.available_cpus", lambda: 32)
+    monkeypatch.setattr("hdkd.data.loaders.available_cpus", lambda: 32)
     assert resolve_num_workers(-1) == 8
-    monkeypatch.setattr("hdkd.data.build.available_cpus", lambda: 1)
+    monkeypatch.setattr("hdkd.data.loaders.available_cpus", lambda: 1)
     assert resolve_num_workers(-1) == 0
     assert resolve_num_workers(5) == 5
     with pytest.raises(ConfigError):

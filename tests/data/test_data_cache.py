@@ -1,4 +1,5 @@
 """The decode-once cache: reuse without decoding, invalidation on change, atomic writes, first error reported."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Every PIL mode decodes to the documented uint8 (H, W, C) values; bad files raise DataError naming the file."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -123,8 +124,7 @@ def test_32_bit_integer_and_float_rescaled(tmp_path):
     ints = gradient(-50000, 150000, np.int32)
     path = saved(tmp_path, Image.fromarray(ints), "int32.tif")
     assert Image.open(path).mode == "I"
-    np.testing.assert_array_equal(load_image(path, 1)[..., 0],
-                                  np.rint((ints.astype(float) + 50000) * 255 / 200000))
+    np.testing.assert_array_equal(load_image(path, 1)[..., 0], np.rint((ints.astype(float) + 50000) * 255 / 200000))
 
     floats = gradient(-1.5, 2.5, np.float32)
     path = saved(tmp_path, Image.fromarray(floats), "float.tif")

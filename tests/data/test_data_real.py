@@ -1,4 +1,5 @@
 """The real datasets in ../shared/data: split discovery and counts, decoding only small subsets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_dermamnist_csv(shared_data, cache_dir):
 def test_breastmnist_npz(shared_data, cache_dir):
     path = shared_data / "medmnist" / "breastmnist.npz"
     built = build_datasets(DataConfig(path=str(path), cache_dir=cache_dir), 28, None)
-    assert built.in_chans == 1 and built.class_names == ["0", "1"]
+    assert built.in_chans == 1 and built.class_names == ["malignant", "normal_or_benign"]  # MedMNIST INFO names
     assert (len(built.train), len(built.val), len(built.test)) == (546, 78, 156)
     with np.load(path) as arrays:
         np.testing.assert_array_equal(built.test.images[..., 0], arrays["test_images"])  # no resampling at 28

@@ -1,4 +1,5 @@
 """Dataset discovery: folder layouts, metadata CSVs and MedMNIST files, and the errors for each kind of mistake."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -94,8 +95,11 @@ def test_stray_folder_next_to_split_folders(tmp_path):
 
 
 def test_csv_with_split_column(tmp_path):
-    rows = (class_rows({"nv": 3, "mel": 2}, "train") + class_rows({"nv": 1, "mel": 1}, "Validation")
-            + class_rows({"nv": 1, "mel": 1}, "TEST"))
+    rows = (
+        class_rows({"nv": 3, "mel": 2}, "train")
+        + class_rows({"nv": 1, "mel": 1}, "Validation")
+        + class_rows({"nv": 1, "mel": 1}, "TEST")
+    )
     for i, row in enumerate(rows):  # unique ids across splits
         row["image_id"] = f"img{i:03d}"
     csv_dataset(tmp_path, rows, ext=".jpg")
@@ -112,10 +116,12 @@ def test_csv_image_id_with_extension_and_explicit_options(tmp_path):
     root = tmp_path / "data"
     for i, row in enumerate(rows):
         write_image(root / "pics" / row["file"], i)
-    (root / "meta.csv").write_text("file,label,part\n" + "".join(f"{r['file']},{r['label']},{r['part']}\n"
-                                                                  for r in rows))
-    source = discover(root, csv="meta.csv", image_column="file", label_column="label", split_column="part",
-                      image_dirs=["pics"])
+    (root / "meta.csv").write_text(
+        "file,label,part\n" + "".join(f"{r['file']},{r['label']},{r['part']}\n" for r in rows)
+    )
+    source = discover(
+        root, csv="meta.csv", image_column="file", label_column="label", split_column="part", image_dirs=["pics"]
+    )
     assert source.class_names == ["a", "b"]
     assert [p.name for p in source.train.paths] == ["x1.png"] and [p.name for p in source.test.paths] == ["x2.png"]
 
@@ -191,6 +197,43 @@ def test_medmnist_grey_and_rgb(tmp_path):
 
     np.savez(tmp_path / "rgb.npz", **medmnist_arrays(grey=False, labels_2d=False))
     assert discover(tmp_path / "rgb.npz").grey is False
+
+
+def test_medmnist_known_set_gets_its_official_class_names(tmp_path):
+    arrays = medmnist_arrays()  # labels 0..2
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_labels"] = arrays[f"{split}_labels"] % 2
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    np.savez(tmp_path / "pneumoniamnist_64.npz", **arrays)
+    np.savez(tmp_path / "dermamnist.npz", **arrays)  # 2 classes, but DermaMNIST has 7: indices stay
+    np.savez(tmp_path / "mybreastmnist.npz", **arrays)  # not a name MedMNIST uses
+    assert discover(tmp_path / "breastmnist.npz").class_names == ["malignant", "normal_or_benign"]
+    assert discover(tmp_path / "pneumoniamnist_64.npz").class_names == ["normal", "pneumonia"]
+    assert discover(tmp_path / "dermamnist.npz").class_names == ["0", "1"]
+    assert discover(tmp_path / "mybreastmnist.npz").class_names == ["0", "1"]
+
+
+def test_medmnist_label_tables_match_the_official_class_counts():
+    from hdkd.data.medmnist_labels import LABELS, OFFICIAL
+
+    counts = {
+        "pathmnist": 9,
+        "dermamnist": 7,
+        "octmnist": 4,
+        "pneumoniamnist": 2,
+        "retinamnist": 5,
+        "breastmnist": 2,
+        "bloodmnist": 8,
+        "tissuemnist": 8,
+        "organamnist": 11,
+        "organcmnist": 11,
+        "organsmnist": 11,
+    }
+    assert {name: len(names) for name, names in LABELS.items()} == counts
+    for name, names in LABELS.items():
+        assert len(set(names)) == len(names) and all(n.isidentifier() and n.islower() for n in names), name
+    assert OFFICIAL["octmnist"][0] == ("choroidal_neovascularization", "choroidal neovascularization")
+    assert LABELS["organamnist"][1] == "femur_left" and LABELS["bloodmnist"][3] == "immature_granulocyte"
 
 
 def test_medmnist_missing_keys(tmp_path):

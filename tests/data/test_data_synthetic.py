@@ -1,4 +1,5 @@
 """The embedded synthetic dataset: counts, classes, determinism, reuse and atomic creation."""
+
 from __future__ import annotations
 
 import time

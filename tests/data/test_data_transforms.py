@@ -1,4 +1,5 @@
 """The authors' augmentation (order and parameters), normalisation statistics and the Dataset item format."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,9 +21,16 @@ def test_mean_std():
 
 def test_authors_recipe_order_and_parameters():
     steps = train_transform("authors", 3).transforms
-    assert [type(t) for t in steps] == [v2.RandomRotation, v2.RandomHorizontalFlip, v2.RandomVerticalFlip,
-                                        v2.ColorJitter, v2.RandomAdjustSharpness, v2.GaussianBlur, v2.ToDtype,
-                                        v2.Normalize]
+    assert [type(t) for t in steps] == [
+        v2.RandomRotation,
+        v2.RandomHorizontalFlip,
+        v2.RandomVerticalFlip,
+        v2.ColorJitter,
+        v2.RandomAdjustSharpness,
+        v2.GaussianBlur,
+        v2.ToDtype,
+        v2.Normalize,
+    ]
     rotation, hflip, vflip, jitter, sharp, blur, to_dtype, normalize = steps
     assert list(rotation.degrees) == [-180.0, 180.0]
     assert hflip.p == 0.5 and vflip.p == 0.5

@@ -1,4 +1,5 @@
 """`hdkd data download medmnist`: against a local HTTP server only (never the internet)."""
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,7 @@ class _Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/files"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self):
@@ -63,8 +63,9 @@ def served(tmp_path):
 def test_download_verifies_caches_and_loads(served, tmp_path, capsys):
     server, md5 = served
     cache = tmp_path / "cache"
-    code = main(["data", "download", "medmnist", "toymnist", "--cache", str(cache), "--url-base", server.url,
-                 "--md5", md5])
+    code = main(
+        ["data", "download", "medmnist", "toymnist", "--cache", str(cache), "--url-base", server.url, "--md5", md5]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     target = cache / "toymnist.npz"
@@ -114,10 +115,12 @@ def test_unreachable_server_and_http_errors(served, tmp_path):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(DataError, match=r"cannot reach http://127\.0\.0\.1:\d+/toymnist\.npz.*download the file "
-                                        r"by hand and pass it with --data"):
-        download_medmnist("toymnist", cache=tmp_path / "c", url_base=f"http://127.0.0.1:{port}", md5=md5,
-                          timeout=5)
+    with pytest.raises(
+        DataError,
+        match=r"cannot reach http://127\.0\.0\.1:\d+/toymnist\.npz.*download the file "
+        r"by hand and pass it with --data",
+    ):
+        download_medmnist("toymnist", cache=tmp_path / "c", url_base=f"http://127.0.0.1:{port}", md5=md5, timeout=5)
     with pytest.raises(DataError, match="HTTP 404"):
         download_medmnist("missingmnist", cache=tmp_path / "c", url_base=server.url, md5=md5)
     assert not (tmp_path / "c" / "missingmnist.npz").exists()

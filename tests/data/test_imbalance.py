@@ -1,4 +1,5 @@
 """Class imbalance options: weighted cross-entropy, the balanced sampler and SMOTE on the train split only."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def _dataset(labels=LABELS) -> CachedImageDataset:
 
 
 def _splits(labels=LABELS) -> DataSplits:
-    return DataSplits(train=_dataset(labels), val=_dataset(labels[:10]), test=None, class_names=["a", "b", "c"],
-                      in_chans=1)
+    return DataSplits(
+        train=_dataset(labels), val=_dataset(labels[:10]), test=None, class_names=["a", "b", "c"], in_chans=1
+    )
 
 
 def test_balanced_class_weights_equal_sklearn():
@@ -151,11 +153,26 @@ def test_train_uses_the_configured_sampler_and_weights(imbalanced, tmp_path, mon
 
     monkeypatch.setattr(trainer, "GlobalBatchSampler", spy_sampler)
     monkeypatch.setattr(trainer, "build_criterion", lambda *a: made.append(real_criterion(*a)) or made[-1])
-    cfg = build_config("student", overrides=[
-        f"data.path={imbalanced}", "data.augment=none", "data.num_workers=0", "model.img_size=32",
-        "model.depths=[1,1,1]", "model.widths=[8,8,16]", "model.dflt_depth=1", "model.dflt_heads=2",
-        "train.epochs=1", "train.batch_size=4", "train.max_steps_per_epoch=1", "train.progress=false",
-        "train.sampler=balanced", "train.class_weight=balanced", f"output={tmp_path / 'run'}"])
+    cfg = build_config(
+        "student",
+        overrides=[
+            f"data.path={imbalanced}",
+            "data.augment=none",
+            "data.num_workers=0",
+            "model.img_size=32",
+            "model.depths=[1,1,1]",
+            "model.widths=[8,8,16]",
+            "model.dflt_depth=1",
+            "model.dflt_heads=2",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "train.max_steps_per_epoch=1",
+            "train.progress=false",
+            "train.sampler=balanced",
+            "train.class_weight=balanced",
+            f"output={tmp_path / 'run'}",
+        ],
+    )
     trainer.train(cfg)
     assert len(samplers) == 1 and samplers[0].weights is not None  # the train batches; val is read in order
     np.testing.assert_allclose(samplers[0].weights.numpy(), balanced_sample_weights(np.repeat([0, 1, 2], [12, 5, 3])))

@@ -16,7 +16,9 @@ def _grad_norm(model):
 def test_loss_and_gradient_match_authors_code(official_fixtures, kd):
     expected = json.loads((official_fixtures / "expected_losses.json").read_text())[f"loss_{kd}"]
     ref = torch.load(official_fixtures / "batch_and_outputs.pt", weights_only=True)
-    teacher = load_checkpoint(timm.create_model("hdkd_teacher", num_classes=4), official_fixtures / "teacher_4cls_224.pth")
+    teacher = load_checkpoint(
+        timm.create_model("hdkd_teacher", num_classes=4), official_fixtures / "teacher_4cls_224.pth"
+    )
     student = load_checkpoint(timm.create_model("hdkd", num_classes=4), official_fixtures / "hdkd_4cls_224.pth")
     student.train()
     criterion = HDKDLoss(teacher, alpha=0.5, tau=1.0, lam=10.0, kd=kd, beta=1.0)
@@ -57,7 +59,7 @@ def test_single_pass_and_formula_against_float64_reference():
     ce = F.cross_entropy(z_cls, y)
     p_t = F.softmax(z_t / 2.0, 1)
     kl = (p_t * (p_t.log() - F.log_softmax(z_dist / 2.0, 1))).sum() * 4.0 / z_dist.numel()
-    feat = sum((i ** 2.0) * ((s - t) ** 2).mean() for i, t, s in zip((1, 2, 3), t_maps, s_maps))
+    feat = sum((i**2.0) * ((s - t) ** 2).mean() for i, t, s in zip((1, 2, 3), t_maps, s_maps))
     total = 0.7 * ce + 0.3 * kl + 5.0 * feat
     assert out.total.item() == pytest.approx(total.item(), rel=1e-4)
     assert out.kd == pytest.approx(kl.item(), rel=1e-3)

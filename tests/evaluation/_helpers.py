@@ -1,4 +1,5 @@
 """Shared fixtures-as-functions for the evaluation tests (fake but internally consistent model results)."""
+
 from __future__ import annotations
 
 import struct

@@ -1,4 +1,5 @@
 """Bootstrap CIs: the vectorised metrics equal scikit-learn's on each resample; intervals are sane and seeded."""
+
 from __future__ import annotations
 
 import time
@@ -9,7 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from hdkd.evaluation import bootstrap_ci, classification_metrics
-from hdkd.evaluation.bootstrap import HEADLINE_METRICS, _resample_counts, _weighted_headline
+from hdkd.evaluation.bootstrap import BOOTSTRAP_METRICS, _resample_counts, _weighted_headline
 
 
 def _case(n_classes: int, n: int, seed: int, skill: float = 1.5, round_to=None):
@@ -22,7 +23,7 @@ def _case(n_classes: int, n: int, seed: int, skill: float = 1.5, round_to=None):
     p /= p.sum(axis=1, keepdims=True)
     if round_to is not None:  # coarse probabilities: many tied scores
         p = np.round(p, round_to)
-        p = np.maximum(p, 10.0 ** -round_to)
+        p = np.maximum(p, 10.0**-round_to)
         p /= p.sum(axis=1, keepdims=True)
     return y, p, [f"k{c}" for c in range(n_classes)]
 
@@ -50,7 +51,8 @@ def test_vectorised_metrics_equal_scikit_learn_on_each_resample(n_classes, round
             assert got["auc_ovr_macro"][b] == pytest.approx(skm.roc_auc_score(yb, pb[:, 1]))
         else:
             assert got["auc_ovr_macro"][b] == pytest.approx(
-                skm.roc_auc_score(yb, pb, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+                skm.roc_auc_score(yb, pb, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+            )
 
 
 def test_resampling_counts():
@@ -69,7 +71,7 @@ def test_interval_contains_estimate_and_is_seeded(n_classes):
     ci = bootstrap_ci(y, p, names, n_boot=500, seed=3)
     m = classification_metrics(y, p, names)
     assert ci["n_boot"] == 500 and ci["n"] == 400 and ci["level"] == 0.95
-    for key in HEADLINE_METRICS:
+    for key in BOOTSTRAP_METRICS:
         entry = ci["metrics"][key]
         assert entry["estimate"] == pytest.approx(m[key])
         assert entry["low"] <= entry["estimate"] <= entry["high"]
@@ -86,8 +88,8 @@ def test_interval_narrows_with_more_test_samples():
     for n in (200, 3200):
         y, p, names = _case(4, n, seed=2)
         ci = bootstrap_ci(y, p, names, n_boot=400, seed=0)
-        widths[n] = {k: ci["metrics"][k]["high"] - ci["metrics"][k]["low"] for k in HEADLINE_METRICS}
-    for key in HEADLINE_METRICS:
+        widths[n] = {k: ci["metrics"][k]["high"] - ci["metrics"][k]["low"] for k in BOOTSTRAP_METRICS}
+    for key in BOOTSTRAP_METRICS:
         # sampling error shrinks like 1 / sqrt(n): 16x the samples -> about 1/4 of the width
         assert widths[3200][key] < 0.5 * widths[200][key]
 

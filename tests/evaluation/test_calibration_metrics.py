@@ -1,4 +1,5 @@
 """PR-AUC, ECE, Brier score and NLL: against scikit-learn or an independent numpy computation; ECE by hand."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hdkd.evaluation import (brier_score, calibration_metrics, classification_metrics, expected_calibration_error,
-                             format_metrics_table, reliability_bins)
+from hdkd.evaluation import (
+    brier_score,
+    calibration_metrics,
+    classification_metrics,
+    expected_calibration_error,
+    reliability_bins,
+)
+from hdkd.reporting.tables import format_metrics_table
 
 
 def _case(n_classes: int, seed: int, n: int = 300):
@@ -86,14 +93,16 @@ def test_new_metrics_match_references(n_classes, seed):
 
 def test_ece_tiny_example_by_hand():
     # 5 bins of width 0.2, right-closed. Top-class confidences: 0.9, 0.9, 0.7, 0.5, 0.5, 0.3.
-    probs = np.array([
-        [0.9, 0.05, 0.05, 0.0],   # correct      -> bin (0.8, 1.0]
-        [0.05, 0.9, 0.05, 0.0],   # wrong (y=0)  -> bin (0.8, 1.0]
-        [0.7, 0.1, 0.1, 0.1],     # correct      -> bin (0.6, 0.8]
-        [0.5, 0.3, 0.2, 0.0],     # correct      -> bin (0.4, 0.6]
-        [0.1, 0.5, 0.4, 0.0],     # wrong (y=2)  -> bin (0.4, 0.6]
-        [0.3, 0.25, 0.25, 0.2],   # wrong (y=3)  -> bin (0.2, 0.4]
-    ])
+    probs = np.array(
+        [
+            [0.9, 0.05, 0.05, 0.0],  # correct      -> bin (0.8, 1.0]
+            [0.05, 0.9, 0.05, 0.0],  # wrong (y=0)  -> bin (0.8, 1.0]
+            [0.7, 0.1, 0.1, 0.1],  # correct      -> bin (0.6, 0.8]
+            [0.5, 0.3, 0.2, 0.0],  # correct      -> bin (0.4, 0.6]
+            [0.1, 0.5, 0.4, 0.0],  # wrong (y=2)  -> bin (0.4, 0.6]
+            [0.3, 0.25, 0.25, 0.2],  # wrong (y=3)  -> bin (0.2, 0.4]
+        ]
+    )
     y = np.array([0, 0, 0, 0, 2, 3])
     # bin (0.8,1]: acc 1/2, conf 0.9 -> |0.5-0.9| * 2/6; bin (0.6,0.8]: acc 1, conf 0.7 -> 0.3 * 1/6;
     # bin (0.4,0.6]: acc 1/2, conf 0.5 -> 0; bin (0.2,0.4]: acc 0, conf 0.3 -> 0.3 * 1/6
@@ -127,8 +136,14 @@ def test_calibration_metrics_with_missing_class_and_single_class_without_warning
 def test_metrics_table_shows_calibration_and_intervals():
     y, probs, names = _case(2, 4)
     m = classification_metrics(y, probs, names)
-    m["bootstrap"] = {"method": "percentile bootstrap", "level": 0.95, "n_boot": 100, "seed": 0, "n": len(y),
-                      "metrics": {"accuracy": {"estimate": m["accuracy"], "low": 0.5, "high": 0.9, "n_valid": 100}}}
+    m["bootstrap"] = {
+        "method": "percentile bootstrap",
+        "level": 0.95,
+        "n_boot": 100,
+        "seed": 0,
+        "n": len(y),
+        "metrics": {"accuracy": {"estimate": m["accuracy"], "low": 0.5, "high": 0.9, "n_valid": 100}},
+    }
     text = format_metrics_table(m)
     assert f"{100 * m['ece']:.2f}" in text and f"{m['brier']:.4f}" in text and f"{m['nll']:.4f}" in text
     assert f"{m['pr_auc_positive']:.4f}" in text

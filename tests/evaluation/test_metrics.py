@@ -1,4 +1,6 @@
-"""classification_metrics against scikit-learn, hand-checked specificity, degenerate splits, and the table formatters."""
+"""classification_metrics against scikit-learn, hand-checked specificity, degenerate splits, and the table
+formatters."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +11,8 @@ import pytest
 from sklearn import metrics as skm
 
 from hdkd.errors import DataError
-from hdkd.evaluation import classification_metrics, format_comparison_table, format_metrics_table
+from hdkd.evaluation import classification_metrics
+from hdkd.reporting.tables import format_comparison_table, format_metrics_table
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -69,9 +72,7 @@ def test_matches_scikit_learn(n_classes, seed):
     else:
         p64 = p64 / p64.sum(axis=1, keepdims=True)
         assert m["auc_ovr_macro"] == pytest.approx(skm.roc_auc_score(y, p64, multi_class="ovr", average="macro"))
-        assert m["auc_ovr_weighted"] == pytest.approx(
-            skm.roc_auc_score(y, p64, multi_class="ovr", average="weighted")
-        )
+        assert m["auc_ovr_weighted"] == pytest.approx(skm.roc_auc_score(y, p64, multi_class="ovr", average="weighted"))
     assert m["auc_note"] is None
 
     prec, rec, f1, sup = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
@@ -208,8 +209,13 @@ def test_format_metrics_table_contains_names_and_numbers():
         pc = m["per_class"][name]
         row = next(line for line in lines if line.split()[:1] == [name])  # first row: per-class table
         assert row.split()[1:] == [
-            f"{100 * pc['precision']:.2f}", f"{100 * pc['recall']:.2f}", f"{100 * pc['specificity']:.2f}",
-            f"{100 * pc['f1']:.2f}", f"{pc['auc']:.4f}", f"{pc['pr_auc']:.4f}", str(pc["support"]),
+            f"{100 * pc['precision']:.2f}",
+            f"{100 * pc['recall']:.2f}",
+            f"{100 * pc['specificity']:.2f}",
+            f"{100 * pc['f1']:.2f}",
+            f"{pc['auc']:.4f}",
+            f"{pc['pr_auc']:.4f}",
+            str(pc["support"]),
         ]
     cm_start = next(i for i, line in enumerate(lines) if line.startswith("Confusion matrix"))
     header = lines[cm_start + 1].split()
@@ -243,15 +249,29 @@ def test_format_comparison_table():
     table = format_comparison_table(results)
     lines = table.splitlines()
     assert _cells(lines[0]) == [
-        "Model", "Params", "GFLOPs", "Accuracy (%)", "Balanced accuracy (%)", "Macro-F1 (%)", "AUC (OvR macro)",
-        "ECE (%)", "ECE after temp. scaling (%)",
+        "Model",
+        "Params",
+        "GFLOPs",
+        "Accuracy (%)",
+        "Balanced accuracy (%)",
+        "Macro-F1 (%)",
+        "AUC (OvR macro)",
+        "ECE (%)",
+        "ECE after temp. scaling (%)",
     ]
     assert set(lines[1]) <= set("|-: ")
     rows = {(c := _cells(line))[0]: c for line in lines[2:]}
     assert list(rows) == ["teacher", "student", "hdkd"]
     assert rows["teacher"] == [
-        "teacher", "12,345,678", "4.500", f"{100 * m['accuracy']:.2f}", f"{100 * m['balanced_accuracy']:.2f}",
-        f"{100 * m['macro_f1']:.2f}", f"{m['auc_ovr_macro']:.4f}", f"{100 * m['ece']:.2f}", "n/a",
+        "teacher",
+        "12,345,678",
+        "4.500",
+        f"{100 * m['accuracy']:.2f}",
+        f"{100 * m['balanced_accuracy']:.2f}",
+        f"{100 * m['macro_f1']:.2f}",
+        f"{m['auc_ovr_macro']:.4f}",
+        f"{100 * m['ece']:.2f}",
+        "n/a",
     ]
     assert rows["student"][2] == "0.600"
     assert rows["student"][3] == f"{100 * m_no_auc['accuracy']:.2f}"

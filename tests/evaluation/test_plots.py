@@ -1,9 +1,15 @@
 """The report figures are complete PNG files, written atomically, whatever the inputs look like."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from hdkd.evaluation import plot_confusion_matrices, plot_reliability_diagrams, plot_roc_curves, plot_training_curves
+from hdkd.reporting.plots import (
+    plot_confusion_matrices,
+    plot_reliability_diagrams,
+    plot_roc_curves,
+    plot_training_curves,
+)
 
 from ._helpers import assert_valid_png, fake_assessed, fake_history, fake_metrics, fake_predictions, png_size
 
@@ -57,10 +63,12 @@ def test_roc_curves_one_panel_per_model_binary_multiclass_and_missing(tmp_path):
     y3 = np.where(y3 == 2, 0, y3)  # a class absent from y_true: no curve, no crash
     one = plot_roc_curves({"m": {"y_true": y4, "probs": p4, "class_names": list("abcd")}}, tmp_path / "one.png")
     three = plot_roc_curves(
-        {"teacher": {"y_true": y4, "probs": p4, "class_names": list("abcd")},
-         "student": {"y_true": y2, "probs": p2},
-         "hdkd": {"y_true": y3, "probs": p3, "class_names": list("xyz")},
-         "none": None},
+        {
+            "teacher": {"y_true": y4, "probs": p4, "class_names": list("abcd")},
+            "student": {"y_true": y2, "probs": p2},
+            "hdkd": {"y_true": y3, "probs": p3, "class_names": list("xyz")},
+            "none": None,
+        },
         tmp_path / "three.png",
     )
     assert_valid_png(one)
@@ -73,9 +81,14 @@ def test_reliability_diagrams_before_and_after(tmp_path):
     a = fake_assessed(4, 0, 2.0)
     ts = a["temperature_scaling"]
     both = plot_reliability_diagrams(
-        {"teacher": {"before": ts["test_before"]["reliability"], "after": ts["test_after"]["reliability"],
-                     "temperature": ts["temperature"]},
-         "student": {"before": a["metrics"]["reliability"], "after": None, "temperature": None}},
+        {
+            "teacher": {
+                "before": ts["test_before"]["reliability"],
+                "after": ts["test_after"]["reliability"],
+                "temperature": ts["temperature"],
+            },
+            "student": {"before": a["metrics"]["reliability"], "after": None, "temperature": None},
+        },
         tmp_path / "both.png",
     )
     before_only = plot_reliability_diagrams({"m": {"before": a["metrics"]["reliability"]}}, tmp_path / "b.png")
@@ -86,6 +99,8 @@ def test_reliability_diagrams_before_and_after(tmp_path):
 
 
 def test_training_curves_with_losses_on_very_different_scales(tmp_path):
-    histories = {"student": fake_history(4, 0),
-                 "hdkd": [dict(row, train_loss=100 * row["train_loss"]) for row in fake_history(4, 1)]}
+    histories = {
+        "student": fake_history(4, 0),
+        "hdkd": [dict(row, train_loss=100 * row["train_loss"]) for row in fake_history(4, 1)],
+    }
     assert_valid_png(plot_training_curves(histories, tmp_path / "log.png"))  # loss axis switches to log scale

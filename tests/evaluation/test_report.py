@@ -1,5 +1,6 @@
 """write_pipeline_report: every file, a JSON that round-trips, a Markdown and a self-contained HTML with the
 comparison, safe write order."""
+
 from __future__ import annotations
 
 import base64
@@ -11,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hdkd.evaluation.report as report_module
-from hdkd.evaluation import format_comparison_table, write_pipeline_report
+import hdkd.reporting.pipeline_report as report_module
+from hdkd.reporting.pipeline_report import write_pipeline_report
+from hdkd.reporting.tables import format_comparison_table
 
 from ._helpers import assert_valid_png, fake_assessed, fake_history, fake_metrics
 
@@ -25,8 +27,11 @@ FIGURES = ["confusion_matrices.png", "reliability_diagrams.png", "roc_curves.png
 def _results(n_classes: int = 3, assessed: bool = True) -> dict:
     """Three fake models; with ``assessed`` each also has bootstrap CIs, temperature scaling and predictions."""
     names = NAMES if n_classes == 3 else None
-    spec = {"teacher": (0, 3.0, 20_000_000, 4.1e9), "student": (1, 1.0, 1_500_000, 3.0e8),
-            "hdkd": (2, 1.8, 1_500_000, 3.0e8)}
+    spec = {
+        "teacher": (0, 3.0, 20_000_000, 4.1e9),
+        "student": (1, 1.0, 1_500_000, 3.0e8),
+        "hdkd": (2, 1.8, 1_500_000, 3.0e8),
+    }
     results = {}
     for i, (label, (seed, skill, params, flops)) in enumerate(spec.items()):
         results[label] = {
@@ -42,15 +47,21 @@ def _results(n_classes: int = 3, assessed: bool = True) -> dict:
         }
         if assessed:
             a = fake_assessed(n_classes, seed, skill, names=names)
-            results[label].update(metrics=a["metrics"], bootstrap=a["bootstrap"],
-                                  temperature_scaling=a["temperature_scaling"], predictions=a["predictions"])
+            results[label].update(
+                metrics=a["metrics"],
+                bootstrap=a["bootstrap"],
+                temperature_scaling=a["temperature_scaling"],
+                predictions=a["predictions"],
+            )
     return results
 
 
 META = {
     "dataset": "synthetic (embedded)",
-    "class_counts": {"train": {"benign": 40, "malignant": 30, "normal": 50}, "test": {"benign": 40, "malignant": 35,
-                                                                                     "normal": 45}},
+    "class_counts": {
+        "train": {"benign": 40, "malignant": 30, "normal": 50},
+        "test": {"benign": 40, "malignant": 35, "normal": 45},
+    },
     "img_size": 64,
     "epochs": 8,
     "seed": 0,
@@ -71,8 +82,15 @@ def written(tmp_path_factory):
 def test_writes_every_file(written):
     tmp_out, _, paths = written
     tmp_path = tmp_out.parent
-    assert set(paths) == {"json", "markdown", "html", "confusion_matrices", "roc_curves", "reliability_diagrams",
-                          "training_curves"}
+    assert set(paths) == {
+        "json",
+        "markdown",
+        "html",
+        "confusion_matrices",
+        "roc_curves",
+        "reliability_diagrams",
+        "training_curves",
+    }
     assert paths["json"] == tmp_path / "out" / "report.json"
     assert paths["markdown"] == tmp_path / "out" / "report.md"
     assert paths["html"] == tmp_path / "out" / "report.html"
@@ -98,8 +116,14 @@ def test_json_round_trips_and_contains_the_metrics(written):
         ts = doc["results"][label]["temperature_scaling"]
         assert ts["fitted_on"] == "validation" and ts["temperature"] > 0
         assert ts["test_before"]["ece"] == pytest.approx(r["metrics"]["ece"])
-    assert set(doc["files"]) == {"markdown", "html", "confusion_matrices", "roc_curves", "reliability_diagrams",
-                                 "training_curves"}
+    assert set(doc["files"]) == {
+        "markdown",
+        "html",
+        "confusion_matrices",
+        "roc_curves",
+        "reliability_diagrams",
+        "training_curves",
+    }
     h, s = results["hdkd"]["metrics"], results["student"]["metrics"]
     assert doc["summary"]["hdkd_minus_student_accuracy_points"] == pytest.approx(100 * (h["accuracy"] - s["accuracy"]))
     best = max(results, key=lambda k: results[k]["metrics"]["balanced_accuracy"])
@@ -155,8 +179,9 @@ def test_markdown_has_comparison_rows_summary_and_details(written):
 def test_report_with_undefined_auc_and_two_classes(tmp_path):
     results = _results(n_classes=2, assessed=False)
     m = fake_metrics(3, 4, 1.0, names=NAMES)
-    results["student"]["metrics"] = dict(m, auc_ovr_macro=None, auc_ovr_weighted=None,
-                                         auc_note="ROC AUC undefined: class(es) absent from y_true: normal")
+    results["student"]["metrics"] = dict(
+        m, auc_ovr_macro=None, auc_ovr_weighted=None, auc_note="ROC AUC undefined: class(es) absent from y_true: normal"
+    )
     results["hdkd"].pop("val_metrics")
     results["hdkd"]["history"] = []
     paths = write_pipeline_report(tmp_path, results, {})
@@ -252,10 +277,11 @@ def test_html_is_well_formed_self_contained_and_consistent(written):
         png = base64.b64decode(attrs["src"].split(",", 1)[1], validate=True)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     embedded = sorted(base64.b64decode(a["src"].split(",", 1)[1]) for a in images)
-    assert embedded == sorted(paths[k].read_bytes() for k in ("confusion_matrices", "roc_curves",
-                                                             "reliability_diagrams", "training_curves"))
+    assert embedded == sorted(
+        paths[k].read_bytes() for k in ("confusion_matrices", "roc_curves", "reliability_diagrams", "training_curves")
+    )
     body = " ".join(checker.text)
-    for label, r in results.items():  # the numbers of report.json / report.md are in the HTML
+    for _label, r in results.items():  # the numbers of report.json / report.md are in the HTML
         m, ci = r["metrics"], r["bootstrap"]["metrics"]
         acc = ci["accuracy"]
         assert f"{100 * m['accuracy']:.2f} [{100 * acc['low']:.2f}, {100 * acc['high']:.2f}]" in body

@@ -1,4 +1,5 @@
 """`hdkd pipeline --seeds`: one run per seed, and a summary whose mean / std are numpy's over the per-seed reports."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,18 @@ import numpy as np
 import pytest
 
 from hdkd.cli import main
-from hdkd.evaluation.seeds import SEED_METRICS, format_seeds_markdown, summarise_seeds, write_seeds_summary
+from hdkd.evaluation.seeds import SEED_METRICS, summarise_seeds
+from hdkd.reporting.seeds import format_seeds_markdown, write_seeds_summary
 
 
 def test_summary_of_fake_runs(tmp_path):
     rng = np.random.default_rng(0)
     per_seed = {}
     for seed in (0, 1, 2):
-        per_seed[seed] = {label: {"metrics": {k: float(rng.uniform(0.5, 1.0)) for k in SEED_METRICS}}
-                          for label in ("teacher", "student", "hdkd")}
+        per_seed[seed] = {
+            label: {"metrics": {k: float(rng.uniform(0.5, 1.0)) for k in SEED_METRICS}}
+            for label in ("teacher", "student", "hdkd")
+        }
     per_seed[1]["student"]["metrics"]["auc_ovr_macro"] = None  # undefined in one run: left out
     summary = summarise_seeds(per_seed)
     assert summary["seeds"] == [0, 1, 2] and list(summary["models"]) == ["teacher", "student", "hdkd"]
@@ -39,8 +43,27 @@ def test_summary_of_fake_runs(tmp_path):
 
 def test_pipeline_seeds_end_to_end(tmp_path, capsys):
     out = tmp_path / "seeds"
-    code = main(["pipeline", "-o", str(out), "--epochs", "1", "--img-size", "32", "--set", "data.max_per_class=4",
-                 "--roles", "student", "--seeds", "3", "7", "--bootstrap", "50", "--no-progress"])
+    code = main(
+        [
+            "pipeline",
+            "-o",
+            str(out),
+            "--epochs",
+            "1",
+            "--img-size",
+            "32",
+            "--set",
+            "data.max_per_class=4",
+            "--roles",
+            "student",
+            "--seeds",
+            "3",
+            "7",
+            "--bootstrap",
+            "50",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = json.loads((out / "seeds_summary.json").read_text())
@@ -62,8 +85,20 @@ def test_pipeline_seeds_end_to_end(tmp_path, capsys):
 
     # `hdkd evaluate --bootstrap N` on one of the checkpoints: the same test metrics, with intervals
     ckpt = out / "seed_3" / "student" / "best.safetensors"
-    code = main(["evaluate", str(ckpt), "--split", "test", "--set", "data.max_per_class=4", "--bootstrap", "200",
-                 "-o", str(tmp_path / "m.json")])
+    code = main(
+        [
+            "evaluate",
+            str(ckpt),
+            "--split",
+            "test",
+            "--set",
+            "data.max_per_class=4",
+            "--bootstrap",
+            "200",
+            "-o",
+            str(tmp_path / "m.json"),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -73,8 +108,9 @@ def test_pipeline_seeds_end_to_end(tmp_path, capsys):
     acc = metrics["bootstrap"]["metrics"]["accuracy"]
     assert acc["low"] <= metrics["accuracy"] <= acc["high"]
     assert f"[{100 * acc['low']:.2f}, {100 * acc['high']:.2f}]" in captured.out
-    code = main(["evaluate", str(ckpt), "--set", "data.max_per_class=4", "--bootstrap", "0",
-                 "-o", str(tmp_path / "m0.json")])
+    code = main(
+        ["evaluate", str(ckpt), "--set", "data.max_per_class=4", "--bootstrap", "0", "-o", str(tmp_path / "m0.json")]
+    )
     assert code == 0 and "bootstrap" not in json.loads((tmp_path / "m0.json").read_text())
     assert main(["evaluate", str(ckpt), "--bootstrap", "-1"]) == 2
     capsys.readouterr()

@@ -1,4 +1,5 @@
 """Temperature scaling: recovers a known temperature, lowers the validation NLL, logits == probabilities input."""
+
 from __future__ import annotations
 
 import numpy as np

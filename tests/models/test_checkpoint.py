@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import timm
 import torch
@@ -48,8 +46,13 @@ def test_checkpoint_of_another_architecture_is_refused(official_fixtures):
 def test_own_checkpoint_round_trip_rebuilds_the_model(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("hdkd", num_classes=3, img_size=32, in_chans=1).eval()
-    path = save_checkpoint(model, tmp_path / "m.safetensors", "hdkd", {"num_classes": 3, "img_size": 32, "in_chans": 1},
-                           extra={"class_names": ["a", "b", "c"]})
+    path = save_checkpoint(
+        model,
+        tmp_path / "m.safetensors",
+        "hdkd",
+        {"num_classes": 3, "img_size": 32, "in_chans": 1},
+        extra={"class_names": ["a", "b", "c"]},
+    )
     again = create_model_from_checkpoint(path).eval()
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():

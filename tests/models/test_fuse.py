@@ -1,4 +1,5 @@
 """BatchNorm folding: the folded frozen teacher computes what the eval-mode teacher computes."""
+
 import timm
 import torch
 import torch.nn as nn
@@ -84,7 +85,7 @@ def test_config_has_fold_teacher_bn():
 def test_unwrap_model_removes_compile_and_ddp_wrappers_only():
     import torch
 
-    from hdkd.models.factory import unwrap_model
+    from hdkd.runtime import unwrap_model
 
     class Holder(nn.Module):  # a model whose submodule happens to be called `module` is not a wrapper
         def __init__(self):

@@ -2,16 +2,24 @@ import pytest
 import timm
 import torch
 
-import hdkd
 from hdkd import count_flops, count_params
 from hdkd.models.hdkd import CBAM
 
 
-@pytest.mark.parametrize("name,classes,expected", [
-    ("hdkd_teacher", 7, 3_948_677), ("hdkd_student", 7, 3_724_977), ("hdkd", 7, 3_727_288),
-    ("hdkd_teacher", 4, 3_948_290), ("hdkd_student", 4, 3_724_206), ("hdkd", 4, 3_725_746),
-    ("hdkd_teacher", 2, 3_948_032), ("hdkd_student", 2, 3_723_692), ("hdkd", 2, 3_724_718),
-])
+@pytest.mark.parametrize(
+    "name,classes,expected",
+    [
+        ("hdkd_teacher", 7, 3_948_677),
+        ("hdkd_student", 7, 3_724_977),
+        ("hdkd", 7, 3_727_288),
+        ("hdkd_teacher", 4, 3_948_290),
+        ("hdkd_student", 4, 3_724_206),
+        ("hdkd", 4, 3_725_746),
+        ("hdkd_teacher", 2, 3_948_032),
+        ("hdkd_student", 2, 3_723_692),
+        ("hdkd", 2, 3_724_718),
+    ],
+)
 def test_parameter_counts_match_spec(name, classes, expected):
     assert count_params(timm.create_model(name, num_classes=classes)) == expected
 
@@ -49,8 +57,17 @@ def test_stage_maps_share_shapes_and_feature_info(name):
 
 
 def test_configurable_architecture():
-    model = timm.create_model("hdkd", num_classes=5, img_size=128, stem_stride=4, block="mbconv", dflt_depth=1,
-                              dflt_heads=4, depths=[1, 1, 2], widths=[32, 48, 96])
+    model = timm.create_model(
+        "hdkd",
+        num_classes=5,
+        img_size=128,
+        stem_stride=4,
+        block="mbconv",
+        dflt_depth=1,
+        dflt_heads=4,
+        depths=[1, 1, 2],
+        widths=[32, 48, 96],
+    )
     assert len(model.blocks) == 1 and model.blocks[0].attn.num_heads == 4
     assert model.pos_embed.shape == (1, (128 // 32) ** 2 + 2, 256)
     assert [len(s) for s in model.stages] == [1, 1, 2]

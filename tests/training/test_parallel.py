@@ -1,4 +1,5 @@
 """Trainings in worker processes (hdkd.training.parallel)."""
+
 import pytest
 
 

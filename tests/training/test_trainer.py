@@ -9,9 +9,18 @@ from hdkd.training import train
 
 
 def _cfg(tmp_path, role, *extra):
-    return build_config(role, overrides=[f"output={tmp_path / role}", "model.img_size=32", "data.max_per_class=12",
-                                         "train.batch_size=8", "train.progress=false", "data.num_workers=0",
-                                         *extra])
+    return build_config(
+        role,
+        overrides=[
+            f"output={tmp_path / role}",
+            "model.img_size=32",
+            "data.max_per_class=12",
+            "train.batch_size=8",
+            "train.progress=false",
+            "data.num_workers=0",
+            *extra,
+        ],
+    )
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -44,15 +53,26 @@ def test_hdkd_role_distils_from_a_trained_teacher(tmp_path):
     record = result.history[0]
     assert record["train_feature"] > 0 and record["train_kd"] > 0
     assert record["train_loss"] == pytest.approx(
-        0.5 * record["train_ce"] + 0.5 * record["train_kd"] + 10 * record["train_feature"], rel=1e-4)
+        0.5 * record["train_ce"] + 0.5 * record["train_kd"] + 10 * record["train_feature"], rel=1e-4
+    )
 
 
 @pytest.mark.slow
 def test_short_training_on_real_brain_mri_beats_chance(tmp_path, brain_mri):
     """A few epochs of the teacher on 100 images per class at 32 px: validation accuracy well above 25 %."""
-    cfg = build_config("teacher", overrides=[
-        f"output={tmp_path / 't'}", f"data.path={brain_mri}", "data.max_per_class=100", "data.val_fraction=0.2",
-        "model.img_size=32", "train.epochs=6", "train.batch_size=32", "train.progress=false"])
+    cfg = build_config(
+        "teacher",
+        overrides=[
+            f"output={tmp_path / 't'}",
+            f"data.path={brain_mri}",
+            "data.max_per_class=100",
+            "data.val_fraction=0.2",
+            "model.img_size=32",
+            "train.epochs=6",
+            "train.batch_size=32",
+            "train.progress=false",
+        ],
+    )
     result = train(cfg)
     assert result.best_val["n"] >= 80
     assert result.best_val["accuracy"] > 0.5, result.history
@@ -76,8 +96,14 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypa
     monkeypatch.setattr(trainer_module, "compile_model", recording_compile)
     runs = {}
     for compiled in (False, True):
-        cfg = _cfg(tmp_path / str(compiled), "hdkd", *common, f"distill.teacher={teacher.best_checkpoint}",
-                   f"train.compile={str(compiled).lower()}", "train.compile_backend=eager")
+        cfg = _cfg(
+            tmp_path / str(compiled),
+            "hdkd",
+            *common,
+            f"distill.teacher={teacher.best_checkpoint}",
+            f"train.compile={str(compiled).lower()}",
+            "train.compile_backend=eager",
+        )
         runs[compiled] = train(cfg)
     plain, compiled = load_file(runs[False].last_checkpoint), load_file(runs[True].last_checkpoint)
     assert plain.keys() == compiled.keys() and not any("_orig_mod" in k for k in compiled)
@@ -86,8 +112,10 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypa
     assert compiled_models == ["HDKDNet", "HDKDNet"]  # the student, then the frozen teacher
 
 
-@pytest.mark.parametrize("option, message", [("train.compile_mode=fastest", "train.compile_mode"),
-                                             ("train.compile_backend=nvcc", "train.compile_backend")])
+@pytest.mark.parametrize(
+    "option, message",
+    [("train.compile_mode=fastest", "train.compile_mode"), ("train.compile_backend=nvcc", "train.compile_backend")],
+)
 def test_unknown_compile_option_is_refused_before_any_output(tmp_path, option, message):
     from hdkd.errors import ConfigError
 
@@ -119,8 +147,16 @@ def test_device_augmentation_feeds_the_model_batch_augmented_raw_images(tmp_path
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     raw_view, transform = device_augmentation(data.train, cfg, torch.device("cpu"))
     assert raw_view.raw and raw_view.images is data.train.images  # a view sharing the images
-    train_one_epoch(model, SupervisedLoss(), loader, optimizer, torch.device("cpu"), progress=False, max_steps=2,
-                    batch_transform=transform)
+    train_one_epoch(
+        model,
+        SupervisedLoss(),
+        loader,
+        optimizer,
+        torch.device("cpu"),
+        progress=False,
+        max_steps=2,
+        batch_transform=transform,
+    )
     batches = iter(DataLoader(data.train, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0)))
     augment = BatchAugment(data.in_chans, "authors")
     for got in seen:
@@ -135,8 +171,14 @@ def test_device_augmentation_training_is_reproducible_and_leaves_the_dataset_as_
 
     runs = []
     for name in ("a", "b"):
-        cfg = _cfg(tmp_path / name, "student", "train.epochs=1", "train.deterministic=true",
-                   "train.max_steps_per_epoch=3", "data.augment_on=device").resolved()
+        cfg = _cfg(
+            tmp_path / name,
+            "student",
+            "train.epochs=1",
+            "train.deterministic=true",
+            "train.max_steps_per_epoch=3",
+            "data.augment_on=device",
+        ).resolved()
         data = build_datasets(cfg.data, cfg.model.img_size)
         runs.append(train(cfg, data=data))
         assert data.train.raw is False  # the next role of a pipeline gets the usual items
@@ -152,10 +194,12 @@ def test_unknown_augment_on_is_refused(tmp_path):
     assert not (tmp_path / "student").exists()
 
 
-@pytest.mark.parametrize("caps, expected", [({"amx_bf16": True, "avx512_bf16": True}, "bf16"),
-                                            ({"avx512_bf16": True}, "bf16"), ({"avx2": True}, "none")])
+@pytest.mark.parametrize(
+    "caps, expected",
+    [({"amx_bf16": True, "avx512_bf16": True}, "bf16"), ({"avx512_bf16": True}, "bf16"), ({"avx2": True}, "none")],
+)
 def test_auto_amp_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, caps, expected):
-    from hdkd.training.engine import resolve_amp
+    from hdkd.runtime import resolve_amp
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert resolve_amp("auto", torch.device("cpu")) == expected

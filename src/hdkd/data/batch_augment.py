@@ -11,6 +11,7 @@ Not bit-identical to the loader path: the random numbers come from our hash, not
 float32 in [0, 1] throughout, whereas torchvision on uint8 input rounds back to uint8 after every step. The
 distribution of augmentations is the same; the pixels differ by those roundings.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .transforms import RECIPES, mean_std
+from hdkd.data.transforms import RECIPES, mean_std
+from hdkd.errors import ConfigError
 
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
@@ -183,7 +184,7 @@ def adjust_sharpness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tenso
 def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """3x3 Gaussian blur with a per-image sigma: torchvision's kernel and reflect padding, one grouped conv."""
     b, c, h, w = images.shape
-    lim = (3 - 1) / (2.0 * 2.0 ** 0.5)  # torchvision's sample points: the kernel is softmax(-(x / sigma) ** 2)
+    lim = (3 - 1) / (2.0 * 2.0**0.5)  # torchvision's sample points: the kernel is softmax(-(x / sigma) ** 2)
     x = torch.linspace(-lim, lim, steps=3, dtype=images.dtype, device=images.device)
     s = sigmas.to(device=images.device, dtype=images.dtype).view(-1, 1)
     k1 = torch.softmax((x.view(1, 3) / s).pow(2).neg(), dim=1)  # (B, 3)
@@ -211,8 +212,9 @@ class BatchAugment(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, seeds: torch.Tensor | None = None) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != self.channels:
-            raise ValueError(f"expected uint8 (B, {self.channels}, H, W) images, got {images.dtype} "
-                             f"{tuple(images.shape)}")
+            raise ValueError(
+                f"expected uint8 (B, {self.channels}, H, W) images, got {images.dtype} {tuple(images.shape)}"
+            )
         x = images.to(torch.float32).mul_(1.0 / 255.0)  # as v2.ToDtype(float32, scale=True)
         if self.recipe == "authors":
             if seeds is None or torch.as_tensor(seeds).numel() != len(images):

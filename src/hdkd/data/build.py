@@ -7,10 +7,11 @@ Order of operations, each seeded with cfg.split_seed and never touching the test
 3. cfg.train_fraction < 1 -> a stratified subset of the remaining train split;
 4. cfg.max_per_class -> at most that many images per class in every split (seeded shuffle, first N);
 5. cfg.drop_duplicates -> drop the images with an exact or near duplicate across the test boundary: from test
-   ("test") or from train and val ("train"); see hdkd.data.audit;
+   ("test") or from train and val ("train"); see hdkd.data.dedup;
 6. decode and resize the chosen images once (cached); cfg.smote -> SMOTE on the train images only
    (hdkd.data.imbalance); wrap them with the transforms.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,20 +20,21 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import ConfigError, DataError
-from .audit import drop_cross_split_duplicates
-from .cache import available_cpus, cache_root, split_images
-from .datasets import CachedImageDataset
-from .imbalance import apply_smote, resolve_smote_targets
-from .sources import SPLITS, DatasetSource, SplitData, discover_source, split_indices
-from .synthetic import SYNTHETIC_VERSION, make_synthetic_dataset
-from .transforms import eval_transform, train_transform
+from hdkd.config import DataConfig
+from hdkd.data.cache import cache_root, split_images
+from hdkd.data.datasets import CachedImageDataset
+from hdkd.data.dedup import drop_cross_split_duplicates
+from hdkd.data.imbalance import apply_smote, resolve_smote_targets
+from hdkd.data.sources import SPLITS, DatasetSource, SplitData, discover_source, split_indices
+from hdkd.data.synthetic import SYNTHETIC_VERSION, make_synthetic_dataset
+from hdkd.data.transforms import eval_transform, train_transform
+from hdkd.errors import ConfigError, DataError
 
 
 @dataclass
 class DataSplits:
     """The built datasets (None for splits not requested or absent) and what a run log should say about them."""
+
     train: Optional[CachedImageDataset]
     val: Optional[CachedImageDataset]
     test: Optional[CachedImageDataset]
@@ -50,8 +52,9 @@ class DataSplits:
         return getattr(self, name)
 
 
-def build_datasets(cfg: DataConfig, img_size: int, in_chans: Optional[int] = None,
-                   splits: Sequence[str] = SPLITS) -> DataSplits:
+def build_datasets(
+    cfg: DataConfig, img_size: int, in_chans: Optional[int] = None, splits: Sequence[str] = SPLITS
+) -> DataSplits:
     """Build the requested splits as CachedImageDatasets (train with cfg.augment, val/test with eval transforms).
 
     in_chans None -> 1 for grey MedMNIST arrays, else 3 (grey files are repeated to 3 channels, as the authors'
@@ -90,12 +93,19 @@ def build_datasets(cfg: DataConfig, img_size: int, in_chans: Optional[int] = Non
         origins[name] = origin
     sizes = ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items())
     description = f"{source.description}; {sizes}" if sizes else source.description
-    return DataSplits(**datasets, class_names=list(source.class_names), in_chans=channels, counts=counts,
-                      description="; ".join([description] + notes), source=origins)
+    return DataSplits(
+        **datasets,
+        class_names=list(source.class_names),
+        in_chans=channels,
+        counts=counts,
+        description="; ".join([description] + notes),
+        source=origins,
+    )
 
 
-def build_eval_dataset(cfg: DataConfig, img_size: int, in_chans: Optional[int] = None,
-                       split: str = "test") -> CachedImageDataset:
+def build_eval_dataset(
+    cfg: DataConfig, img_size: int, in_chans: Optional[int] = None, split: str = "test"
+) -> CachedImageDataset:
     """One split with the eval transform (for evaluation); DataError when the data has no such split."""
     built = build_datasets(cfg, img_size, in_chans, splits=(split,))
     dataset = built.split(split)
@@ -114,8 +124,9 @@ def discover(cfg: DataConfig) -> DatasetSource:
     return source
 
 
-def select_splits(source: DatasetSource, cfg: DataConfig,
-                  notes: Optional[list[str]] = None) -> dict[str, Optional[SplitData]]:
+def select_splits(
+    source: DatasetSource, cfg: DataConfig, notes: Optional[list[str]] = None
+) -> dict[str, Optional[SplitData]]:
     """Steps 2-5 of the module docstring: which images (by index into the source) each split gets.
 
     `notes` (optional) receives a line for the run's data description when duplicates are dropped.
@@ -131,17 +142,21 @@ def select_splits(source: DatasetSource, cfg: DataConfig,
 
     if val is None and train is not None and cfg.val_fraction > 0:
         grouped = train.groups is not None
-        keep, held = split_indices(train.labels, cfg.val_fraction, seed, train.groups,
-                                   what=f"{source.description}: validation split")
+        keep, held = split_indices(
+            train.labels, cfg.val_fraction, seed, train.groups, what=f"{source.description}: validation split"
+        )
         how = f"{cfg.val_fraction:.0%}, stratified{', grouped' if grouped else ''}, seed {seed}"
         val = train.subset(held, origin=f"carved from train ({how})")
         train = train.subset(keep, origin=f"{train.origin} minus validation")
 
     if train is not None and cfg.train_fraction < 1.0:
-        keep, _ = split_indices(train.labels, 1.0 - cfg.train_fraction, seed,
-                                what=f"{source.description}: train_fraction {cfg.train_fraction}")
-        train = train.subset(keep, origin=f"{train.origin}, {cfg.train_fraction:.0%} stratified subset "
-                                          f"(seed {seed})")
+        keep, _ = split_indices(
+            train.labels,
+            1.0 - cfg.train_fraction,
+            seed,
+            what=f"{source.description}: train_fraction {cfg.train_fraction}",
+        )
+        train = train.subset(keep, origin=f"{train.origin}, {cfg.train_fraction:.0%} stratified subset (seed {seed})")
 
     chosen = {"train": train, "val": val, "test": test}
     if cfg.max_per_class is not None:
@@ -150,18 +165,20 @@ def select_splits(source: DatasetSource, cfg: DataConfig,
                 chosen[name] = cap_per_class(chosen[name], cfg.max_per_class, np.random.default_rng([seed, split_id]))
 
     if cfg.drop_duplicates is not None:  # last: only duplicates among the images actually used count
-        chosen, dropped = drop_cross_split_duplicates(chosen, cfg.drop_duplicates, cfg.duplicate_threshold,
-                                                      cfg.cache_dir)
+        chosen, dropped = drop_cross_split_duplicates(
+            chosen, cfg.drop_duplicates, cfg.duplicate_threshold, cfg.cache_dir
+        )
         if notes is not None:
             where = ", ".join(f"{n} from {name}" for name, n in dropped.items() if n) or "none"
-            notes.append(f"dropped cross-split duplicates (data.drop_duplicates={cfg.drop_duplicates}, pHash "
-                         f"distance <= {cfg.duplicate_threshold}): {where}")
+            notes.append(
+                f"dropped cross-split duplicates (data.drop_duplicates={cfg.drop_duplicates}, pHash "
+                f"distance <= {cfg.duplicate_threshold}): {where}"
+            )
 
     if chosen["train"] is not None:
         missing = [n for n, c in class_counts(chosen["train"].labels, source.class_names).items() if c == 0]
         if missing:
-            raise DataError(f"{source.description}: the train split has no images of class(es) "
-                            f"{', '.join(missing)}")
+            raise DataError(f"{source.description}: the train split has no images of class(es) {', '.join(missing)}")
     return chosen
 
 
@@ -186,12 +203,3 @@ def resolve_in_chans(in_chans: Optional[int], source: DatasetSource) -> int:
     if in_chans not in (1, 3):
         raise ConfigError(f"model.in_chans: expected 1, 3 or null, got {in_chans!r}")
     return in_chans
-
-
-def resolve_num_workers(num_workers: int) -> int:
-    """data.num_workers: -1 -> one less than the usable CPUs, at most 8 (at least 0); otherwise as given."""
-    if num_workers == -1:
-        return max(0, min(available_cpus() - 1, 8))
-    if num_workers < 0:
-        raise ConfigError(f"data.num_workers: expected -1 or a non-negative integer, got {num_workers}")
-    return num_workers

@@ -6,6 +6,7 @@ CACHE_FORMAT_VERSION, so editing, adding or removing an image (or changing the s
 are written to a temporary file in the same folder and then renamed (os.replace): a killed run never leaves a
 half-written cache behind. A cache that cannot be written only costs a warning: the arrays are still returned.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,10 +20,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import atomic_write
-from .imageio import load_image, resize_image, to_channels
-from .sources import SplitData
+from hdkd.data.imageio import load_image, resize_image, to_channels
+from hdkd.data.sources import SplitData
+from hdkd.errors import DataError
+from hdkd.io import atomic_write
+from hdkd.runtime import available_cpus
 
 CACHE_FORMAT_VERSION = 1
 _STALE_TEMP_SECONDS = 24 * 3600
@@ -35,14 +37,6 @@ def cache_root(cache_dir: Optional[str] = None) -> Path:
         return Path(cache_dir).expanduser()
     env = os.environ.get("HDKD_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hdkd"
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (respects affinity masks such as taskset or container limits where visible)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def split_images(split: SplitData, size: int, channels: int, cache_dir: Optional[str] = None) -> np.ndarray:
@@ -71,8 +65,7 @@ def prepare_arrays(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return to_channels(images, channels)
 
 
-def cached_file_images(paths: Sequence[Path], size: int, channels: int,
-                       cache_dir: Optional[str] = None) -> np.ndarray:
+def cached_file_images(paths: Sequence[Path], size: int, channels: int, cache_dir: Optional[str] = None) -> np.ndarray:
     """Load the decoded images of `paths` from the cache, or decode them all (in parallel) and store them."""
     key = cache_key(paths, size, channels)
     folder = cache_root(cache_dir) / "images"
@@ -156,8 +149,11 @@ def _save_atomically(array: np.ndarray, target: Path) -> None:
         _remove_stale_temp_files(target.parent)
         atomic_write(target, lambda handle: np.save(handle, array, allow_pickle=False))
     except OSError as exc:
-        warnings.warn(f"{target.parent}: cannot write the image cache ({exc.strerror or exc}); "
-                      f"images will be decoded again next time (set data.cache_dir)", stacklevel=3)
+        warnings.warn(
+            f"{target.parent}: cannot write the image cache ({exc.strerror or exc}); "
+            f"images will be decoded again next time (set data.cache_dir)",
+            stacklevel=3,
+        )
 
 
 def _remove_stale_temp_files(folder: Path) -> None:

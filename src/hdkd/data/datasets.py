@@ -1,4 +1,5 @@
 """A Dataset over images decoded once into memory: indexing costs a view and the transform, never a decode."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -17,8 +18,13 @@ class CachedImageDataset(Dataset):
     which need the index to derive each image's seed.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Optional[Callable] = None,
-                 class_names: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform: Optional[Callable] = None,
+        class_names: Optional[Sequence[str]] = None,
+    ):
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
         if len(images) != len(labels):

@@ -11,6 +11,7 @@ for record 10519652). Only the 2-D single-label datasets are listed (ChestMNIST 
 are volumes; hdkd trains neither); any other name or size needs its checksum given explicitly (`md5=` /
 `--md5`). Nothing but the standard library's urllib is used.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import ConfigError, DataError
-from ..io import atomic_write
-from .cache import cache_root
+from hdkd.data.cache import cache_root
+from hdkd.errors import ConfigError, DataError
+from hdkd.io import atomic_write
 
 MEDMNIST_URL_BASE = "https://zenodo.org/records/10519652/files"  # MedMNIST v3 (MedMNIST+), Zenodo
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -109,15 +110,24 @@ def expected_md5(name: str, size: int, md5: Optional[str] = None) -> str:
     if (name, size) in MEDMNIST_MD5:
         return MEDMNIST_MD5[(name, size)]
     if name not in MEDMNIST_NAMES:
-        raise ConfigError(f"medmnist {name}: not a dataset hdkd knows a checksum for (known: "
-                          f"{', '.join(MEDMNIST_NAMES)}); pass --md5 CHECKSUM to download it anyway")
-    raise ConfigError(f"medmnist {name} at {size} px: no published checksum known to hdkd; "
-                      f"pass --md5 CHECKSUM to download it anyway")
+        raise ConfigError(
+            f"medmnist {name}: not a dataset hdkd knows a checksum for (known: "
+            f"{', '.join(MEDMNIST_NAMES)}); pass --md5 CHECKSUM to download it anyway"
+        )
+    raise ConfigError(
+        f"medmnist {name} at {size} px: no published checksum known to hdkd; pass --md5 CHECKSUM to download it anyway"
+    )
 
 
-def download_medmnist(name: str, size: int = 28, cache: Optional[str | os.PathLike] = None,
-                      url_base: Optional[str] = None, md5: Optional[str] = None, timeout: float = 60.0,
-                      log: Optional[Callable[[str], None]] = None) -> Path:
+def download_medmnist(
+    name: str,
+    size: int = 28,
+    cache: Optional[str | os.PathLike] = None,
+    url_base: Optional[str] = None,
+    md5: Optional[str] = None,
+    timeout: float = 60.0,
+    log: Optional[Callable[[str], None]] = None,
+) -> Path:
     """Fetch a MedMNIST `.npz` into the cache folder (see the module docstring) and return its path.
 
     Raises ConfigError for an unknown name/size without `md5`, DataError when the server cannot be reached or
@@ -162,19 +172,31 @@ def download_medmnist(name: str, size: int = 28, cache: Optional[str | os.PathLi
             raise DataError(f"{url}: the download was interrupted ({exc}); {hint}") from None
         actual = digest.hexdigest()
         if actual != expected:  # raising here makes atomic_write delete the temporary file
-            raise DataError(f"{filename}: MD5 checksum mismatch: expected {expected}, got {actual} "
-                            f"(downloaded from {url}); the download was deleted")
+            raise DataError(
+                f"{filename}: MD5 checksum mismatch: expected {expected}, got {actual} "
+                f"(downloaded from {url}); the download was deleted"
+            )
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with response:
             atomic_write(target, write)
     except PermissionError as exc:
-        raise DataError(f"{target.parent}: cannot write the download ({exc.strerror or exc}); "
-                        f"choose another folder with --cache") from None
+        raise DataError(
+            f"{target.parent}: cannot write the download ({exc.strerror or exc}); choose another folder with --cache"
+        ) from None
     say(f"{target}: md5 {expected} verified")
     return target
 
 
-__all__ = ["download_medmnist", "medmnist_filename", "medmnist_cache_dir", "expected_md5", "file_md5",
-           "MEDMNIST_MD5", "MEDMNIST_NAMES", "MEDMNIST_SIZES", "MEDMNIST_URL_BASE"]
+__all__ = [
+    "download_medmnist",
+    "medmnist_filename",
+    "medmnist_cache_dir",
+    "expected_md5",
+    "file_md5",
+    "MEDMNIST_MD5",
+    "MEDMNIST_NAMES",
+    "MEDMNIST_SIZES",
+    "MEDMNIST_URL_BASE",
+]

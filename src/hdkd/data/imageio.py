@@ -12,6 +12,7 @@ Conventions (deliberate, documented):
 - Multi-frame files (GIF, TIFF) use their first frame. EXIF orientation is NOT applied (as in torchvision's
   ImageFolder, which the authors' code uses).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from hdkd.errors import DataError
 
 _GREY_MODES = {"1", "L", "LA", "La"}
 _HIGH_DEPTH_MODES = {"I", "F"}  # plus every "I;16..." variant

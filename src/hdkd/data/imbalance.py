@@ -20,6 +20,7 @@ imbalanced-learn would use on plain integers: half the memory, and exact for 0..
 3 channels, train split 5,140 images (1,189 / 1,205 / 1,435 / 1,311) balanced to 1,435 per class: N_after = 5,740,
 so 5,740 x 224 x 224 x 3 = 0.86 GB of uint8 images and about 10.4 GB at SMOTE's peak; at 64 px, 0.07 GB and 0.85 GB.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from hdkd.errors import ConfigError, DataError
 
 CLASS_WEIGHTS = ("balanced",)
 SAMPLERS = ("random", "balanced")
@@ -46,8 +47,10 @@ def class_weights(mode: Optional[str], labels: np.ndarray, num_classes: int) -> 
     labels = np.asarray(labels)
     missing = sorted(set(range(num_classes)) - set(labels.tolist()))
     if missing:
-        raise ConfigError(f"train.class_weight: the train split has no images of class id(s) "
-                          f"{', '.join(map(str, missing))}; balanced weights are undefined")
+        raise ConfigError(
+            f"train.class_weight: the train split has no images of class id(s) "
+            f"{', '.join(map(str, missing))}; balanced weights are undefined"
+        )
     return compute_class_weight("balanced", classes=np.arange(num_classes), y=labels).astype(np.float32)
 
 
@@ -76,8 +79,7 @@ def load_smote_targets(smote: Any) -> dict[str, int]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(smote, dict) or not smote:
-        raise ConfigError(f"{where}: expected a non-empty mapping of class name -> target train count, "
-                          f"got {smote!r}")
+        raise ConfigError(f"{where}: expected a non-empty mapping of class name -> target train count, got {smote!r}")
     targets = {}
     for name, count in smote.items():
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -97,18 +99,22 @@ def resolve_smote_targets(smote: Any, class_names: Sequence[str], labels: np.nda
             raise ConfigError(f"data.smote: unknown class {name!r}; classes: {', '.join(class_names)}")
         have = int(counts[index[name]])
         if target < have:
-            raise ConfigError(f"data.smote: class {name!r}: target {target} is below its {have} train images "
-                              f"(SMOTE only adds images)")
+            raise ConfigError(
+                f"data.smote: class {name!r}: target {target} is below its {have} train images (SMOTE only adds images)"
+            )
         if target > have:
             if have < 2:
-                raise ConfigError(f"data.smote: class {name!r} has {have} train image(s); SMOTE needs at least 2 "
-                                  f"to interpolate between")
+                raise ConfigError(
+                    f"data.smote: class {name!r} has {have} train image(s); SMOTE needs at least 2 "
+                    f"to interpolate between"
+                )
             out[index[name]] = target
     return out
 
 
-def apply_smote(images: np.ndarray, labels: np.ndarray, targets: dict[int, int],
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
+def apply_smote(
+    images: np.ndarray, labels: np.ndarray, targets: dict[int, int], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """SMOTE on uint8 (N, H, W, C) images: the originals (unchanged, first) then the synthetic images, as uint8.
 
     `targets` {class id: target count} (see resolve_smote_targets). Memory: see the module docstring.
@@ -121,8 +127,7 @@ def apply_smote(images: np.ndarray, labels: np.ndarray, targets: dict[int, int],
     counts = np.bincount(labels)
     smallest = min(int(counts[c]) for c in targets)
     n, shape = len(images), images.shape[1:]
-    sampler = SMOTE(sampling_strategy=dict(targets), random_state=seed,
-                    k_neighbors=min(SMOTE_NEIGHBOURS, smallest - 1))
+    sampler = SMOTE(sampling_strategy=dict(targets), random_state=seed, k_neighbors=min(SMOTE_NEIGHBOURS, smallest - 1))
     flat = images.reshape(n, -1).astype(np.float32)  # not uint8: imbalanced-learn subtracts in the input dtype
     try:
         resampled, new_labels = sampler.fit_resample(flat, labels)
@@ -134,5 +139,13 @@ def apply_smote(images: np.ndarray, labels: np.ndarray, targets: dict[int, int],
     return np.concatenate([images, synthetic]), np.concatenate([labels, new_labels[n:].astype(np.int64)])
 
 
-__all__ = ["class_weights", "check_sampler", "balanced_sample_weights", "load_smote_targets",
-           "resolve_smote_targets", "apply_smote", "SAMPLERS", "CLASS_WEIGHTS"]
+__all__ = [
+    "class_weights",
+    "check_sampler",
+    "balanced_sample_weights",
+    "load_smote_targets",
+    "resolve_smote_targets",
+    "apply_smote",
+    "SAMPLERS",
+    "CLASS_WEIGHTS",
+]

@@ -5,6 +5,7 @@ Three formats: class folders (optionally inside Training/Validation/Testing fold
 (HAM-10000 style) and a MedMNIST `.npz` file. Every problem a user can fix raises one-line DataError naming the
 file, folder, row or key.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,15 +16,20 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import DataError
+from hdkd.config import DataConfig
+from hdkd.data.medmnist_labels import medmnist_class_names
+from hdkd.errors import DataError
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 # Files operating systems drop into folders; ignored like hidden files rather than reported as stray files.
 _OS_JUNK = {"thumbs.db", "desktop.ini"}
@@ -38,6 +44,7 @@ class SplitData:
     `groups` (e.g. lesion ids from a CSV group column) says which images must stay in the same split.
     `origin` says where the split came from, for logs and reports.
     """
+
     labels: np.ndarray
     paths: Optional[list[Path]] = None
     images: Optional[np.ndarray] = None
@@ -61,6 +68,7 @@ class SplitData:
 @dataclass
 class DatasetSource:
     """A discovered dataset: class names, the splits it defines (None where it defines none) and hints."""
+
     class_names: list[str]
     train: Optional[SplitData] = None
     val: Optional[SplitData] = None
@@ -165,13 +173,19 @@ def read_folder_source(root: Path) -> DatasetSource:
     if not split_folders:
         class_names, paths, labels = _read_class_folders(root)
         train = SplitData(labels=labels, paths=paths, origin=f"class folders of {root}")
-        return DatasetSource(class_names=class_names, train=train, format="folder",
-                             description=f"class folders in {root} (no split folders: all images are train)")
+        return DatasetSource(
+            class_names=class_names,
+            train=train,
+            format="folder",
+            description=f"class folders in {root} (no split folders: all images are train)",
+        )
 
     others = [p.name for p in subfolders if p not in split_folders]
     if others:
-        raise DataError(f"{root}: folder(s) {', '.join(others)} next to split folders "
-                        f"{', '.join(p.name for p in split_folders)}; expected only Training/Validation/Testing")
+        raise DataError(
+            f"{root}: folder(s) {', '.join(others)} next to split folders "
+            f"{', '.join(p.name for p in split_folders)}; expected only Training/Validation/Testing"
+        )
     by_split: dict[str, Path] = {}
     for folder in split_folders:
         split = SPLIT_ALIASES[folder.name.lower()]
@@ -180,21 +194,28 @@ def read_folder_source(root: Path) -> DatasetSource:
         by_split[split] = folder
 
     found: dict[str, tuple[list[str], list[Path], np.ndarray]] = {
-        split: _read_class_folders(folder) for split, folder in by_split.items()}
+        split: _read_class_folders(folder) for split, folder in by_split.items()
+    }
     reference_split = "train" if "train" in found else next(iter(found))
     reference = found[reference_split][0]
     for split, (names, _, _) in found.items():
         if names != reference:
             missing, extra = sorted(set(reference) - set(names)), sorted(set(names) - set(reference))
             parts = ([f"lacks {', '.join(missing)}"] if missing else []) + (
-                [f"has extra {', '.join(extra)}"] if extra else [])
-            raise DataError(f"{by_split[split]}: class folders differ from {by_split[reference_split].name}: "
-                            f"{split} split {' and '.join(parts)}")
-    splits = {split: SplitData(labels=labels, paths=paths, origin=f"{by_split[split].name} folder")
-              for split, (_, paths, labels) in found.items()}
+                [f"has extra {', '.join(extra)}"] if extra else []
+            )
+            raise DataError(
+                f"{by_split[split]}: class folders differ from {by_split[reference_split].name}: "
+                f"{split} split {' and '.join(parts)}"
+            )
+    splits = {
+        split: SplitData(labels=labels, paths=paths, origin=f"{by_split[split].name} folder")
+        for split, (_, paths, labels) in found.items()
+    }
     names = ", ".join(f"{by_split[s].name} ({s})" for s in SPLITS if s in by_split)
-    return DatasetSource(class_names=reference, format="folder",
-                         description=f"class folders in {root}: {names}", **splits)
+    return DatasetSource(
+        class_names=reference, format="folder", description=f"class folders in {root}: {names}", **splits
+    )
 
 
 def _read_class_folders(folder: Path) -> tuple[list[str], list[Path], np.ndarray]:
@@ -224,8 +245,10 @@ def _image_files(class_folder: Path) -> list[Path]:
             path = Path(dirpath) / name
             suffix = path.suffix.lower()
             if suffix not in IMAGE_EXTENSIONS:
-                raise DataError(f"{path}: not an image file (unsupported extension {suffix or '(none)'}; "
-                                f"expected one of {', '.join(IMAGE_EXTENSIONS)})")
+                raise DataError(
+                    f"{path}: not an image file (unsupported extension {suffix or '(none)'}; "
+                    f"expected one of {', '.join(IMAGE_EXTENSIONS)})"
+                )
             files.append(path)
     return files
 
@@ -274,8 +297,10 @@ def read_csv_source(path: Path, cfg: DataConfig) -> DatasetSource:
         if split_column:
             value = (row.get(split_column) or "").strip()
             if value.lower() not in SPLIT_ALIASES:
-                raise DataError(f"{where}: unknown split {value!r} in column {split_column!r} "
-                                f"(expected train/training, val/valid/validation or test/testing)")
+                raise DataError(
+                    f"{where}: unknown split {value!r} in column {split_column!r} "
+                    f"(expected train/training, val/valid/validation or test/testing)"
+                )
             splits.append(SPLIT_ALIASES[value.lower()])
     if not paths:
         raise DataError(f"{csv_path}: no data rows")
@@ -293,12 +318,12 @@ def read_csv_source(path: Path, cfg: DataConfig) -> DatasetSource:
         split_array = np.asarray(splits)
         for split in SPLITS:
             selected = np.flatnonzero(split_array == split)
-            out[split] = (everything.subset(selected, origin=f"CSV {split_column}={split}")
-                          if len(selected) else None)
+            out[split] = everything.subset(selected, origin=f"CSV {split_column}={split}") if len(selected) else None
         description += f", splits from column {split_column!r}"
     else:
-        train_idx, test_idx = split_indices(labels, CSV_TEST_FRACTION, cfg.split_seed, group_array,
-                                            what=f"{csv_path}: test split")
+        train_idx, test_idx = split_indices(
+            labels, CSV_TEST_FRACTION, cfg.split_seed, group_array, what=f"{csv_path}: test split"
+        )
         how = f"{CSV_TEST_FRACTION:.0%} stratified{', grouped' if cfg.group_column else ''}, seed {cfg.split_seed}"
         out["train"] = everything.subset(train_idx, origin=f"CSV rows not in test ({how})")
         out["test"] = everything.subset(test_idx, origin=f"CSV rows ({how})")
@@ -383,8 +408,9 @@ class _ImageFinder:
         return f"{shown} (extension {self.ext})" if self.ext else shown
 
 
-def split_indices(labels: np.ndarray, fraction: float, seed: int, groups: Optional[np.ndarray] = None,
-                  what: str = "split") -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, fraction: float, seed: int, groups: Optional[np.ndarray] = None, what: str = "split"
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of range(len(labels)) into (keep, held_out) with about `fraction` held out.
 
     Without groups: sklearn's train_test_split(stratify=labels), exact fraction. With groups: one fold of
@@ -404,8 +430,9 @@ def split_indices(labels: np.ndarray, fraction: float, seed: int, groups: Option
             folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             keep, held = next(folds.split(indices, labels, groups))
     except ValueError as exc:
-        raise DataError(f"{what}: cannot make a stratified {fraction:.0%} split of {len(labels)} images "
-                        f"({exc})") from None
+        raise DataError(
+            f"{what}: cannot make a stratified {fraction:.0%} split of {len(labels)} images ({exc})"
+        ) from None
     return np.sort(keep), np.sort(held)
 
 
@@ -420,8 +447,9 @@ def read_medmnist(path: Path) -> DatasetSource:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in MEDMNIST_KEYS if key not in archive.files]
             if missing:
-                raise DataError(f"{path}: missing key(s) {', '.join(missing)} "
-                                f"(keys present: {', '.join(archive.files) or 'none'})")
+                raise DataError(
+                    f"{path}: missing key(s) {', '.join(missing)} (keys present: {', '.join(archive.files) or 'none'})"
+                )
             arrays = {key: archive[key] for key in MEDMNIST_KEYS}
     except DataError:
         raise
@@ -441,8 +469,9 @@ def read_medmnist(path: Path) -> DatasetSource:
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1:
-            raise DataError(f"{path}: {split}_labels: expected shape (N,) or (N, 1) (single-label classes), "
-                            f"got {labels.shape}")
+            raise DataError(
+                f"{path}: {split}_labels: expected shape (N,) or (N, 1) (single-label classes), got {labels.shape}"
+            )
         if len(labels) != len(images):
             raise DataError(f"{path}: {split}_labels has {len(labels)} entries but {split}_images has {len(images)}")
         if not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
@@ -456,10 +485,26 @@ def read_medmnist(path: Path) -> DatasetSource:
     num_classes = int(max(s.labels.max() for s in splits.values() if len(s))) + 1
     grey = ndims == {3}
     shape = next(iter(splits.values())).images.shape[1:]
-    return DatasetSource(class_names=[str(i) for i in range(num_classes)], grey=grey, format="medmnist",
-                         description=f"MedMNIST {path.name} ({'grey' if grey else 'RGB'} "
-                                     f"{'x'.join(map(str, shape))}, {num_classes} classes)", **splits)
+    # A MedMNIST file stores label indices only: its official names when the file name says which set it is.
+    names = medmnist_class_names(path.name, num_classes) or [str(i) for i in range(num_classes)]
+    return DatasetSource(
+        class_names=names,
+        grey=grey,
+        format="medmnist",
+        description=f"MedMNIST {path.name} ({'grey' if grey else 'RGB'} "
+        f"{'x'.join(map(str, shape))}, {num_classes} classes)",
+        **splits,
+    )
 
 
-__all__ = ["DatasetSource", "SplitData", "discover_source", "read_folder_source", "read_csv_source",
-           "read_medmnist", "split_indices", "IMAGE_EXTENSIONS", "SPLITS"]
+__all__ = [
+    "DatasetSource",
+    "SplitData",
+    "discover_source",
+    "read_folder_source",
+    "read_csv_source",
+    "read_medmnist",
+    "split_indices",
+    "IMAGE_EXTENSIONS",
+    "SPLITS",
+]

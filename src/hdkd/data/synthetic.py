@@ -6,6 +6,7 @@ Position, size, brightness, rotation, noise and a faint distracting spot vary at
 it well above chance in a few epochs without it being trivially separable. The result is a regular folder
 dataset (`Training/<class>/*.png`, `Testing/<class>/*.png`), fully determined by the arguments.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from hdkd.errors import DataError
 
 SYNTHETIC_VERSION = 2
 LESION_KINDS = ("blob", "ring", "streak", "spots", "cross", "square")
@@ -25,8 +26,14 @@ _MARKER = ".hdkd-synthetic.json"  # hidden, so dataset discovery ignores it
 _SPLIT_FOLDERS = {"Training": 0, "Testing": 1}
 
 
-def make_synthetic_dataset(root: str | Path, num_classes: int = 4, train_per_class: int = 80,
-                           test_per_class: int = 30, size: int = 48, seed: int = 0) -> Path:
+def make_synthetic_dataset(
+    root: str | Path,
+    num_classes: int = 4,
+    train_per_class: int = 80,
+    test_per_class: int = 30,
+    size: int = 48,
+    seed: int = 0,
+) -> Path:
     """Write (or reuse) the synthetic folder dataset at `root` and return `root`.
 
     Built in a temporary sibling folder and renamed into place, so `root` either does not exist or is complete;
@@ -37,13 +44,21 @@ def make_synthetic_dataset(root: str | Path, num_classes: int = 4, train_per_cla
     if size < 16 or train_per_class < 1 or test_per_class < 1:
         raise DataError("synthetic dataset: size must be >= 16 and the per-class counts >= 1")
     root = Path(root).expanduser()
-    params = dict(version=SYNTHETIC_VERSION, num_classes=num_classes, train_per_class=train_per_class,
-                  test_per_class=test_per_class, size=size, seed=seed)
+    params = dict(
+        version=SYNTHETIC_VERSION,
+        num_classes=num_classes,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        size=size,
+        seed=seed,
+    )
     if root.exists():
         if _is_complete(root, params):
             return root
-        raise DataError(f"{root}: exists but is not a complete synthetic dataset made with {params}; "
-                        f"delete it or choose another folder")
+        raise DataError(
+            f"{root}: exists but is not a complete synthetic dataset made with {params}; "
+            f"delete it or choose another folder"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
@@ -54,8 +69,7 @@ def make_synthetic_dataset(root: str | Path, num_classes: int = 4, train_per_cla
                 folder.mkdir(parents=True)
                 for i in range(counts[split]):
                     rng = np.random.default_rng([seed, split_id, class_id, i])
-                    Image.fromarray(draw_scan(rng, size, kind)).save(folder / f"{kind}_{i:04d}.png",
-                                                                     compress_level=1)
+                    Image.fromarray(draw_scan(rng, size, kind)).save(folder / f"{kind}_{i:04d}.png", compress_level=1)
         (tmp / _MARKER).write_text(json.dumps(params, sort_keys=True))
         try:
             os.rename(tmp, root)
@@ -73,7 +87,7 @@ def _is_complete(root: Path, params: dict) -> bool:
             return False
         counts = {"Training": params["train_per_class"], "Testing": params["test_per_class"]}
         for split in _SPLIT_FOLDERS:
-            for kind in LESION_KINDS[:params["num_classes"]]:
+            for kind in LESION_KINDS[: params["num_classes"]]:
                 if len(list((root / split / kind).glob("*.png"))) != counts[split]:
                     return False
     except (OSError, ValueError):
@@ -103,8 +117,7 @@ def draw_scan(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _lesion(kind: str, dx: np.ndarray, dy: np.ndarray, s: float, theta: float,
-            rng: np.random.Generator) -> np.ndarray:
+def _lesion(kind: str, dx: np.ndarray, dy: np.ndarray, s: float, theta: float, rng: np.random.Generator) -> np.ndarray:
     u = dx * np.cos(theta) + dy * np.sin(theta)  # lesion-aligned coordinates
     v = -dx * np.sin(theta) + dy * np.cos(theta)
     if kind == "blob":
@@ -120,15 +133,17 @@ def _lesion(kind: str, dx: np.ndarray, dy: np.ndarray, s: float, theta: float,
         return np.maximum(_gauss(u - half_gap, v, s * 0.55), _gauss(u + half_gap, v, s * 0.55))
     if kind == "cross":
         arm = s * 2.2
-        return np.maximum(np.exp(-0.5 * ((u / arm) ** 2 + (v / (s * 0.4)) ** 2)),
-                          np.exp(-0.5 * ((v / arm) ** 2 + (u / (s * 0.4)) ** 2)))
+        return np.maximum(
+            np.exp(-0.5 * ((u / arm) ** 2 + (v / (s * 0.4)) ** 2)),
+            np.exp(-0.5 * ((v / arm) ** 2 + (u / (s * 0.4)) ** 2)),
+        )
     if kind == "square":
         return _soft_step((s * 1.3 - np.maximum(np.abs(u), np.abs(v))) * 60.0)
     raise ValueError(f"unknown lesion kind {kind!r}")
 
 
 def _gauss(dx: np.ndarray, dy: np.ndarray, sigma: float) -> np.ndarray:
-    return np.exp(-(dx ** 2 + dy ** 2) / (2.0 * sigma ** 2))
+    return np.exp(-(dx**2 + dy**2) / (2.0 * sigma**2))
 
 
 def _soft_step(x: np.ndarray) -> np.ndarray:

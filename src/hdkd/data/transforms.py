@@ -2,12 +2,13 @@
 
 Images reach the transforms already decoded and resized (see cache.py), so there is no Resize here.
 """
+
 from __future__ import annotations
 
 import torch
 from torchvision.transforms import v2
 
-from ..errors import ConfigError
+from hdkd.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,12 +47,14 @@ def train_transform(recipe: str = "authors", channels: int = 3) -> v2.Compose:
         return eval_transform(channels)
     if recipe != "authors":
         raise ConfigError(f"data.augment: unknown recipe {recipe!r}; choose {' or '.join(RECIPES)}")
-    return v2.Compose([
-        v2.RandomRotation(180),
-        v2.RandomHorizontalFlip(0.5),
-        v2.RandomVerticalFlip(0.5),
-        v2.ColorJitter(brightness=0.3, contrast=0.3),
-        v2.RandomAdjustSharpness(sharpness_factor=2, p=0.5),
-        v2.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0)),
-        *_to_normalised_float(channels),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomRotation(180),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomVerticalFlip(0.5),
+            v2.ColorJitter(brightness=0.3, contrast=0.3),
+            v2.RandomAdjustSharpness(sharpness_factor=2, p=0.5),
+            v2.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0)),
+            *_to_normalised_float(channels),
+        ]
+    )

@@ -1,4 +1,5 @@
 """One call from a model file to a `Classifier`: a `.safetensors` checkpoint (PyTorch) or an exported `.onnx`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +7,9 @@ from typing import Optional
 
 import torch
 
-from ..errors import CheckpointError
-from ..evaluation.inference import Classifier, TorchClassifier
-from .onnx_classifier import OnnxClassifier
+from hdkd.deploy.onnx_classifier import OnnxClassifier
+from hdkd.errors import CheckpointError
+from hdkd.evaluation.inference import Classifier, TorchClassifier
 
 MODEL_SUFFIXES = (".safetensors", ".onnx")
 
@@ -22,5 +23,6 @@ def load_classifier(path: str | Path, device: str = "auto", threads: Optional[in
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return TorchClassifier.from_checkpoint(path, device)
-    raise CheckpointError(f"{path}: expected a .safetensors checkpoint or an exported .onnx model, got "
-                          f"{path.suffix or 'no suffix'!r}")
+    raise CheckpointError(
+        f"{path}: expected a .safetensors checkpoint or an exported .onnx model, got {path.suffix or 'no suffix'!r}"
+    )

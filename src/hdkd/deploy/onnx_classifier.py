@@ -3,6 +3,7 @@
 The graph takes ``images`` (float32, N x in_chans x H x W, normalised as in training) and returns ``logits``; its
 metadata (`ModelInfo.to_metadata`) says how to prepare the images, so nothing else is needed to use it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ..errors import CheckpointError
-from ..evaluation.inference import Classifier, ModelInfo
+from hdkd.errors import CheckpointError
+from hdkd.evaluation.inference import Classifier, ModelInfo
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

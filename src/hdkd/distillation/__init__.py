@@ -1,4 +1,5 @@
 """Distillation criteria: `HDKDLoss` (logits + shared-stage features) and `SupervisedLoss` (training alone)."""
-from .losses import HDKDLoss, LossOutput, SupervisedLoss
+
+from hdkd.distillation.losses import HDKDLoss, LossOutput, SupervisedLoss
 
 __all__ = ["HDKDLoss", "LossOutput", "SupervisedLoss"]

@@ -4,6 +4,7 @@
 maps from those single passes. The authors' code re-runs teacher and student stage prefixes once per distilled
 stage; the loss value is the same, the cost is not (HDKD_SPEC section 3).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError, HDKDError
-from ..models.factory import unwrap_model
+from hdkd.errors import ConfigError, HDKDError
+from hdkd.models.fuse import fold_batchnorm
+from hdkd.runtime import unwrap_model
 
 
 @dataclass
@@ -66,8 +68,9 @@ class SupervisedLoss(nn.Module):
         ce = F.cross_entropy(z_cls.float(), labels, weight=self.weight, label_smoothing=self.label_smoothing)
         total = ce
         if z_dist is not None:
-            total = (ce + F.cross_entropy(z_dist.float(), labels, weight=self.weight,
-                                          label_smoothing=self.label_smoothing)) / 2
+            total = (
+                ce + F.cross_entropy(z_dist.float(), labels, weight=self.weight, label_smoothing=self.label_smoothing)
+            ) / 2
         logits = z_cls if z_dist is None else (z_cls + z_dist) / 2
         return LossOutput(total=total, logits=logits.detach(), ce_t=ce.detach())
 
@@ -83,10 +86,19 @@ class HDKDLoss(nn.Module):
     (`hdkd.models.fuse.fold_batchnorm`); the caller's teacher is left untouched.
     """
 
-    def __init__(self, teacher: nn.Module, alpha: float = 0.5, tau: float = 1.0, lam: float = 10.0,
-                 kd: str = "soft", beta: float = 1.0, kd_reduction: str = "deit",
-                 feature_stages: Sequence[int] = (1, 2, 3), class_weight: Optional[torch.Tensor] = None,
-                 fold_teacher_bn: bool = False):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        alpha: float = 0.5,
+        tau: float = 1.0,
+        lam: float = 10.0,
+        kd: str = "soft",
+        beta: float = 1.0,
+        kd_reduction: str = "deit",
+        feature_stages: Sequence[int] = (1, 2, 3),
+        class_weight: Optional[torch.Tensor] = None,
+        fold_teacher_bn: bool = False,
+    ):
         super().__init__()
         if kd not in ("soft", "hard", "none"):
             raise ConfigError(f"distill.kd: unknown {kd!r}; choose soft, hard or none")
@@ -101,10 +113,11 @@ class HDKDLoss(nn.Module):
         if kd == "none" and lam == 0:
             raise ConfigError("distill: kd=none with lam=0 distils nothing; train the student alone instead")
         if lam > 0 and not hasattr(teacher, "forward_intermediates"):
-            raise ConfigError("distill.lam > 0 needs a teacher with stage maps (forward_intermediates); "
-                              "use lam=0 for a logit-only teacher")
+            raise ConfigError(
+                "distill.lam > 0 needs a teacher with stage maps (forward_intermediates); "
+                "use lam=0 for a logit-only teacher"
+            )
         if fold_teacher_bn:  # the frozen teacher's eval-mode BNs folded into its convs (same outputs, less work)
-            from ..models.fuse import fold_batchnorm
             teacher = fold_batchnorm(teacher)
         self.teacher = teacher
         self.alpha, self.tau, self.lam, self.kd, self.beta = alpha, tau, lam, kd, beta
@@ -131,16 +144,20 @@ class HDKDLoss(nn.Module):
             final, maps = model.forward_intermediates(images)
             logits = model.forward_head(final)
         if max(self.feature_stages) > len(maps):
-            raise HDKDError(f"feature distillation: distill.feature_stages {list(self.feature_stages)} asks for stage "
-                            f"{max(self.feature_stages)} but {type(core).__name__} has {len(maps)}")
+            raise HDKDError(
+                f"feature distillation: distill.feature_stages {list(self.feature_stages)} asks for stage "
+                f"{max(self.feature_stages)} but {type(core).__name__} has {len(maps)}"
+            )
         return logits, [maps[i - 1] for i in self.feature_stages]
 
     def _check_shapes(self, t_maps, s_maps) -> None:
         for i, t, s in zip(self.feature_stages, t_maps, s_maps):
             if t.shape != s.shape:
-                raise HDKDError(f"feature distillation: stage {i} of the teacher has shape {tuple(t.shape[1:])} "
-                                f"but the student's has {tuple(s.shape[1:])}; teacher and student must share "
-                                f"stage widths, stem stride and img_size (or use distill.lam=0)")
+                raise HDKDError(
+                    f"feature distillation: stage {i} of the teacher has shape {tuple(t.shape[1:])} "
+                    f"but the student's has {tuple(s.shape[1:])}; teacher and student must share "
+                    f"stage widths, stem stride and img_size (or use distill.lam=0)"
+                )
         self._checked_shapes = True
 
     def forward(self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> LossOutput:
@@ -162,11 +179,17 @@ class HDKDLoss(nn.Module):
         logits = (z_cls + z_dist.float()) / 2 if z_dist is not None else z_cls
         kd_term = None
         if self.kd == "none":
-            total = ce if z_dist is None else (ce + F.cross_entropy(z_dist.float(), labels, weight=self.class_weight)) / 2
+            total = (
+                ce if z_dist is None else (ce + F.cross_entropy(z_dist.float(), labels, weight=self.class_weight)) / 2
+            )
         else:
             if self.kd == "soft":
-                kl = F.kl_div(F.log_softmax(z_kd / self.tau, dim=1), F.log_softmax(z_t / self.tau, dim=1),
-                              reduction="sum", log_target=True)
+                kl = F.kl_div(
+                    F.log_softmax(z_kd / self.tau, dim=1),
+                    F.log_softmax(z_t / self.tau, dim=1),
+                    reduction="sum",
+                    log_target=True,
+                )
                 denom = z_kd.numel() if self.kd_reduction == "deit" else z_kd.shape[0]
                 kd_term = kl * (self.tau * self.tau) / denom
             else:
@@ -177,9 +200,15 @@ class HDKDLoss(nn.Module):
         if use_features:
             if not self._checked_shapes:
                 self._check_shapes(t_maps, s_maps)
-            feature_term = sum((float(i) ** self.beta) * F.mse_loss(s.float(), t.float())
-                               for i, t, s in zip(self.feature_stages, t_maps, s_maps))
+            feature_term = sum(
+                (float(i) ** self.beta) * F.mse_loss(s.float(), t.float())
+                for i, t, s in zip(self.feature_stages, t_maps, s_maps)
+            )
             total = total + self.lam * feature_term
-        return LossOutput(total=total, logits=logits.detach(), ce_t=ce.detach(),
-                          kd_t=None if kd_term is None else kd_term.detach(),
-                          feature_t=None if feature_term is None else feature_term.detach())
+        return LossOutput(
+            total=total,
+            logits=logits.detach(),
+            ce_t=ce.detach(),
+            kd_t=None if kd_term is None else kd_term.detach(),
+            feature_t=None if feature_term is None else feature_term.detach(),
+        )

@@ -1,19 +1,17 @@
-"""Evaluation: metrics of softmax outputs, calibration and temperature scaling, bootstrap confidence intervals,
-comparison tables, figures and the pipeline report (Markdown, JSON and self-contained HTML)."""
-from .assess import assess_predictions
-from .bootstrap import bootstrap_ci
-from .calibration import apply_temperature, fit_temperature, temperature_scaling_report
-from .metrics import (
+"""Evaluation (computing only): metrics of softmax outputs, calibration and temperature scaling, bootstrap
+confidence intervals, seed summaries, inference over a loader and the one way a checkpoint is evaluated."""
+
+from hdkd.evaluation.assess import assess_predictions
+from hdkd.evaluation.bootstrap import bootstrap_ci
+from hdkd.evaluation.calibration import apply_temperature, fit_temperature, temperature_scaling_report
+from hdkd.evaluation.metrics import (
     brier_score,
     calibration_metrics,
     classification_metrics,
     expected_calibration_error,
-    format_comparison_table,
-    format_metrics_table,
     reliability_bins,
 )
-from .plots import plot_confusion_matrices, plot_reliability_diagrams, plot_roc_curves, plot_training_curves
-from .report import write_pipeline_report
+from hdkd.evaluation.predict import predict
 
 __all__ = [
     "classification_metrics",
@@ -26,11 +24,5 @@ __all__ = [
     "temperature_scaling_report",
     "bootstrap_ci",
     "assess_predictions",
-    "format_metrics_table",
-    "format_comparison_table",
-    "plot_confusion_matrices",
-    "plot_roc_curves",
-    "plot_reliability_diagrams",
-    "plot_training_curves",
-    "write_pipeline_report",
+    "predict",
 ]

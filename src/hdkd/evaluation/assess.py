@@ -1,4 +1,5 @@
 """Everything the report says about one model, from its test (and validation) predictions, in one call."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,15 +7,22 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .bootstrap import bootstrap_ci
-from .calibration import temperature_scaling_report
-from .metrics import _validate, classification_metrics
+from hdkd.evaluation.bootstrap import bootstrap_ci
+from hdkd.evaluation.calibration import temperature_scaling_report
+from hdkd.evaluation.metrics import _validate, classification_metrics
 
 __all__ = ["assess_predictions"]
 
 
-def assess_predictions(y_test: Any, probs_test: Any, class_names: Sequence[str], y_val: Optional[Any] = None,
-                       probs_val: Optional[Any] = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def assess_predictions(
+    y_test: Any,
+    probs_test: Any,
+    class_names: Sequence[str],
+    y_val: Optional[Any] = None,
+    probs_val: Optional[Any] = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Test metrics, bootstrap CIs and temperature scaling (fitted on validation) of one model.
 
     Args:

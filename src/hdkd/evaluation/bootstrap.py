@@ -27,6 +27,7 @@ The metrics match scikit-learn's definitions (``accuracy_score``, ``balanced_acc
 ``f1_score(average="macro", zero_division=0)``, ``roc_auc_score(multi_class="ovr", average="macro")``; for two
 classes the binary AUC of class 1) applied to each resampled test set; the tests check this resample by resample.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,11 +35,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .metrics import _validate, classification_metrics
+from hdkd.evaluation.metrics import _validate, classification_metrics
 
-__all__ = ["bootstrap_ci", "HEADLINE_METRICS"]
+__all__ = ["bootstrap_ci", "BOOTSTRAP_METRICS"]
 
-HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro")
+BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro")
 
 _CHUNK_ELEMENTS = 4_000_000  # resamples x images processed at once (~32 MB per float64 matrix)
 
@@ -51,7 +52,7 @@ def _resample_counts(y: np.ndarray, n_boot: int, rng: np.random.Generator, strat
         col = 0
         for k in np.unique(y):
             members = np.flatnonzero(y == k)
-            idx[:, col:col + members.size] = members[rng.integers(0, members.size, size=(n_boot, members.size))]
+            idx[:, col : col + members.size] = members[rng.integers(0, members.size, size=(n_boot, members.size))]
             col += members.size
     else:
         idx = rng.integers(0, n, size=(n_boot, n))
@@ -109,9 +110,16 @@ def _weighted_headline(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str,
     return {"accuracy": accuracy, "balanced_accuracy": balanced, "macro_f1": macro_f1, "auc_ovr_macro": auc}
 
 
-def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, stratified: bool = False,
-                 estimates: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def bootstrap_ci(
+    y_true: Any,
+    probs: Any,
+    class_names: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    stratified: bool = False,
+    estimates: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """Percentile bootstrap confidence intervals of accuracy, balanced accuracy, macro-F1 and macro ROC AUC.
 
     Args:
@@ -125,7 +133,7 @@ def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: in
         estimates: point estimates to report (a ``classification_metrics`` dict); computed when not given.
 
     Returns a JSON-serialisable dict ``{"method", "level", "n_boot", "seed", "stratified", "n", "metrics"}`` where
-    ``metrics`` maps each of ``HEADLINE_METRICS`` to ``{"estimate", "low", "high", "n_valid"}`` (fractions in
+    ``metrics`` maps each of ``BOOTSTRAP_METRICS`` to ``{"estimate", "low", "high", "n_valid"}`` (fractions in
     [0, 1]; ``low`` / ``high`` are ``None`` when no resample gave a defined value, e.g. the AUC when a class is
     absent from the test split).
     """
@@ -140,7 +148,7 @@ def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: in
     rng = np.random.default_rng(seed)
     n = y.shape[0]
     chunk = max(1, _CHUNK_ELEMENTS // n)
-    values: dict[str, list[np.ndarray]] = {key: [] for key in HEADLINE_METRICS}
+    values: dict[str, list[np.ndarray]] = {key: [] for key in BOOTSTRAP_METRICS}
     done = 0
     while done < n_boot:
         size = min(chunk, n_boot - done)
@@ -151,15 +159,19 @@ def bootstrap_ci(y_true: Any, probs: Any, class_names: Sequence[str], n_boot: in
 
     alpha = (1.0 - float(level)) / 2.0
     out: dict[str, Any] = {}
-    for key in HEADLINE_METRICS:
+    for key in BOOTSTRAP_METRICS:
         v = np.concatenate(values[key])
         v = v[np.isfinite(v)]
         low = high = None
         if v.size:
             low, high = (float(q) for q in np.quantile(v, [alpha, 1.0 - alpha]))
         estimate = estimates.get(key)
-        out[key] = {"estimate": None if estimate is None else float(estimate), "low": low, "high": high,
-                    "n_valid": int(v.size)}
+        out[key] = {
+            "estimate": None if estimate is None else float(estimate),
+            "low": low,
+            "high": high,
+            "n_valid": int(v.size),
+        }
     return {
         "method": "percentile bootstrap" + (" (stratified by class)" if stratified else ""),
         "level": float(level),

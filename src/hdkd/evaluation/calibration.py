@@ -16,6 +16,7 @@ basin, and ``scipy.optimize.minimize_scalar`` (bounded Brent) refines it between
 golden-section search on the same bracket does it (same optimum to ~1e-6 in ``log T``). An optimum on a bound (e.g.
 a perfectly separated validation split, whose NLL keeps falling as ``T -> 0``) is returned as the bound.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,11 +25,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import DataError
-from .metrics import _as_numpy, calibration_metrics
+from hdkd.errors import DataError
+from hdkd.evaluation.metrics import _as_numpy, calibration_metrics
 
-__all__ = ["fit_temperature", "apply_temperature", "temperature_nll", "temperature_scaling_report",
-           "T_BOUNDS"]
+__all__ = ["fit_temperature", "apply_temperature", "temperature_nll", "temperature_scaling_report", "T_BOUNDS"]
 
 T_BOUNDS = (0.01, 100.0)
 _PROB_FLOOR = 1e-45
@@ -151,8 +151,9 @@ def apply_temperature(scores: Any, temperature: float, kind: str = "auto") -> np
     return np.exp(_log_softmax(z / temperature))
 
 
-def temperature_scaling_report(val_labels: Any, val_probs: Any, test_labels: Any, test_probs: Any,
-                               class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def temperature_scaling_report(
+    val_labels: Any, val_probs: Any, test_labels: Any, test_probs: Any, class_names: Optional[Sequence[str]] = None
+) -> dict[str, Any]:
     """Fit ``T`` on validation, then the test calibration before and after scaling with it (JSON-serialisable).
 
     Returns ``{"temperature", "at_bound", "fitted_on": "validation", "n_val", "val_nll_before", "val_nll_after",

@@ -12,6 +12,7 @@ with the mean and std of the model's channels (`hdkd.data.transforms.eval_transf
 A `Classifier` turns such images into logits and calibrated probabilities; `TorchClassifier` runs a checkpoint
 (the ONNX Runtime one lives in `hdkd.deploy`, which may import this module but not the other way round).
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data.imageio import load_image, resize_image, to_channels
-from ..data.transforms import eval_transform, mean_std
-from ..errors import CheckpointError
-from ..models import create_model_from_checkpoint, read_checkpoint_metadata
-from ..models.fuse import fold_batchnorm
-from ..version import __version__
+from hdkd.data.imageio import load_image, resize_image, to_channels
+from hdkd.data.transforms import eval_transform, mean_std
+from hdkd.errors import CheckpointError
+from hdkd.models import create_model_from_checkpoint, read_checkpoint_metadata
+from hdkd.models.fuse import fold_batchnorm
+from hdkd.version import __version__
 
 METADATA_PREFIX = "hdkd."
 _JSON_FIELDS = ("class_names", "mean", "std", "metrics")
@@ -39,6 +40,7 @@ _JSON_FIELDS = ("class_names", "mean", "std", "metrics")
 @dataclass(frozen=True)
 class ModelInfo:
     """What a trained model needs besides its weights to be used on a new image (see the module docstring)."""
+
     model_name: str
     class_names: tuple[str, ...]
     img_size: int
@@ -59,19 +61,28 @@ class ModelInfo:
     def from_checkpoint(cls, path: str | Path) -> "ModelInfo":
         meta = read_checkpoint_metadata(path)
         if not meta.get("model_name"):
-            raise CheckpointError(f"{path}: not an hdkd checkpoint (no model metadata); use the best.safetensors "
-                                  f"or last.safetensors written by `hdkd train` or `hdkd pipeline`")
+            raise CheckpointError(
+                f"{path}: not an hdkd checkpoint (no model metadata); use the best.safetensors "
+                f"or last.safetensors written by `hdkd train` or `hdkd pipeline`"
+            )
         extra, args = meta.get("extra") or {}, meta.get("model_args") or {}
         in_chans = int(extra.get("in_chans") or args.get("in_chans") or 3)
         names = extra.get("class_names") or [str(i) for i in range(int(args.get("num_classes", 0)))]
         mean, std = mean_std(in_chans)
         temperature = extra.get("temperature")
-        return cls(model_name=meta["model_name"], class_names=tuple(str(n) for n in names),
-                   img_size=int(extra.get("img_size") or args.get("img_size") or 224), in_chans=in_chans,
-                   mean=tuple(mean), std=tuple(std),
-                   temperature=None if temperature is None else float(temperature), role=extra.get("role"),
-                   training_data=extra.get("data"), hdkd_version=str(extra.get("hdkd_version") or __version__),
-                   metrics=dict(extra.get("metrics") or {}))
+        return cls(
+            model_name=meta["model_name"],
+            class_names=tuple(str(n) for n in names),
+            img_size=int(extra.get("img_size") or args.get("img_size") or 224),
+            in_chans=in_chans,
+            mean=tuple(mean),
+            std=tuple(std),
+            temperature=None if temperature is None else float(temperature),
+            role=extra.get("role"),
+            training_data=extra.get("data"),
+            hdkd_version=str(extra.get("hdkd_version") or __version__),
+            metrics=dict(extra.get("metrics") or {}),
+        )
 
     def to_metadata(self) -> dict[str, str]:
         """Flat ``hdkd.<field>`` -> string pairs (ONNX metadata_props); lists and dicts as JSON, None as ""."""
@@ -86,20 +97,28 @@ class ModelInfo:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], where: str = "model") -> "ModelInfo":
-        values = {k[len(METADATA_PREFIX):]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
+        values = {k[len(METADATA_PREFIX) :]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
         required = ("model_name", "class_names", "img_size", "in_chans", "mean", "std")
         missing = [k for k in required if not values.get(k)]
         if missing:
-            raise CheckpointError(f"{where}: no hdkd metadata ({', '.join(METADATA_PREFIX + k for k in missing)} "
-                                  f"missing); export models with `hdkd export`")
+            raise CheckpointError(
+                f"{where}: no hdkd metadata ({', '.join(METADATA_PREFIX + k for k in missing)} "
+                f"missing); export models with `hdkd export`"
+            )
         try:
-            return cls(model_name=values["model_name"], class_names=tuple(json.loads(values["class_names"])),
-                       img_size=int(values["img_size"]), in_chans=int(values["in_chans"]),
-                       mean=tuple(json.loads(values["mean"])), std=tuple(json.loads(values["std"])),
-                       temperature=float(values["temperature"]) if values.get("temperature") else None,
-                       role=values.get("role") or None, training_data=values.get("training_data") or None,
-                       hdkd_version=values.get("hdkd_version") or "unknown",
-                       metrics=json.loads(values["metrics"]) if values.get("metrics") else {})
+            return cls(
+                model_name=values["model_name"],
+                class_names=tuple(json.loads(values["class_names"])),
+                img_size=int(values["img_size"]),
+                in_chans=int(values["in_chans"]),
+                mean=tuple(json.loads(values["mean"])),
+                std=tuple(json.loads(values["std"])),
+                temperature=float(values["temperature"]) if values.get("temperature") else None,
+                role=values.get("role") or None,
+                training_data=values.get("training_data") or None,
+                hdkd_version=values.get("hdkd_version") or "unknown",
+                metrics=json.loads(values["metrics"]) if values.get("metrics") else {},
+            )
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{where}: malformed hdkd metadata ({exc})") from None
 
@@ -116,8 +135,7 @@ def fit_array(array: np.ndarray, info: ModelInfo) -> np.ndarray:
 
 def to_input(images: Sequence[np.ndarray] | np.ndarray, info: ModelInfo) -> torch.Tensor:
     """uint8 (N, img_size, img_size, in_chans) -> the normalised float32 (N, in_chans, H, W) the model takes."""
-    batch = torch.from_numpy(np.ascontiguousarray(np.stack(list(images)) if not isinstance(images, np.ndarray)
-                                                  else images))
+    batch = torch.from_numpy(np.array(np.stack(list(images)) if not isinstance(images, np.ndarray) else images))
     return eval_transform(info.in_chans)(batch.permute(0, 3, 1, 2))
 
 
@@ -140,14 +158,17 @@ class Classifier(ABC):
     def logits(self, inputs: torch.Tensor) -> np.ndarray:
         """Float logits (N, classes) of normalised inputs (N, in_chans, H, W), as the model computes them."""
 
-    def probabilities(self, images: Sequence[np.ndarray] | np.ndarray, calibrated: bool = True,
-                      batch_size: int = 64) -> np.ndarray:
+    def probabilities(
+        self, images: Sequence[np.ndarray] | np.ndarray, calibrated: bool = True, batch_size: int = 64
+    ) -> np.ndarray:
         """Softmax probabilities (N, classes) of uint8 images already at the model's size (`read_model_image`);
         divided by the model's temperature first when ``calibrated`` and it has one."""
         images = list(images)
         temperature = self.info.temperature if calibrated else None
-        chunks = [softmax(self.logits(to_input(images[i:i + batch_size], self.info)), temperature)
-                  for i in range(0, len(images), batch_size)]
+        chunks = [
+            softmax(self.logits(to_input(images[i : i + batch_size], self.info)), temperature)
+            for i in range(0, len(images), batch_size)
+        ]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.info.num_classes))
 
 
@@ -170,8 +191,9 @@ class TorchClassifier(Classifier):
         self.info = info
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu",
-                        fold_bn: bool = False) -> "TorchClassifier":
+    def from_checkpoint(
+        cls, path: str | Path, device: torch.device | str = "cpu", fold_bn: bool = False
+    ) -> "TorchClassifier":
         info = ModelInfo.from_checkpoint(path)
         return cls(create_model_from_checkpoint(path), info, device, fold_bn)
 

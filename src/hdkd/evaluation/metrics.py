@@ -20,6 +20,7 @@ Calibration (how far the predicted probabilities are from the observed frequenci
 * **NLL**, negative log-likelihood (mean cross-entropy) of the true class, scikit-learn's ``log_loss`` with
   ``labels`` = every class (probabilities clipped by scikit-learn to its float epsilon).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-from ..errors import DataError
+from hdkd.errors import DataError
 
 __all__ = [
     "classification_metrics",
@@ -39,10 +40,19 @@ __all__ = [
     "expected_calibration_error",
     "brier_score",
     "reliability_bins",
-    "format_metrics_table",
-    "format_comparison_table",
     "ECE_BINS",
 ]
+
+# The metrics every summary leads with (seed summaries, ablation records and reports, model metadata).
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr_macro", "ece")
+RECORD_METRICS = HEADLINE_METRICS + ("n", "weighted_f1", "mcc", "cohen_kappa", "brier", "nll")
+
+
+def headline_metrics(metrics: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The scalar metrics worth recording of a ``classification_metrics`` result (no per-class tables)."""
+    metrics = metrics or {}
+    return {k: metrics[k] for k in RECORD_METRICS if k in metrics}
+
 
 ECE_BINS = 15  # equal-width confidence bins for the ECE and the reliability diagram
 
@@ -87,9 +97,7 @@ def _validate(y_true: Any, probs: Any, class_names: Sequence[str]) -> tuple[np.n
     n_classes = p.shape[1]
     bad = (y < 0) | (y >= n_classes)
     if bad.any():
-        raise DataError(
-            f"y_true has labels outside 0..{n_classes - 1} (e.g. {int(y[bad][0])}) for {n_classes} classes"
-        )
+        raise DataError(f"y_true has labels outside 0..{n_classes - 1} (e.g. {int(y[bad][0])}) for {n_classes} classes")
     p = p.astype(np.float64)
     nonfinite = ~np.isfinite(p).all(axis=1)
     if nonfinite.any():
@@ -99,7 +107,8 @@ def _validate(y_true: Any, probs: Any, class_names: Sequence[str]) -> tuple[np.n
     row_sums = p.sum(axis=1)
     if np.abs(row_sums - 1.0).max() > _ROW_SUM_ATOL:
         raise DataError(
-            f"probs rows must sum to 1 (softmax probabilities); worst row sums to {row_sums[np.argmax(np.abs(row_sums - 1))]:.4f}"
+            f"probs rows must sum to 1 (softmax probabilities); worst row sums to "
+            f"{row_sums[np.argmax(np.abs(row_sums - 1))]:.4f}"
         )
     # Remove float32 rounding so scikit-learn's own "sums to 1" check for multiclass AUC always passes.
     p = np.clip(p, 0.0, None)
@@ -256,18 +265,14 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
             for k in range(n_classes):
                 if present[k]:
                     per_class_auc[k] = _float_or_none(skm.roc_auc_score((y == k).astype(int), p[:, k]))
-        pr_auc_macro = (
-            _float_or_none(np.mean(per_class_ap)) if all(v is not None for v in per_class_ap) else None
-        )
+        pr_auc_macro = _float_or_none(np.mean(per_class_ap)) if all(v is not None for v in per_class_ap) else None
         pr_auc_positive = per_class_ap[1] if n_classes == 2 else None
         if present.all():
             auc_note = None
             if n_classes == 2:
                 auc_macro = auc_weighted = _float_or_none(skm.roc_auc_score(y, p[:, 1]))
             else:
-                auc_macro = _float_or_none(
-                    skm.roc_auc_score(y, p, multi_class="ovr", average="macro", labels=labels)
-                )
+                auc_macro = _float_or_none(skm.roc_auc_score(y, p, multi_class="ovr", average="macro", labels=labels))
                 auc_weighted = _float_or_none(
                     skm.roc_auc_score(y, p, multi_class="ovr", average="weighted", labels=labels)
                 )
@@ -321,170 +326,3 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: S
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100.0 * float(x):.2f}"
-
-
-def _dec(x: Any, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{float(x):.{digits}f}"
-
-
-def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], align_left: int = 1) -> list[str]:
-    """Monospace table: the first ``align_left`` columns left-aligned, the others right-aligned."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(row: Sequence[str]) -> str:
-        cells = [
-            str(c).ljust(w) if i < align_left else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))
-        ]
-        return "  ".join(cells).rstrip()
-
-    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
-
-
-def _ci_entry(ci: Optional[Mapping[str, Any]], key: str) -> Optional[Mapping[str, Any]]:
-    """``bootstrap_ci(...)["metrics"][key]`` when it has an interval, else ``None``."""
-    if not ci:
-        return None
-    entry = (ci.get("metrics") or {}).get(key)
-    if not entry or entry.get("low") is None or entry.get("high") is None:
-        return None
-    return entry
-
-
-def _with_ci(value: Any, ci: Optional[Mapping[str, Any]], key: str, percent: bool = True) -> str:
-    """``92.50 [90.10, 94.60]`` (percent) or ``0.9512 [0.9301, 0.9688]``; the bare value without an interval."""
-    fmt = _pct if percent else _dec
-    text = fmt(value)
-    entry = _ci_entry(ci, key)
-    if entry is not None and value is not None:
-        text += f" [{fmt(entry['low'])}, {fmt(entry['high'])}]"
-    return text
-
-
-def format_metrics_table(metrics: Mapping[str, Any]) -> str:
-    """Plain-text report of one ``classification_metrics`` dict: headline metrics, per-class table, confusion matrix.
-
-    Accuracy-type values are shown as percentages with 2 decimals; AUC, MCC and kappa as 4-decimal numbers; ECE as a
-    percentage, Brier score and NLL as 4-decimal numbers. When ``metrics`` has a ``bootstrap`` entry (a
-    ``bootstrap_ci`` result) the headline metrics are followed by their confidence interval in brackets.
-    """
-    names = list(metrics["class_names"])
-    ci = metrics.get("bootstrap")
-    lines = [f"Samples: {metrics['n']}"]
-    headline = [
-        ("Accuracy (%)", _with_ci(metrics.get("accuracy"), ci, "accuracy")),
-        ("Balanced accuracy (%)", _with_ci(metrics.get("balanced_accuracy"), ci, "balanced_accuracy")),
-        ("Macro F1 (%)", _with_ci(metrics.get("macro_f1"), ci, "macro_f1")),
-        ("Weighted F1 (%)", _pct(metrics.get("weighted_f1"))),
-        ("ROC AUC, OvR macro", _with_ci(metrics.get("auc_ovr_macro"), ci, "auc_ovr_macro", percent=False)),
-        ("ROC AUC, OvR weighted", _dec(metrics.get("auc_ovr_weighted"))),
-        ("PR AUC (avg. precision), macro", _dec(metrics.get("pr_auc_macro"))),
-    ]
-    if metrics.get("pr_auc_positive") is not None:
-        headline.append(("PR AUC, positive class", _dec(metrics.get("pr_auc_positive"))))
-    headline += [
-        ("Matthews corr. coef.", _dec(metrics.get("mcc"))),
-        ("Cohen's kappa", _dec(metrics.get("cohen_kappa"))),
-    ]
-    if "ece" in metrics:
-        headline += [
-            (f"ECE, {metrics.get('ece_bins', ECE_BINS)} bins (%)", _pct(metrics.get("ece"))),
-            ("Brier score (multi-class)", _dec(metrics.get("brier"))),
-            ("Negative log-likelihood", _dec(metrics.get("nll"))),
-        ]
-    width = max(len(k) for k, _ in headline)
-    lines += [f"{k.ljust(width)}  {v}" for k, v in headline]
-    entry = _ci_entry(ci, "accuracy")
-    if entry is not None:
-        lines.append(f"[brackets: {100 * ci['level']:g}% {ci['method']} interval, {ci['n_boot']} resamples]")
-    if metrics.get("auc_note"):
-        lines.append(f"Note: {metrics['auc_note']}")
-
-    lines += ["", "Per class (%; AUC and PR-AUC one-vs-rest, as fractions):"]
-    rows = []
-    for name in names:
-        pc = metrics["per_class"][name]
-        rows.append(
-            [name, _pct(pc["precision"]), _pct(pc["recall"]), _pct(pc["specificity"]), _pct(pc["f1"]),
-             _dec(pc.get("auc")), _dec(pc.get("pr_auc")), str(pc["support"])]
-        )
-    lines += _text_table(["class", "precision", "recall", "specificity", "F1", "AUC", "PR-AUC", "support"], rows)
-
-    lines += ["", "Confusion matrix (rows = true class, columns = predicted class):"]
-    cm = metrics["confusion_matrix"]
-    cm_rows = [[name, *(str(v) for v in row)] for name, row in zip(names, cm)]
-    lines += _text_table(["true \\ pred", *names], cm_rows)
-    return "\n".join(lines)
-
-
-def _md_escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _format_params(params: Any) -> str:
-    return "n/a" if params is None else f"{int(params):,}"
-
-
-def _format_gflops(flops: Any) -> str:
-    if flops is None:
-        return "n/a"
-    flops = float(flops)
-    if not math.isfinite(flops):
-        return "n/a"
-    return f"{flops / 1e9:.3f}" if flops >= 1e7 else f"{flops / 1e9:.3g}"
-
-
-def comparison_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (plain strings) of the model comparison; shared by the Markdown and the HTML report.
-
-    Columns: model, parameters, GFLOPs, accuracy, balanced accuracy, macro-F1 (percent), macro ROC AUC, ECE before
-    and after temperature scaling (percent). When a result has ``bootstrap`` (a ``bootstrap_ci`` result) the
-    accuracy, balanced accuracy, macro-F1 and AUC cells carry the interval in brackets, and the headers say so.
-    """
-    with_ci = any(_ci_entry(res.get("bootstrap"), "accuracy") is not None for res in results.values())
-    level = next((res["bootstrap"]["level"] for res in results.values() if _ci_entry(res.get("bootstrap"), "accuracy")),
-                 0.95)
-    suffix = f" [{100 * level:g}% CI]" if with_ci else ""
-    header = ["Model", "Params", "GFLOPs", f"Accuracy (%){suffix}", f"Balanced accuracy (%){suffix}",
-              f"Macro-F1 (%){suffix}", f"AUC (OvR macro){suffix}", "ECE (%)", "ECE after temp. scaling (%)"]
-    rows = []
-    for label, res in results.items():
-        m = res.get("metrics")
-        if m is None:
-            raise ValueError(f"results[{label!r}] has no 'metrics' entry")
-        ci = res.get("bootstrap")
-        scaling = res.get("temperature_scaling") or {}
-        rows.append([
-            str(label),
-            _format_params(res.get("params")),
-            _format_gflops(res.get("flops")),
-            _with_ci(m.get("accuracy"), ci, "accuracy"),
-            _with_ci(m.get("balanced_accuracy"), ci, "balanced_accuracy"),
-            _with_ci(m.get("macro_f1"), ci, "macro_f1"),
-            _with_ci(m.get("auc_ovr_macro"), ci, "auc_ovr_macro", percent=False),
-            _pct(m.get("ece")),
-            _pct((scaling.get("test_after") or {}).get("ece")),
-        ])
-    return header, rows
-
-
-def format_comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table comparing models: one row per model (in the given order).
-
-    Each value needs ``metrics`` (a ``classification_metrics`` dict) and may have ``params`` (int), ``flops``
-    (FLOPs per image, shown as GFLOPs), ``bootstrap`` (a ``bootstrap_ci`` result: intervals in brackets) and
-    ``temperature_scaling`` (a ``temperature_scaling_report``: the test ECE after scaling). Accuracy, balanced
-    accuracy, macro-F1 and ECE are percentages with 2 decimals; AUC (one-vs-rest macro) has 4 decimals; anything
-    missing or undefined shows as ``n/a``.
-    """
-    header, rows = comparison_rows(results)
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|---|" + "---:|" * (len(header) - 1),
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
-    return "\n".join(lines)

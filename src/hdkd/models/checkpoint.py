@@ -5,6 +5,7 @@ rebuild its own model (`create_model_from_checkpoint`). `.pth`/`.pt` files are r
 (never unrestricted pickle); the authors' parameter names are mapped onto ours and loading is always strict, so a
 checkpoint of another architecture or class count is refused with a message saying which.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
-from ..errors import CheckpointError
-from ..io import atomic_write
+from hdkd.errors import CheckpointError
+from hdkd.io import atomic_write
+from hdkd.models.factory import create_model
 
 FORMAT = "hdkd-checkpoint-v1"
 
@@ -28,16 +30,33 @@ _OFFICIAL_RENAMES = [
     (r"^stage(\d)\.(\d+)\.1\.", lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.bn."),
     (r"^stage(\d)\.(\d+)\.proj\.", lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.proj."),
     (r"^stage(\d)\.(\d+)\.conv\.norm\.", lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.pre_norm."),
-    (r"^stage(\d)\.(\d+)\.conv\.fn\.6\.spatial_attention\.conv1\.",
-     lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.attn.spatial.conv."),
-    (r"^stage(\d)\.(\d+)\.conv\.fn\.6\.channel_attention\.fc\.0\.",
-     lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.attn.channel.fc1."),
-    (r"^stage(\d)\.(\d+)\.conv\.fn\.6\.channel_attention\.fc\.2\.",
-     lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.attn.channel.fc2."),
-    (r"^stage(\d)\.(\d+)\.conv\.fn\.([0-9])\.",
-     lambda m: f"stages.{int(m[1]) - 1}.{m[2]}."
-               + {"0": "conv_expand", "1": "bn_expand", "3": "conv_dw", "4": "bn_dw", "7": "conv_project",
-                  "8": "bn_project"}.get(m[3], f"UNKNOWN_fn{m[3]}") + "."),
+    (
+        r"^stage(\d)\.(\d+)\.conv\.fn\.6\.spatial_attention\.conv1\.",
+        lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.attn.spatial.conv.",
+    ),
+    (
+        r"^stage(\d)\.(\d+)\.conv\.fn\.6\.channel_attention\.fc\.0\.",
+        lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.attn.channel.fc1.",
+    ),
+    (
+        r"^stage(\d)\.(\d+)\.conv\.fn\.6\.channel_attention\.fc\.2\.",
+        lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.attn.channel.fc2.",
+    ),
+    (
+        r"^stage(\d)\.(\d+)\.conv\.fn\.([0-9])\.",
+        lambda m: (
+            f"stages.{int(m[1]) - 1}.{m[2]}."
+            + {
+                "0": "conv_expand",
+                "1": "bn_expand",
+                "3": "conv_dw",
+                "4": "bn_dw",
+                "7": "conv_project",
+                "8": "bn_project",
+            }.get(m[3], f"UNKNOWN_fn{m[3]}")
+            + "."
+        ),
+    ),
     (r"^fn1\.", lambda m: "head_hidden."),
     (r"^classifier\.", lambda m: "head."),
     (r"^head_cls\.", lambda m: "head."),
@@ -70,7 +89,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
         for pattern, repl in _RENAMES:
             m = pattern.match(key)
             if m:
-                new = pattern.sub(lambda mm: repl(mm), key, count=1)
+                new = pattern.sub(repl, key, count=1)
                 break
         out[new] = value
     return out
@@ -80,13 +99,22 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, model_name: str, model_args: dict[str, Any],
-                    extra: Optional[dict[str, Any]] = None) -> Path:
+def save_checkpoint(
+    model: nn.Module,
+    path: str | Path,
+    model_name: str,
+    model_args: dict[str, Any],
+    extra: Optional[dict[str, Any]] = None,
+) -> Path:
     """Weights as safetensors; `model_name` + `model_args` (JSON) let `create_model_from_checkpoint` rebuild it."""
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "model_name": model_name, "model_args": json.dumps(model_args),
-                "extra": json.dumps(extra or {})}
+    metadata = {
+        "format": FORMAT,
+        "model_name": model_name,
+        "model_args": json.dumps(model_args),
+        "extra": json.dumps(extra or {}),
+    }
     data = save(state, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
     return path
@@ -106,6 +134,24 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
         if key in out:
             out[key] = json.loads(out[key])
     return out
+
+
+def update_checkpoint_extra(path: str | Path, **values: Any) -> Path:
+    """Add ``values`` to a project checkpoint's ``extra`` metadata (e.g. the temperature fitted on validation after
+    training), rewriting the file atomically; the weights are unchanged."""
+    meta = read_checkpoint_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an hdkd checkpoint with model metadata")
+    state = load_file(str(path))
+    metadata = {
+        "format": FORMAT,
+        "model_name": meta["model_name"],
+        "model_args": json.dumps(meta["model_args"]),
+        "extra": json.dumps({**(meta.get("extra") or {}), **values}),
+    }
+    data = save(state, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
+    return Path(path)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -149,7 +195,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     if ckpt_classes is not None and model_classes is not None and ckpt_classes != model_classes:
         raise CheckpointError(
             f"{path}: checkpoint has {ckpt_classes} classes but the model has {model_classes} "
-            f"(head.weight {tuple(state['head.weight'].shape)} vs {tuple(own['head.weight'].shape)})")
+            f"(head.weight {tuple(state['head.weight'].shape)} vs {tuple(own['head.weight'].shape)})"
+        )
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -162,23 +209,28 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:3])}")
         raise CheckpointError(f"{path}: checkpoint does not match the {name} architecture{what}: {'; '.join(parts)}")
-    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(state[k].shape) != tuple(v.shape)]
+    bad = [
+        (k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(state[k].shape) != tuple(v.shape)
+    ]
     if bad:
         k, got, want = bad[0]
-        raise CheckpointError(f"{path}: {len(bad)} tensors have the wrong shape for this model, e.g. {k} is {got}, "
-                              f"the model expects {want} (different img_size, widths or in_chans?)")
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors have the wrong shape for this model, e.g. {k} is {got}, "
+            f"the model expects {want} (different img_size, widths or in_chans?)"
+        )
     model.load_state_dict(state, strict=True)
     return model
 
 
 def create_model_from_checkpoint(path: str | Path, **overrides) -> nn.Module:
     """Rebuild the model a project checkpoint was saved from, and load its weights."""
-    from .factory import create_model
 
     meta = read_checkpoint_metadata(path)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an hdkd checkpoint with model metadata; create the model yourself and "
-                              f"use hdkd.load_checkpoint(model, path)")
+        raise CheckpointError(
+            f"{path}: not an hdkd checkpoint with model metadata; create the model yourself and "
+            f"use hdkd.load_checkpoint(model, path)"
+        )
     args = {**meta["model_args"], **overrides}
     model = create_model(meta["model_name"], **args)
     return load_checkpoint(model, path)

@@ -21,12 +21,15 @@ stage indexing work unchanged). The arithmetic is done in float64 and cast back 
 The result is an inference artifact: it is returned in eval mode with gradients off. Putting it in train mode does
 NOT restore batch statistics (the BNs are gone); use the original model for that.
 """
+
 from __future__ import annotations
 
 import copy
 
 import torch
 import torch.nn as nn
+
+from hdkd.models.hdkd import MBCSA, StemBlock
 
 __all__ = ["fold_batchnorm", "count_batchnorms"]
 
@@ -58,8 +61,12 @@ def _conv_bias64(conv: nn.Conv2d) -> torch.Tensor:
 
 
 def _can_fold(conv: nn.Module, bn: nn.Module) -> bool:
-    return (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels
-            and bn.running_mean is not None)
+    return (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.num_features == conv.out_channels
+        and bn.running_mean is not None
+    )
 
 
 def _fold_bn_after(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -74,8 +81,7 @@ def _can_fold_before(bn: nn.Module, conv: nn.Module) -> bool:
     if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None):
         return False
     no_padding = conv.padding == "valid" or all(p == 0 for p in conv.padding)
-    return (no_padding and conv.groups == 1 and conv.in_channels == bn.num_features
-            and conv.padding_mode == "zeros")
+    return no_padding and conv.groups == 1 and conv.in_channels == bn.num_features and conv.padding_mode == "zeros"
 
 
 def _fold_bn_before(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
@@ -93,7 +99,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     The original is not modified. The copy is in eval mode with `requires_grad=False` on every parameter; in eval
     mode its outputs equal the original's (eval mode) up to floating-point rounding.
     """
-    from .hdkd import MBCSA, StemBlock  # local: hdkd.py stays free of this module
 
     folded = copy.deepcopy(model).eval()
     for module in list(folded.modules()):
@@ -104,8 +109,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             if _can_fold_before(module.pre_norm, module.conv_expand):
                 _fold_bn_before(module.pre_norm, module.conv_expand)
                 module.pre_norm = nn.Identity()
-            for conv_name, bn_name in (("conv_expand", "bn_expand"), ("conv_dw", "bn_dw"),
-                                       ("conv_project", "bn_project")):
+            for conv_name, bn_name in (
+                ("conv_expand", "bn_expand"),
+                ("conv_dw", "bn_dw"),
+                ("conv_project", "bn_project"),
+            ):
                 conv, bn = getattr(module, conv_name), getattr(module, bn_name)
                 if _can_fold(conv, bn):
                     _fold_bn_after(conv, bn)

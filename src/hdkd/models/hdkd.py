@@ -6,6 +6,7 @@ parameter names are our own and `hdkd.models.checkpoint` maps the authors' names
 
 Registered with timm: `hdkd_teacher`, `hdkd_student` (class token only) and `hdkd` (class + distillation token).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -88,8 +89,7 @@ class SqueezeExcite(nn.Module):
 class MBCSA(nn.Module):
     """Pre-norm inverted bottleneck with CBAM; the stride sits on the expanding 1x1 conv."""
 
-    def __init__(self, in_chs: int, out_chs: int, downsample: bool = False, expansion: int = 4,
-                 attn: str = "cbam"):
+    def __init__(self, in_chs: int, out_chs: int, downsample: bool = False, expansion: int = 4, attn: str = "cbam"):
         super().__init__()
         hidden = in_chs * expansion
         stride = 2 if downsample else 1
@@ -221,9 +221,11 @@ class HDKDNet(nn.Module):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride}")
         reduction = stem_stride * 4 * (dflt_patch_size if head == "dflt" else 1)
         if img_size % reduction:
-            raise ValueError(f"img_size {img_size} must be a multiple of {reduction} for this configuration "
-                             f"(stem stride {stem_stride}, stages 2 and 3 halve it"
-                             + (f", patch size {dflt_patch_size})" if head == "dflt" else ")"))
+            raise ValueError(
+                f"img_size {img_size} must be a multiple of {reduction} for this configuration "
+                f"(stem stride {stem_stride}, stages 2 and 3 halve it"
+                + (f", patch size {dflt_patch_size})" if head == "dflt" else ")")
+            )
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.img_size = img_size
@@ -243,7 +245,7 @@ class HDKDNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.feature_info = [
-            dict(num_chs=widths[i], reduction=stem_stride * 2 ** i, module=f"stages.{i}") for i in range(3)
+            dict(num_chs=widths[i], reduction=stem_stride * 2**i, module=f"stages.{i}") for i in range(3)
         ]
 
         if head == "linear":
@@ -257,14 +259,15 @@ class HDKDNet(nn.Module):
             self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
             self.dist_token = nn.Parameter(torch.randn(1, 1, embed_dim)) if self.distilled else None
             self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + self.num_prefix_tokens, embed_dim))
-            self.blocks = nn.Sequential(*[
-                DFLTBlock(embed_dim, dflt_heads, dflt_head_dim, dflt_mlp_dim) for _ in range(dflt_depth)
-            ])
+            self.blocks = nn.Sequential(
+                *[DFLTBlock(embed_dim, dflt_heads, dflt_head_dim, dflt_mlp_dim) for _ in range(dflt_depth)]
+            )
             self.norm = nn.LayerNorm(embed_dim)
             self.num_features = self.head_hidden_size = embed_dim
             self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-            self.head_dist = (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) \
-                if self.distilled else None
+            self.head_dist = (
+                (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if self.distilled else None
+            )
         self.distilled_training = True  # train mode returns both logits (what the distillation loss needs)
         self.supports_return_stages = True
 
@@ -359,24 +362,37 @@ class HDKDNet(nn.Module):
 # ------------------------------------------------------------------------------------------ registered constructors
 def _cfg(**kwargs):
     return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 1.0,
-        "interpolation": "bilinear", "fixed_input_size": True, "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD, "first_conv": "stages.0.0.conv", "classifier": "head",
-        "license": "mit", **kwargs,
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stages.0.0.conv",
+        "classifier": "head",
+        "license": "mit",
+        **kwargs,
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "hdkd_teacher.untrained": _cfg(fixed_input_size=False),
-    "hdkd_student.untrained": _cfg(),
-    "hdkd.untrained": _cfg(classifier=("head", "head_dist")),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "hdkd_teacher.untrained": _cfg(fixed_input_size=False),
+        "hdkd_student.untrained": _cfg(),
+        "hdkd.untrained": _cfg(classifier=("head", "head_dist")),
+    }
+)
 
 
 def _create(variant: str, pretrained: bool, defaults: dict, **kwargs) -> HDKDNet:
     kwargs = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}  # None means "the default"
     return build_model_with_cfg(
-        HDKDNet, variant, pretrained,
+        HDKDNet,
+        variant,
+        pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2), feature_cls="getter", flatten_sequential=True),
         **kwargs,
     )

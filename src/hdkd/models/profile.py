@@ -1,4 +1,5 @@
 """Parameter and FLOP counts, measured the way the spec's table is (FLOPs = 2 x MACs of matmuls and convs)."""
+
 from __future__ import annotations
 
 import torch

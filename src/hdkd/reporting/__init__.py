@@ -1,1 +1,1 @@
-"""Rendering: Markdown/HTML/plots from computed results."""
+"""Rendering: Markdown, HTML, tables and figures of results computed elsewhere (no training, no metrics)."""

@@ -4,6 +4,7 @@ Batches are cut from one global, epoch-seeded permutation: each global batch of 
 contiguous per-rank slices, so N processes see exactly the images one process would see with the same global
 batch, and gradients (averaged by DDP) match the single-process ones up to floating-point reduction order.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..errors import ConfigError
+from hdkd.errors import ConfigError
 
 
 @dataclass
@@ -59,12 +60,22 @@ class GlobalBatchSampler(Sampler[list[int]]):
     sampling) instead of a permutation.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True, start_batch: int = 0,
-                 weights: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        start_batch: int = 0,
+        weights: Optional[torch.Tensor] = None,
+    ):
         if batch_size % world_size:
-            raise ConfigError(f"train.batch_size: the global batch {batch_size} must be divisible by the "
-                              f"{world_size} processes")
+            raise ConfigError(
+                f"train.batch_size: the global batch {batch_size} must be divisible by the {world_size} processes"
+            )
         self.num_samples, self.batch_size, self.seed, self.epoch = num_samples, batch_size, seed, epoch
         self.rank, self.world_size, self.drop_last, self.start_batch = rank, world_size, drop_last, start_batch
         self.weights = weights
@@ -83,9 +94,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
         order = self.order().tolist()
         per_rank = self.batch_size // self.world_size
         for b in range(self.start_batch, self.num_batches()):
-            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
             share = -(-len(batch) // self.world_size) if len(batch) < self.batch_size else per_rank
-            yield batch[self.rank * share:(self.rank + 1) * share]
+            yield batch[self.rank * share : (self.rank + 1) * share]
 
     def __len__(self) -> int:
         return max(self.num_batches() - self.start_batch, 0)

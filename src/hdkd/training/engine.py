@@ -1,52 +1,15 @@
 """One epoch of training and one pass of inference: the plain loops every role shares."""
+
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import ConfigError
-
-
-AMP = ("auto", "none", "bf16")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices natively, so that bf16 autocast is a speed-up, not an emulation."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        caps = torch.cpu.get_capabilities()
-        return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
-    return False
-
-
-def resolve_amp(option: str, device: torch.device) -> str:
-    """train.amp as run on ``device``: "auto" is bf16 where the hardware has native bf16, "none" elsewhere."""
-    if option not in AMP:
-        raise ConfigError(f"train.amp: unknown {option!r}; choose {', '.join(AMP)}")
-    if option == "auto":
-        return "bf16" if native_bf16(device) else "none"
-    return option
-
-
-def autocast(device: torch.device, amp: str):
-    if resolve_amp(amp, device) == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
+from hdkd.runtime import autocast, to_device
 
 
 class EpochStats:
@@ -78,19 +41,31 @@ class EpochStats:
     def result(self) -> dict[str, float]:
         seen = max(self.sums["seen"], 1)
         stats = {f"train_{k}": self.sums[k] / seen for k in self.KEYS}
-        stats.update(train_accuracy=self.sums["correct"] / seen,
-                     train_images_per_s=self.sums["seen"] / max(self.sums["elapsed"], 1e-9),
-                     train_time_s=self.sums["elapsed"])
+        stats.update(
+            train_accuracy=self.sums["correct"] / seen,
+            train_images_per_s=self.sums["seen"] / max(self.sums["elapsed"], 1e-9),
+            train_time_s=self.sums["elapsed"],
+        )
         return stats
 
 
-def train_one_epoch(model: nn.Module, criterion, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    amp: str = "none", channels_last: bool = False, progress: bool = True,
-                    max_steps: Optional[int] = None, desc: str = "train", stats: Optional[EpochStats] = None,
-                    on_step: Optional[Callable[[int, EpochStats], None]] = None, first_step: int = 0,
-                    world_size: int = 1,
-                    batch_transform: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
-                    ) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    amp: str = "none",
+    channels_last: bool = False,
+    progress: bool = True,
+    max_steps: Optional[int] = None,
+    desc: str = "train",
+    stats: Optional[EpochStats] = None,
+    on_step: Optional[Callable[[int, EpochStats], None]] = None,
+    first_step: int = 0,
+    world_size: int = 1,
+    batch_transform: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+) -> dict[str, float]:
     """Train over `loader`; `on_step(steps_done, stats)` runs after each optimiser step (periodic checkpoints).
 
     With `batch_transform` the loader yields raw (uint8 images, labels, indices) and the batch is augmented on
@@ -123,31 +98,14 @@ def train_one_epoch(model: nn.Module, criterion, loader, optimizer: torch.optim.
         stats.sums["elapsed"] = time.perf_counter() - start
         if progress:
             seen = stats.sums["seen"]
-            bar.set_postfix(loss=f"{stats.sums['loss'] / seen:.4f}", acc=f"{stats.sums['correct'] / seen:.3f}",
-                            img_s=f"{seen * world_size / max(stats.sums['elapsed'], 1e-9):.0f}")
+            bar.set_postfix(
+                loss=f"{stats.sums['loss'] / seen:.4f}",
+                acc=f"{stats.sums['correct'] / seen:.3f}",
+                img_s=f"{seen * world_size / max(stats.sums['elapsed'], 1e-9):.0f}",
+            )
         if on_step is not None:
             on_step(step, stats)
     if stats.sums["seen"] == 0:
         raise RuntimeError("the training loader produced no batch")
     stats.all_reduce(device)
     return stats.result()
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, amp: str = "none",
-            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, softmax probabilities, mean cross-entropy) over a loader, the model in eval mode."""
-    model.eval()
-    all_labels, all_probs, loss_sum, seen = [], [], 0.0, 0
-    for images, labels in loader:
-        images, labels = to_device(images, labels, device, channels_last)
-        with autocast(device, amp):
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        seen += labels.shape[0]
-        all_probs.append(torch.softmax(logits, 1).cpu().numpy())
-        all_labels.append(labels.cpu().numpy())
-    if seen == 0:
-        raise RuntimeError("the evaluation loader produced no batch")
-    return np.concatenate(all_labels), np.concatenate(all_probs).astype(np.float64), loss_sum / seen

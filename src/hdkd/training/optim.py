@@ -1,12 +1,13 @@
 """Optimisers and schedules, with the authors' choices as each role's defaults (see `config.AUTHORS_OPTIM`)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 from timm.scheduler import CosineLRScheduler
 
-from ..config import OptimConfig
-from ..errors import ConfigError
+from hdkd.config import OptimConfig
+from hdkd.errors import ConfigError
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -41,6 +42,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
     if cfg.schedule == "constant":
         return ConstantLR(optimizer)
     if cfg.schedule == "cosine":
-        return CosineLRScheduler(optimizer, t_initial=max(epochs, 1), lr_min=cfg.min_lr, warmup_t=cfg.warmup_epochs,
-                                 warmup_lr_init=cfg.warmup_lr, warmup_prefix=False)
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=max(epochs, 1),
+            lr_min=cfg.min_lr,
+            warmup_t=cfg.warmup_epochs,
+            warmup_lr_init=cfg.warmup_lr,
+            warmup_prefix=False,
+        )
     raise ConfigError(f"optim.schedule: unknown schedule {cfg.schedule!r}; choose constant or cosine")

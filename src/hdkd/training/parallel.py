@@ -7,21 +7,28 @@ the first that can start. Each worker goes through `train_or_reuse(..., resume=T
 reused and an interrupted one continues, and it exits when the main process dies, so no orphan goes on writing
 into a model folder.
 """
+
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import Config
+import torch
+
+from hdkd.config import Config
+from hdkd.runtime import available_cpus
+from hdkd.training.trainer import train_or_reuse
 
 __all__ = ["train_in_processes"]
 
 
 def _exit_with_parent(parent: int) -> None:
     """Stop this worker when the main process is gone (killed, even by SIGKILL)."""
-    import os
-    import threading
 
     def watch() -> None:
         while True:
@@ -33,7 +40,6 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_init(threads: int, parent: int) -> None:
-    import torch
 
     torch.set_num_threads(threads)
     _exit_with_parent(parent)
@@ -42,7 +48,6 @@ def _worker_init(threads: int, parent: int) -> None:
 def _train_in_worker(cfg: Config) -> tuple[float, bool]:
     """One training in a worker (its dataset decoded from the shared on-disk cache):
     (seconds, whether it trained rather than reused a finished model)."""
-    from .trainer import train_or_reuse
 
     start = time.perf_counter()
     finished = (Path(cfg.output) / "summary.json").is_file()
@@ -50,10 +55,14 @@ def _train_in_worker(cfg: Config) -> tuple[float, bool]:
     return time.perf_counter() - start, not finished
 
 
-def train_in_processes(tasks: dict[str, tuple[Config, Optional[str]]], jobs: int,
-                       log: Callable[[str], None] = print,
-                       on_finished: Callable[[set[str]], None] = lambda finished: None,
-                       trained: Optional[set[str]] = None, root: Optional[Path] = None) -> set[str]:
+def train_in_processes(
+    tasks: dict[str, tuple[Config, Optional[str]]],
+    jobs: int,
+    log: Callable[[str], None] = print,
+    on_finished: Callable[[set[str]], None] = lambda finished: None,
+    trained: Optional[set[str]] = None,
+    root: Optional[Path] = None,
+) -> set[str]:
     """Train ``tasks`` (output folder -> (resolved config, folder it needs first or None), in priority order) in
     ``jobs`` worker processes with ``cpus // jobs`` threads each.
 
@@ -61,19 +70,15 @@ def train_in_processes(tasks: dict[str, tuple[Config, Optional[str]]], jobs: int
     later trainings go on. Returns the folders trained (not reused), also added to ``trained`` as they finish.
     Folders in log lines are shown relative to ``root``.
     """
-    import concurrent.futures as cf
-    import multiprocessing
-    import os
-
-    from ..data.cache import available_cpus
 
     threads = max(1, available_cpus() // jobs)
     finished: set[str] = set()
     trained = set() if trained is None else trained
     waiting = dict(tasks)
     context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads and state
-    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                                initargs=(threads, os.getpid())) as pool:
+    with cf.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_worker_init, initargs=(threads, os.getpid())
+    ) as pool:
         running: dict[cf.Future, str] = {}
         while waiting or running:
             for out, (cfg, needs) in list(waiting.items()):

@@ -4,12 +4,12 @@ Outputs in cfg.output: `config.yaml`, `best.safetensors` (chosen on validation, 
 `last_state.pt` (everything needed to resume exactly), `log.jsonl` (one line per epoch) and, when the run has
 finished, `summary.json`. Checkpoints are written atomically.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,24 +20,35 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ..config import Config, save_yaml
-from ..data import DataSplits, build_datasets
-from ..data.batch_augment import BatchAugment, batch_seeds
-from ..data.build import resolve_num_workers
-from ..data.imbalance import balanced_sample_weights, check_sampler, class_weights
-from ..distillation import HDKDLoss, SupervisedLoss
-from ..errors import CheckpointError, ConfigError
-from ..evaluation import classification_metrics
-from ..io import atomic_write_text
-from ..models.factory import check_compile_options, compile_model, create_model
-from ..models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
-from ..models.checkpoint import atomic_torch_save, read_checkpoint_metadata
-from .distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
-from .engine import EpochStats, predict, resolve_amp, train_one_epoch
-from .optim import build_optimizer, build_scheduler
+from hdkd.config import Config, save_yaml
+from hdkd.data import DataSplits, build_datasets
+from hdkd.data.batch_augment import BatchAugment, batch_seeds
+from hdkd.data.imbalance import balanced_sample_weights, check_sampler, class_weights
+from hdkd.data.loaders import make_loader, resolve_num_workers, single_threaded_worker
+from hdkd.distillation import HDKDLoss, SupervisedLoss
+from hdkd.errors import CheckpointError, ConfigError
+from hdkd.evaluation import classification_metrics
+from hdkd.evaluation.predict import predict
+from hdkd.io import atomic_write_text
+from hdkd.models import count_params, create_model_from_checkpoint, load_checkpoint, save_checkpoint
+from hdkd.models.checkpoint import atomic_torch_save, read_checkpoint_metadata
+from hdkd.models.factory import create_model
+from hdkd.runtime import check_compile_options, compile_model, resolve_amp, resolve_device, seed_everything
+from hdkd.training.distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
+from hdkd.training.engine import EpochStats, train_one_epoch
+from hdkd.training.optim import build_optimizer, build_scheduler
 
-_ARCH_KEYS = ("img_size", "in_chans", "block", "stem_stride", "depths", "widths", "dflt_depth", "dflt_heads",
-              "dflt_patch_size")
+_ARCH_KEYS = (
+    "img_size",
+    "in_chans",
+    "block",
+    "stem_stride",
+    "depths",
+    "widths",
+    "dflt_depth",
+    "dflt_heads",
+    "dflt_patch_size",
+)
 
 
 @dataclass
@@ -52,31 +63,19 @@ class TrainResult:
     train_time_s: float = 0.0
 
 
-def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """"auto" -> CUDA when present; an explicit CUDA request without a GPU is an error naming `option`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"{option}: {name} requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
 def model_args(cfg: Config, num_classes: int, in_chans: int) -> dict[str, Any]:
     """Arguments for timm.create_model; stored in checkpoints so they can rebuild their model."""
     m = cfg.model
     args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "img_size": m.img_size}
     if m.name.startswith("hdkd"):
-        args.update(block=m.block, stem_stride=m.stem_stride, widths=list(m.widths),
-                    dflt_depth=m.dflt_depth, dflt_heads=m.dflt_heads, dflt_patch_size=m.dflt_patch_size)
+        args.update(
+            block=m.block,
+            stem_stride=m.stem_stride,
+            widths=list(m.widths),
+            dflt_depth=m.dflt_depth,
+            dflt_heads=m.dflt_heads,
+            dflt_patch_size=m.dflt_patch_size,
+        )
         if m.depths is not None:
             args["depths"] = list(m.depths)
     args.update(m.kwargs)
@@ -98,8 +97,10 @@ def load_teacher(cfg: Config, num_classes: int, in_chans: int, class_names: list
     """The frozen teacher for the hdkd role: a project checkpoint, an authors' .pth, or any timm model's weights."""
     path = cfg.distill.teacher
     if not path:
-        raise ConfigError("distill.teacher: the hdkd role needs a trained teacher checkpoint "
-                          "(train one with `hdkd train teacher`, or run `hdkd pipeline`)")
+        raise ConfigError(
+            "distill.teacher: the hdkd role needs a trained teacher checkpoint "
+            "(train one with `hdkd train teacher`, or run `hdkd pipeline`)"
+        )
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: teacher checkpoint not found")
@@ -126,35 +127,32 @@ def build_criterion(cfg: Config, data: DataSplits, device: torch.device) -> nn.M
         return SupervisedLoss(weight=weight)
     teacher = load_teacher(cfg, data.num_classes, data.in_chans, data.class_names).to(device)
     d = cfg.distill
-    return HDKDLoss(teacher, alpha=d.alpha, tau=d.tau, lam=d.lam, kd=d.kd, beta=d.beta,
-                    kd_reduction=d.kd_reduction, feature_stages=d.feature_stages,
-                    fold_teacher_bn=d.fold_teacher_bn, class_weight=weight)
-
-
-def _single_threaded_worker(worker_id: int) -> None:
-    torch.set_num_threads(1)  # workers only augment; intra-op threads there would steal the model's cores
-
-
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """Evaluation loaders (in order); training batches come from `_train_loader`."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, drop_last=drop_last, worker_init_fn=_single_threaded_worker,
-                      pin_memory=torch.cuda.is_available())
+    return HDKDLoss(
+        teacher,
+        alpha=d.alpha,
+        tau=d.tau,
+        lam=d.lam,
+        kd=d.kd,
+        beta=d.beta,
+        kd_reduction=d.kd_reduction,
+        feature_stages=d.feature_stages,
+        fold_teacher_bn=d.fold_teacher_bn,
+        class_weight=weight,
+    )
 
 
 def _select_value(metrics: dict[str, Any], key: str) -> float:
     value = metrics.get(key)
     if value is None:
-        raise ConfigError(f"train.select_metric: {key!r} is not a validation metric "
-                          f"(try accuracy, balanced_accuracy or macro_f1)")
+        raise ConfigError(
+            f"train.select_metric: {key!r} is not a validation metric (try accuracy, balanced_accuracy or macro_f1)"
+        )
     return float(value)
 
 
-def _train_loader(train_set, cfg: Config, epoch: int, workers: int, ctx: DistContext,
-                  start_batch: int = 0) -> DataLoader:
+def _train_loader(
+    train_set, cfg: Config, epoch: int, workers: int, ctx: DistContext, start_batch: int = 0
+) -> DataLoader:
     """This rank's batches of the epoch: the same images and augmentations whatever the worker or process count,
     and from any batch on (resume)."""
     train_set.set_epoch(cfg.train.seed, epoch)
@@ -162,10 +160,24 @@ def _train_loader(train_set, cfg: Config, epoch: int, workers: int, ctx: DistCon
     if cfg.train.sampler == "balanced":
         weights = torch.as_tensor(balanced_sample_weights(train_set.labels))
     drop_last = ctx.enabled or len(train_set) > cfg.train.batch_size
-    sampler = GlobalBatchSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, ctx.rank,
-                                 ctx.world_size, drop_last, start_batch, weights)
-    return DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
-                      worker_init_fn=_single_threaded_worker, pin_memory=torch.cuda.is_available())
+    sampler = GlobalBatchSampler(
+        len(train_set),
+        cfg.train.batch_size,
+        cfg.train.seed,
+        epoch,
+        ctx.rank,
+        ctx.world_size,
+        drop_last,
+        start_batch,
+        weights,
+    )
+    return DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        num_workers=workers,
+        worker_init_fn=single_threaded_worker,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 AUGMENT_ON = ("auto", "loader", "device")
@@ -256,8 +268,12 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
         if not (resume and state_path.is_file()):
             (out / "log.jsonl").unlink(missing_ok=True)
     args = model_args(cfg, data.num_classes, data.in_chans)
-    extra = {"class_names": data.class_names, "role": cfg.role, "img_size": cfg.model.img_size,
-             "in_chans": data.in_chans}
+    extra = {
+        "class_names": data.class_names,
+        "role": cfg.role,
+        "img_size": cfg.model.img_size,
+        "in_chans": data.in_chans,
+    }
 
     core = model  # the unwrapped model: evaluated and saved
     if ctx.enabled:
@@ -271,11 +287,21 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
             criterion.teacher = compile_model(criterion.teacher, cfg.train.compile_mode, cfg.train.compile_backend)
 
     def save_state(epoch: int, batch: int, stats: Optional[EpochStats]) -> None:
-        atomic_torch_save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch,
-                           "epoch_stats": json.dumps(stats.sums if stats else {}), "best_value": best_value,
-                           "best_epoch": best_epoch, "best_val": json.dumps(best_val),
-                           "history": json.dumps(history)}, state_path)
+        atomic_torch_save(
+            {
+                "model": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "batch": batch,
+                "epoch_stats": json.dumps(stats.sums if stats else {}),
+                "best_value": best_value,
+                "best_epoch": best_epoch,
+                "best_val": json.dumps(best_val),
+                "history": json.dumps(history),
+            },
+            state_path,
+        )
 
     workers = resolve_num_workers(cfg.data.num_workers)
     val_loader = make_loader(data.val, cfg.train.eval_batch_size, False, workers)
@@ -296,50 +322,101 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
             if every and ctx.is_main and steps_done % every == 0:
                 save_state(epoch, steps_done, stats)
 
-        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, amp,
-                                cfg.train.channels_last, cfg.train.progress and ctx.is_main,
-                                cfg.train.max_steps_per_epoch, desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}",
-                                stats=EpochStats(epoch_stats if epoch == start_epoch else None), on_step=on_step,
-                                first_step=first, world_size=ctx.world_size, batch_transform=batch_transform)
+        stats = train_one_epoch(
+            model,
+            criterion,
+            train_loader,
+            optimizer,
+            device,
+            amp,
+            cfg.train.channels_last,
+            cfg.train.progress and ctx.is_main,
+            cfg.train.max_steps_per_epoch,
+            desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}",
+            stats=EpochStats(epoch_stats if epoch == start_epoch else None),
+            on_step=on_step,
+            first_step=first,
+            world_size=ctx.world_size,
+            batch_transform=batch_transform,
+        )
         if not ctx.is_main:
             continue
         y, probs, val_loss = predict(core, val_loader, device, amp, cfg.train.channels_last)
         val = classification_metrics(y, probs, data.class_names)
         value = _select_value(val, select)
-        record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val_loss, "val_accuracy": val["accuracy"],
-                  "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"]}
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            **stats,
+            "val_loss": val_loss,
+            "val_accuracy": val["accuracy"],
+            "val_balanced_accuracy": val["balanced_accuracy"],
+            "val_macro_f1": val["macro_f1"],
+        }
         improved = value > best_value
         if improved:
             best_value, best_epoch, best_val = value, epoch + 1, val
-            save_checkpoint(core, out / "best.safetensors", cfg.model.name, args,
-                            extra={**extra, "epoch": epoch + 1, f"val_{select}": value})
+            save_checkpoint(
+                core,
+                out / "best.safetensors",
+                cfg.model.name,
+                args,
+                extra={**extra, "epoch": epoch + 1, f"val_{select}": value},
+            )
         save_checkpoint(core, out / "last.safetensors", cfg.model.name, args, extra={**extra, "epoch": epoch + 1})
         history.append(record)
         save_state(epoch + 1, 0, None)
         with open(out / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
         if cfg.train.progress:
-            print(f"{cfg.role} epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f} "
-                  f"train acc {stats['train_accuracy']:.3f} | val acc {val['accuracy']:.3f} "
-                  f"bal acc {val['balanced_accuracy']:.3f} | {stats['train_images_per_s']:.0f} img/s"
-                  + (" *" if improved else ""), flush=True)
+            print(
+                f"{cfg.role} epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f} "
+                f"train acc {stats['train_accuracy']:.3f} | val acc {val['accuracy']:.3f} "
+                f"bal acc {val['balanced_accuracy']:.3f} | {stats['train_images_per_s']:.0f} img/s"
+                + (" *" if improved else ""),
+                flush=True,
+            )
     train_time = time.perf_counter() - run_start
-    result = TrainResult(output=out, best_checkpoint=out / "best.safetensors", last_checkpoint=out / "last.safetensors",
-                         best_epoch=best_epoch, best_val=best_val, history=history, params=params,
-                         train_time_s=train_time)
+    result = TrainResult(
+        output=out,
+        best_checkpoint=out / "best.safetensors",
+        last_checkpoint=out / "last.safetensors",
+        best_epoch=best_epoch,
+        best_val=best_val,
+        history=history,
+        params=params,
+        train_time_s=train_time,
+    )
     if ctx.is_main:
-        summary = {"role": cfg.role, "model": cfg.model.name, "params": params, "best_epoch": best_epoch,
-                   f"best_val_{select}": best_value, "best_val": best_val, "train_time_s": train_time,
-                   "data": data.description, "counts": data.counts, "world_size": ctx.world_size,
-                   "amp": amp, "augment_on": augment_on}
+        summary = {
+            "role": cfg.role,
+            "model": cfg.model.name,
+            "params": params,
+            "best_epoch": best_epoch,
+            f"best_val_{select}": best_value,
+            "best_val": best_val,
+            "train_time_s": train_time,
+            "data": data.description,
+            "counts": data.counts,
+            "world_size": ctx.world_size,
+            "amp": amp,
+            "augment_on": augment_on,
+        }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     cleanup_distributed(ctx)
     return result
 
 
 # settings that change where or how verbosely a run happens, not what it computes
-_RESULT_NEUTRAL = {("output",), ("train", "progress"), ("train", "device"), ("data", "num_workers"),
-                   ("data", "cache_dir"), ("roles",), ("distill", "fold_teacher_bn")}  # folding: exact up to rounding
+_RESULT_NEUTRAL = {
+    ("output",),
+    ("train", "progress"),
+    ("train", "device"),
+    ("data", "num_workers"),
+    ("data", "cache_dir"),
+    ("roles",),
+    ("distill", "fold_teacher_bn"),
+}  # folding: exact up to rounding
 
 
 def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple = ()) -> list[str]:
@@ -369,12 +446,20 @@ def train_or_reuse(cfg: Config, data: Optional[DataSplits] = None, resume: bool 
         saved = yaml.safe_load((out / "config.yaml").read_text())
         differences = _config_differences(saved, cfg.to_dict())
         if differences:
-            raise ConfigError(f"{out}: was trained with other settings ({', '.join(differences[:4])}); "
-                              f"delete it or choose another --output")
+            raise ConfigError(
+                f"{out}: was trained with other settings ({', '.join(differences[:4])}); "
+                f"delete it or choose another --output"
+            )
         summary = json.loads((out / "summary.json").read_text())
         history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
-        return TrainResult(output=out, best_checkpoint=out / "best.safetensors",
-                           last_checkpoint=out / "last.safetensors", best_epoch=summary["best_epoch"],
-                           best_val=summary["best_val"], history=history, params=summary["params"],
-                           train_time_s=summary["train_time_s"])
+        return TrainResult(
+            output=out,
+            best_checkpoint=out / "best.safetensors",
+            last_checkpoint=out / "last.safetensors",
+            best_epoch=summary["best_epoch"],
+            best_val=summary["best_val"],
+            history=history,
+            params=summary["params"],
+            train_time_s=summary["train_time_s"],
+        )
     return train(cfg, data=data, resume=resume)

@@ -4,17 +4,17 @@ Everything is inside the file: the CSS in a ``<style>`` element, the figures as 
 and no external resource (fonts, stylesheets, images), so it opens offline, can be mailed or archived as one file,
 and shows the same numbers as ``report.md`` (both are rendered from the same helpers in ``report.py``).
 """
+
 from __future__ import annotations
 
 import base64
 import html
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import report as _r
-from .metrics import comparison_rows
+from hdkd.reporting import pipeline_view as view
+from hdkd.reporting.tables import comparison_rows
 
 __all__ = ["render_html"]
 
@@ -54,15 +54,10 @@ def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_CODE = re.compile(r"(`+) ?(.+?) ?\1(?!`)")
-
-
-def _md_inline(text: Any) -> str:
-    """The small Markdown subset the report's sentences use (``**bold**``, code spans, ``\\|``) as safe HTML."""
-    out = _esc(str(text).replace("\\|", "|"))
-    out = _CODE.sub(lambda m: f"<code>{m.group(2)}</code>", out)
-    return _BOLD.sub(r"<strong>\1</strong>", out)
+def _html_spans(spans: list) -> str:
+    """Spans (``pipeline_view``) as safe HTML: every text escaped, bold as <strong>, code as <code>."""
+    tags = {"plain": "{}", "bold": "<strong>{}</strong>", "code": "<code>{}</code>"}
+    return "".join(tags[style].format(_esc(text)) for style, text in spans)
 
 
 def _table(header: list[str], rows: list[list[str]], first_is_header: bool = False) -> str:
@@ -85,20 +80,22 @@ def _count_table(value: Mapping[str, Mapping[str, Any]]) -> str:
             if str(k) not in row_names:
                 row_names.append(str(k))
     lookup = {str(c): {str(k): v for k, v in inner.items()} for c, inner in value.items()}
-    rows = [[r, *(_r._format_number(lookup[c][r]) if r in lookup[c] else "" for c in columns)] for r in row_names]
-    rows.append(["Total", *(_r._format_number(sum(lookup[c].values())) for c in columns)])
+    rows = [[r, *(view.format_number(lookup[c][r]) if r in lookup[c] else "" for c in columns)] for r in row_names]
+    rows.append(["Total", *(view.format_number(sum(lookup[c].values())) for c in columns)])
     return _table(["", *columns], rows)
 
 
 def _meta_html(meta: Mapping[str, Any]) -> str:
     items, tables = [], []
     for key, value in meta.items():
-        if key in _r._STAMP_KEYS and value:
+        if key in view.STAMP_KEYS and value:
             continue
-        if _r._is_count_table(value):
-            tables.append(f"<h3>{_esc(_r._humanise(key))}</h3>{_count_table(value)}")
+        if view.is_count_table(value):
+            tables.append(f"<h3>{_esc(view.humanise(key))}</h3>{_count_table(value)}")
         else:
-            items.append(f"<dt>{_esc(_r._humanise(key))}</dt><dd>{_md_inline(_r._inline(str(key), value))}</dd>")
+            items.append(
+                f"<dt>{_esc(view.humanise(key))}</dt><dd>{_html_spans(view.inline_spans(str(key), value))}</dd>"
+            )
     parts = [f'<dl class="meta">{"".join(items)}</dl>'] if items else []
     if not items and not tables:
         parts.append("<p>(no setup information was recorded)</p>")
@@ -113,7 +110,7 @@ def _img(path: Path, alt: str) -> str:
 def _model_html(label: str, r: Mapping[str, Any]) -> str:
     m = r["metrics"]
     facts = [f"<li><strong>Model:</strong> <code>{_esc(r['model'])}</code></li>"] if r.get("model") else []
-    for name, text, is_code in _r.model_facts(r):
+    for name, text, is_code in view.model_facts(r):
         value = f"<code>{_esc(text)}</code>" if is_code else _esc(text)
         facts.append(f"<li><strong>{_esc(name)}:</strong> {value}</li>")
     names = [str(n) for n in m["class_names"]]
@@ -122,17 +119,21 @@ def _model_html(label: str, r: Mapping[str, Any]) -> str:
     return (
         f"<details open><summary>{_esc(label)}</summary>"
         f'<ul class="facts">{"".join(facts)}</ul>'
-        f"<p>Per class on the test split:</p>{_table(_r.PER_CLASS_HEADER, _r.per_class_rows(m))}"
+        f"<p>Per class on the test split:</p>{_table(view.PER_CLASS_HEADER, view.per_class_rows(m))}"
         "<p>Confusion matrix on the test split (rows = true class, columns = predicted class):</p>"
         f"{cm_table}"
         "</details>"
     )
 
 
-def render_html(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], summary: Mapping[str, Any],
-                figures: Mapping[str, Path]) -> str:
+def render_html(
+    results: Mapping[str, Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    figures: Mapping[str, Path],
+) -> str:
     """The whole report as one HTML document; ``figures`` maps a ``FIGURE_TITLES`` key to a written PNG."""
-    stamp = "; ".join(f"{_r._humanise(k)}: {_r._inline(k, meta[k])}" for k in _r._STAMP_KEYS if meta.get(k))
+    stamp = _html_spans(view.stamp_spans(meta))
     header, rows = comparison_rows(results)
     parts = [
         "<!DOCTYPE html>",
@@ -143,17 +144,23 @@ def render_html(results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any
         "<h1>HDKD pipeline report</h1>",
     ]
     if stamp:
-        parts.append(f'<p class="stamp">{_md_inline(stamp)}</p>')
-    paragraph = _r._summary_paragraph(results, summary)
+        parts.append(f'<p class="stamp">{stamp}</p>')
+    paragraph = _html_spans(view.summary_spans(results, summary))
     if paragraph:
-        parts.append(f'<p class="summary">{_md_inline(paragraph)}</p>')
+        parts.append(f'<p class="summary">{paragraph}</p>')
     parts += ["<h2>Dataset and setup</h2>", _meta_html(meta)]
-    parts += ["<h2>Results on the test split</h2>", _table(header, rows),
-              f'<p class="note">{_esc(_r.comparison_note(results))}</p>']
-    parts += ["<h2>Calibration</h2>", _table(_r.CALIBRATION_HEADER, _r.calibration_rows(results)),
-              f'<p class="note">{_esc(_r.CALIBRATION_NOTE)}</p>']
+    parts += [
+        "<h2>Results on the test split</h2>",
+        _table(header, rows),
+        f'<p class="note">{_esc(view.comparison_note(results))}</p>',
+    ]
+    parts += [
+        "<h2>Calibration</h2>",
+        _table(view.CALIBRATION_HEADER, view.calibration_rows(results)),
+        f'<p class="note">{_esc(view.CALIBRATION_NOTE)}</p>',
+    ]
     parts.append("<h2>Figures</h2>")
-    for key, title in _r.FIGURE_TITLES.items():
+    for key, title in view.FIGURE_TITLES.items():
         if key in figures:
             parts.append(f"<figure><figcaption>{_esc(title)}</figcaption>{_img(figures[key], title)}</figure>")
     parts.append("<h2>Per model</h2>")

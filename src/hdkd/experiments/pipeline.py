@@ -2,33 +2,42 @@
 
 The test split is used only here, after every model has been trained and selected on validation.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
-
-from . import __version__
-from .config import Config, save_yaml
-from .data import build_datasets
-from .data.build import resolve_num_workers
-from .errors import ConfigError
-from .evaluation import assess_predictions, format_comparison_table, write_pipeline_report
-from .models import count_flops, create_model_from_checkpoint
-from .training import predict, resolve_amp, resolve_device, train_or_reuse
-from .training.trainer import make_loader
+from hdkd.config import Config, from_dict, save_yaml
+from hdkd.data import build_datasets
+from hdkd.data.loaders import make_loader, resolve_num_workers
+from hdkd.errors import ConfigError
+from hdkd.evaluation.evaluate import evaluate_model
+from hdkd.evaluation.metrics import headline_metrics
+from hdkd.evaluation.seeds import summarise_seeds
+from hdkd.models.checkpoint import update_checkpoint_extra
+from hdkd.reporting.pipeline_report import write_pipeline_report
+from hdkd.reporting.seeds import format_seeds_markdown, write_seeds_summary
+from hdkd.reporting.tables import format_comparison_table
+from hdkd.runtime import resolve_device, run_metadata
+from hdkd.training import train_or_reuse
+from hdkd.training.parallel import train_in_processes
 
 ROLE_ORDER = ("teacher", "student", "hdkd")
 
 
-def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Optional[str] = None,
-                 n_boot: int = 1000, resume: bool = False, jobs: int = 1) -> dict[str, Any]:
+def run_pipeline(
+    cfg: Config,
+    roles: Sequence[str] = ROLE_ORDER,
+    command: Optional[str] = None,
+    n_boot: int = 1000,
+    resume: bool = False,
+    jobs: int = 1,
+) -> dict[str, Any]:
     """Train the roles in order into cfg.output/<role>/, evaluate on test, write the report; returns its results.
 
     Each model is also run on the validation split at its best checkpoint: the temperature for temperature scaling
@@ -55,58 +64,87 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
         (out / stale).unlink(missing_ok=True)  # never leave an old report looking like this run's
     device = resolve_device(base.train.device)
     test_loader = make_loader(data.test, base.train.eval_batch_size, False, resolve_num_workers(base.data.num_workers))
-    val_loader = None if data.val is None else make_loader(data.val, base.train.eval_batch_size, False,
-                                                           resolve_num_workers(base.data.num_workers))
+    val_loader = (
+        None
+        if data.val is None
+        else make_loader(data.val, base.train.eval_batch_size, False, resolve_num_workers(base.data.num_workers))
+    )
 
     role_cfgs = {role: dataclasses.replace(cfg.for_role(role), output=str(out / role)) for role in roles}
     if "hdkd" in role_cfgs:
         trained_teacher = out / "teacher" / "best.safetensors"
         role_cfgs["hdkd"].distill.teacher = str(trained_teacher if "teacher" in roles else cfg.distill.teacher)
     if jobs > 1:
-        from .training.parallel import train_in_processes
-
         if not resume:  # a fresh run: nothing in the role folders may be reused by the workers
             for role_cfg in role_cfgs.values():
                 (Path(role_cfg.output) / "summary.json").unlink(missing_ok=True)
                 (Path(role_cfg.output) / "last_state.pt").unlink(missing_ok=True)
         needs = {"hdkd": role_cfgs["teacher"].output if "teacher" in roles else None}
-        train_in_processes({c.output: (c.resolved(), needs.get(role)) for role, c in role_cfgs.items()}, jobs,
-                           log=lambda message: print(message, file=sys.stderr, flush=True), root=out)
+        train_in_processes(
+            {c.output: (c.resolved(), needs.get(role)) for role, c in role_cfgs.items()},
+            jobs,
+            log=lambda message: print(message, file=sys.stderr, flush=True),
+            root=out,
+        )
     results: dict[str, dict[str, Any]] = {}
     for role in roles:
         role_cfg = role_cfgs[role]
         result = train_or_reuse(role_cfg, data=data, resume=resume or jobs > 1)
-        model = create_model_from_checkpoint(result.best_checkpoint).to(device)
-        y, probs, test_loss = predict(model, test_loader, device, role_cfg.train.amp)
-        y_val = probs_val = None
-        if val_loader is not None:  # same checkpoint on validation: temperature scaling is fitted there only
-            y_val, probs_val, _ = predict(model, val_loader, device, role_cfg.train.amp)
-        assessed = assess_predictions(y, probs, data.class_names, y_val, probs_val, n_boot=n_boot,
-                                      seed=base.train.seed)
+        assessed = evaluate_model(
+            result.best_checkpoint,
+            test_loader,
+            data.class_names,
+            device,
+            role_cfg.train.amp,
+            val_loader,
+            n_boot=n_boot,
+            seed=base.train.seed,
+            flops_input=(role_cfg.model.img_size, data.in_chans),
+        )
         metrics = assessed["metrics"]
-        metrics["loss"] = test_loss
+        metrics["loss"] = assessed["loss"]
         results[role] = {
-            "model": role_cfg.model.name, "params": result.params,
-            "amp": resolve_amp(role_cfg.train.amp, device),  # the precision it trained and was tested in
-            "flops": count_flops(model.cpu(), role_cfg.model.img_size, data.in_chans),
-            "metrics": metrics, "val_metrics": result.best_val, "history": result.history,
-            "best_epoch": result.best_epoch, "train_time_s": result.train_time_s,
+            "model": role_cfg.model.name,
+            "params": result.params,
+            "amp": assessed["amp"],  # the precision it trained and was tested in
+            "flops": assessed["flops"],
+            "metrics": metrics,
+            "val_metrics": result.best_val,
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "train_time_s": result.train_time_s,
             "checkpoint": str(result.best_checkpoint),
-            "bootstrap": assessed["bootstrap"], "temperature_scaling": assessed["temperature_scaling"],
+            "bootstrap": assessed["bootstrap"],
+            "temperature_scaling": assessed["temperature_scaling"],
             "predictions": assessed["predictions"],  # for the ROC figure; not written into report.json
         }
+        if assessed["temperature_scaling"] is not None:  # the fitted temperature travels with the model
+            update_checkpoint_extra(
+                result.best_checkpoint,
+                temperature=assessed["temperature_scaling"]["temperature"],
+                data=data.description,
+                metrics=headline_metrics(metrics),
+            )
     meta = {
-        "dataset": data.description, "class_counts": data.counts, "splits": data.source,
-        "img_size": base.model.img_size, "in_chans": data.in_chans,
-        "epochs": {r: cfg.for_role(r).train.epochs for r in roles}, "seed": base.train.seed,
+        "dataset": data.description,
+        "class_counts": data.counts,
+        "splits": data.source,
+        "img_size": base.model.img_size,
+        "in_chans": data.in_chans,
+        "epochs": {r: cfg.for_role(r).train.epochs for r in roles},
+        "seed": base.train.seed,
         "selection": f"best validation {base.train.select_metric}; test used only for this report",
-        "calibration": "temperature scaling fitted on the validation split" if val_loader is not None
+        "calibration": "temperature scaling fitted on the validation split"
+        if val_loader is not None
         else "no validation split: no temperature scaling",
         "confidence_intervals": f"95% percentile bootstrap, {n_boot} resamples of the test images, seed "
-                                f"{base.train.seed}" if n_boot else "none",
-        "command": command or " ".join(shlex.quote(a) for a in sys.argv), "hdkd_version": __version__,
-        "torch": torch.__version__, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "device": str(device), "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
+        f"{base.train.seed}"
+        if n_boot
+        else "none",
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        **run_metadata(),
+        "device": str(device),
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     save_yaml(cfg, out / "config.yaml")
     paths = write_pipeline_report(out, results, meta)
@@ -115,7 +153,6 @@ def run_pipeline(cfg: Config, roles: Sequence[str] = ROLE_ORDER, command: Option
 
 def _seed_config(cfg: Config, seed: int, output: Path) -> Config:
     """``cfg`` with ``train.seed = seed`` for every role (a per-role seed is dropped) and another output folder."""
-    from .config import from_dict
 
     values = cfg.to_dict()
     values["train"]["seed"] = int(seed)
@@ -126,15 +163,21 @@ def _seed_config(cfg: Config, seed: int, output: Path) -> Config:
     return from_dict(values)
 
 
-def run_seeds(cfg: Config, seeds: Sequence[int], roles: Sequence[str] = ROLE_ORDER, command: Optional[str] = None,
-              n_boot: int = 1000, resume: bool = False, jobs: int = 1) -> dict[str, Any]:
+def run_seeds(
+    cfg: Config,
+    seeds: Sequence[int],
+    roles: Sequence[str] = ROLE_ORDER,
+    command: Optional[str] = None,
+    n_boot: int = 1000,
+    resume: bool = False,
+    jobs: int = 1,
+) -> dict[str, Any]:
     """The pipeline once per training seed into OUTPUT/seed_<s>/, then the mean and std over seeds.
 
     Only the training seed changes (initialisation, augmentation, batch order); the data split is the same for every
     seed (``data.split_seed``). Writes OUTPUT/seeds_summary.json and OUTPUT/seeds_summary.md (see
     ``hdkd.evaluation.seeds``); returns ``{"runs": {seed: run_pipeline outcome}, "summary", "paths", "table"}``.
     """
-    from .evaluation.seeds import format_seeds_markdown, summarise_seeds, write_seeds_summary
 
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -147,9 +190,11 @@ def run_seeds(cfg: Config, seeds: Sequence[int], roles: Sequence[str] = ROLE_ORD
         (out / stale).unlink(missing_ok=True)
     runs = {}
     for seed in seeds:
-        runs[seed] = run_pipeline(_seed_config(cfg, seed, out / f"seed_{seed}"), roles, command, n_boot, resume=resume,
-                                  jobs=jobs)
-    summary = summarise_seeds({seed: run["results"] for seed, run in runs.items()},
-                              {seed: f"seed_{seed}/report.json" for seed in seeds})
+        runs[seed] = run_pipeline(
+            _seed_config(cfg, seed, out / f"seed_{seed}"), roles, command, n_boot, resume=resume, jobs=jobs
+        )
+    summary = summarise_seeds(
+        {seed: run["results"] for seed, run in runs.items()}, {seed: f"seed_{seed}/report.json" for seed in seeds}
+    )
     paths = write_seeds_summary(out, summary)
     return {"runs": runs, "summary": summary, "paths": paths, "table": format_seeds_markdown(summary, table_only=True)}

@@ -17,6 +17,7 @@ the results as skipped, with the reason. Models are created with `pretrained=Fal
 A name ending in `+foldbn` (e.g. `hdkd_teacher+foldbn`) is that model with its BatchNorms folded into the convs
 (`hdkd.models.fuse.fold_batchnorm`): inference only, its training throughput is not measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,20 +31,29 @@ from typing import Any, Callable, Optional, Sequence
 import timm
 import torch
 import torch.nn as nn
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from .distillation import SupervisedLoss
-from .errors import ConfigError
-from .io import atomic_write, atomic_write_text
-from .models.factory import create_model
-from .training.trainer import resolve_device
-from .models import count_flops, count_params
-from .training.engine import autocast
+from hdkd.distillation import SupervisedLoss
+from hdkd.errors import ConfigError
+from hdkd.io import atomic_write, atomic_write_text
+from hdkd.models import count_flops, count_params
+from hdkd.models.factory import create_model
+from hdkd.models.fuse import fold_batchnorm
+from hdkd.runtime import autocast, resolve_device
 
 __all__ = ["DEFAULT_MODELS", "PEERS", "run_benchmark", "write_benchmark", "format_table", "benchmark_meta"]
 
 HDKD_MODELS = ["hdkd_teacher", "hdkd_student", "hdkd"]
-PEERS = ["deit_tiny_distilled_patch16_224", "mobilevit_s", "efficientformerv2_s1", "edgenext_small", "fastvit_t8",
-         "levit_128s", "resnet18"]
+PEERS = [
+    "deit_tiny_distilled_patch16_224",
+    "mobilevit_s",
+    "efficientformerv2_s1",
+    "edgenext_small",
+    "fastvit_t8",
+    "levit_128s",
+    "resnet18",
+]
 DEFAULT_MODELS = HDKD_MODELS + PEERS
 FOLD_SUFFIX = "+foldbn"
 
@@ -57,8 +67,6 @@ def _create(name: str, num_classes: int, img_size: int, in_chans: int) -> nn.Mod
     base = name[: -len(FOLD_SUFFIX)] if name.endswith(FOLD_SUFFIX) else name
     model = create_model(base, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     if name.endswith(FOLD_SUFFIX):
-        from .models.fuse import fold_batchnorm
-
         model = fold_batchnorm(model.eval())
     return model
 
@@ -66,8 +74,17 @@ def _create(name: str, num_classes: int, img_size: int, in_chans: int) -> nn.Mod
 class _Bench:
     """One model with its batches, optimiser and three timed callables."""
 
-    def __init__(self, name: str, model: nn.Module, device: torch.device, amp: str, img_size: int, batch: int,
-                 in_chans: int, num_classes: int):
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        device: torch.device,
+        amp: str,
+        img_size: int,
+        batch: int,
+        in_chans: int,
+        num_classes: int,
+    ):
         self.name, self.model, self.device, self.amp, self.batch = name, model, device, amp, batch
         g = torch.Generator().manual_seed(0)
         self.x1 = torch.randn(1, in_chans, img_size, img_size, generator=g).to(device)
@@ -75,8 +92,7 @@ class _Bench:
         self.yb = torch.randint(0, num_classes, (batch,), generator=g).to(device)
         self.trainable = not name.endswith(FOLD_SUFFIX)
         self.criterion = SupervisedLoss()
-        self.optimizer = (torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-                          if self.trainable else None)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05) if self.trainable else None
         self.measure_latency = True  # batch-1 latency is measured once per model (its first batch size)
         self.inner: dict[str, int] = {}
         self.samples: dict[str, list[float]] = {"latency": [], "infer": [], "train": []}
@@ -110,18 +126,30 @@ class _Bench:
         return (time.perf_counter() - start) / inner
 
     def kinds(self) -> list[str]:
-        return (["latency"] if self.measure_latency else []) + ["infer"] \
+        return (
+            (["latency"] if self.measure_latency else [])
+            + ["infer"]
             + (["train"] if self.trainable and self.train_error is None else [])
+        )
 
 
 def _skip(name: str, reason: str, **extra) -> dict[str, Any]:
     return {"model": name, "status": "skipped", "reason": reason, **extra}
 
 
-def run_benchmark(models: Sequence[str] = tuple(DEFAULT_MODELS), img_size: int = 224,
-                  batch_sizes: Sequence[int] = (32,), device: str | torch.device = "cpu", amp: str = "none",
-                  repeats: int = 5, warmup: int = 2, num_classes: int = 4, in_chans: int = 3,
-                  min_sample_s: float = 0.02, progress: Optional[Callable[[str], None]] = None) -> list[dict]:
+def run_benchmark(
+    models: Sequence[str] = tuple(DEFAULT_MODELS),
+    img_size: int = 224,
+    batch_sizes: Sequence[int] = (32,),
+    device: str | torch.device = "cpu",
+    amp: str = "none",
+    repeats: int = 5,
+    warmup: int = 2,
+    num_classes: int = 4,
+    in_chans: int = 3,
+    min_sample_s: float = 0.02,
+    progress: Optional[Callable[[str], None]] = None,
+) -> list[dict]:
     """Measure `models` (timm names) at `img_size`; one result dict per (model, batch size), see module docstring.
 
     Returned rows: model, status ("ok" or "skipped"), and for "ok" rows img_size, batch, device, amp, params,
@@ -144,8 +172,13 @@ def run_benchmark(models: Sequence[str] = tuple(DEFAULT_MODELS), img_size: int =
             model = _create(name, num_classes, img_size, in_chans).to(device)
             params, flops = count_params(model), count_flops(model, img_size, in_chans)
         except Exception as exc:  # noqa: BLE001 - any failure to build or run at this size skips the model
-            results[name] = [_skip(name, f"does not build/run at img_size {img_size}: "
-                                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")]
+            results[name] = [
+                _skip(
+                    name,
+                    f"does not build/run at img_size {img_size}: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                )
+            ]
             say(f"{name}: skipped ({results[name][0]['reason']})")
             continue
         static[name] = {"params": params, "flops": flops}
@@ -172,9 +205,14 @@ def run_benchmark(models: Sequence[str] = tuple(DEFAULT_MODELS), img_size: int =
                 bench.inner[kind] = max(1, min(100, math.ceil(min_sample_s / max(t, 1e-9))))
             live.append((name, b, bench))
         except Exception as exc:  # noqa: BLE001
-            results.setdefault(name, []).append(_skip(
-                name, f"fails at img_size {img_size}, batch {b}: {type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''}", batch=b))
+            results.setdefault(name, []).append(
+                _skip(
+                    name,
+                    f"fails at img_size {img_size}, batch {b}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                    batch=b,
+                )
+            )
     for r in range(repeats):
         for kind in ("latency", "infer", "train"):
             for _, _, bench in live:
@@ -182,21 +220,28 @@ def run_benchmark(models: Sequence[str] = tuple(DEFAULT_MODELS), img_size: int =
                     bench.samples[kind].append(bench.timed(kind, bench.inner[kind]))
         say(f"repeat {r + 1}/{repeats} done")
 
-    latency = {name: statistics.median(bench.samples["latency"]) for name, _, bench in live
-               if bench.measure_latency}
+    latency = {name: statistics.median(bench.samples["latency"]) for name, _, bench in live if bench.measure_latency}
     for name, b, bench in live:
         med = {k: statistics.median(v) if v else None for k, v in bench.samples.items()}
         med["latency"] = latency.get(name)
-        results.setdefault(name, []).append({
-            "model": name, "status": "ok", "img_size": img_size, "batch": b, "device": str(device), "amp": amp,
-            **static[name],
-            "latency_ms": None if med["latency"] is None else med["latency"] * 1e3,
-            "infer_images_per_s": b / med["infer"],
-            "train_images_per_s": None if med["train"] is None else b / med["train"],
-            "train_error": bench.train_error,
-            "repeats": repeats, "warmup": warmup,
-            **{f"inner_{k}": v for k, v in bench.inner.items()},
-        })
+        results.setdefault(name, []).append(
+            {
+                "model": name,
+                "status": "ok",
+                "img_size": img_size,
+                "batch": b,
+                "device": str(device),
+                "amp": amp,
+                **static[name],
+                "latency_ms": None if med["latency"] is None else med["latency"] * 1e3,
+                "infer_images_per_s": b / med["infer"],
+                "train_images_per_s": None if med["train"] is None else b / med["train"],
+                "train_error": bench.train_error,
+                "repeats": repeats,
+                "warmup": warmup,
+                **{f"inner_{k}": v for k, v in bench.inner.items()},
+            }
+        )
     return [row for name in models for row in sorted(results.get(name, []), key=lambda r: r.get("batch", 0))]
 
 
@@ -207,13 +252,17 @@ def _fmt(x: Optional[float], digits: int = 1) -> str:
 
 def format_table(rows: Sequence[dict]) -> str:
     """A Markdown table of the measured rows, then the skipped models with their reasons."""
-    lines = ["| model | params (M) | GFLOPs | latency b1 (ms) | batch | inference (img/s) | training (img/s) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | params (M) | GFLOPs | latency b1 (ms) | batch | inference (img/s) | training (img/s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if r["status"] != "ok":
             continue
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.3f} | {_fmt(r['latency_ms'], 2)} "
-                     f"| {r['batch']} | {_fmt(r['infer_images_per_s'])} | {_fmt(r['train_images_per_s'])} |")
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.3f} | {_fmt(r['latency_ms'], 2)} "
+            f"| {r['batch']} | {_fmt(r['infer_images_per_s'])} | {_fmt(r['train_images_per_s'])} |"
+        )
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Skipped:"] + [f"- {r['model']}: {r['reason']}" for r in skipped]
@@ -221,8 +270,6 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def _plot(rows: Sequence[dict], path: Path, title: str) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     ok = [r for r in rows if r["status"] == "ok"]
     first_batch = min((r["batch"] for r in ok), default=None)
@@ -231,19 +278,27 @@ def _plot(rows: Sequence[dict], path: Path, title: str) -> Path:
     ax_lat, ax_tp = fig.subplots(1, 2)
     colour = lambda name: "tab:red" if name.startswith("hdkd") else "tab:blue"  # noqa: E731
     for r in bars:
-        ax_lat.scatter(r["flops"] / 1e9, r["latency_ms"], s=20 + 12 * r["params"] / 1e6, color=colour(r["model"]),
-                       alpha=0.7)
-        ax_lat.annotate(r["model"], (r["flops"] / 1e9, r["latency_ms"]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+        ax_lat.scatter(
+            r["flops"] / 1e9, r["latency_ms"], s=20 + 12 * r["params"] / 1e6, color=colour(r["model"]), alpha=0.7
+        )
+        ax_lat.annotate(
+            r["model"], (r["flops"] / 1e9, r["latency_ms"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
+        )
     ax_lat.set_xlabel("GFLOPs per image")
     ax_lat.set_ylabel("latency, batch 1 (ms)")
     ax_lat.set_title("latency vs FLOPs (marker area ~ parameters)")
     ax_lat.grid(alpha=0.3)
     ys = list(range(len(bars)))
-    ax_tp.barh([y - 0.2 for y in ys], [r["infer_images_per_s"] for r in bars], height=0.4, label="inference",
-               color="tab:green")
-    ax_tp.barh([y + 0.2 for y in ys], [r["train_images_per_s"] or 0.0 for r in bars], height=0.4,
-               label="training", color="tab:orange")
+    ax_tp.barh(
+        [y - 0.2 for y in ys], [r["infer_images_per_s"] for r in bars], height=0.4, label="inference", color="tab:green"
+    )
+    ax_tp.barh(
+        [y + 0.2 for y in ys],
+        [r["train_images_per_s"] or 0.0 for r in bars],
+        height=0.4,
+        label="training",
+        color="tab:orange",
+    )
     ax_tp.set_yticks(ys, [r["model"] for r in bars], fontsize=8)
     ax_tp.invert_yaxis()
     ax_tp.set_xlabel(f"images/s (batch {first_batch})")
@@ -257,8 +312,13 @@ def _plot(rows: Sequence[dict], path: Path, title: str) -> Path:
 
 def benchmark_meta(device: str | torch.device) -> dict[str, Any]:
     device = torch.device(device)
-    meta = {"machine": platform.processor() or platform.machine(), "platform": platform.platform(),
-            "torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads()}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
     return meta
@@ -268,16 +328,23 @@ def write_benchmark(rows: Sequence[dict], out_dir: str | Path, meta: Optional[di
     """benchmark.json (meta + rows), benchmark.md (table) and benchmark.png (plot), each written atomically."""
     out_dir = Path(out_dir)
     meta = dict(meta or {})
-    paths = {"json": out_dir / "benchmark.json", "markdown": out_dir / "benchmark.md",
-             "plot": out_dir / "benchmark.png"}
+    paths = {
+        "json": out_dir / "benchmark.json",
+        "markdown": out_dir / "benchmark.md",
+        "plot": out_dir / "benchmark.png",
+    }
     atomic_write_text(paths["json"], json.dumps({"meta": meta, "rows": list(rows)}, indent=2))
     ok = [r for r in rows if r["status"] == "ok"]
     setting = ""
     if ok:
         r = ok[0]
         setting = f"{r['img_size']} px, device {r['device']}, amp {r['amp']}, median of {r['repeats']} repeats"
-    header = ["# Model speed", "", setting + (f"; torch {meta['torch']}, {meta['threads']} threads"
-                                             if "torch" in meta else ""), ""]
+    header = [
+        "# Model speed",
+        "",
+        setting + (f"; torch {meta['torch']}, {meta['threads']} threads" if "torch" in meta else ""),
+        "",
+    ]
     atomic_write_text(paths["markdown"], "\n".join(header) + "\n" + format_table(rows) + "\n")
     _plot(rows, paths["plot"], setting)
     return paths

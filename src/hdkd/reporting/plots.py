@@ -6,6 +6,7 @@ through ``pyplot``: nothing is registered in pyplot's global figure list (so not
 long runs), no display is needed, and importing this module does not switch the backend of a user's notebook or GUI.
 Each PNG is written atomically (temp file in the same folder, then ``os.replace``).
 """
+
 from __future__ import annotations
 
 import math
@@ -18,10 +19,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-
 from sklearn.metrics import roc_curve
 
-from ..io import atomic_write
+from hdkd.io import atomic_write
 
 __all__ = ["plot_confusion_matrices", "plot_training_curves", "plot_roc_curves", "plot_reliability_diagrams"]
 
@@ -61,8 +61,15 @@ def plot_confusion_matrices(named_metrics: Mapping[str, Mapping[str, Any]], path
         image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
         for i in range(cm.shape[0]):
             for j in range(cm.shape[1]):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=font,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
         ticks = np.arange(len(names))
         ax.set_xticks(ticks, labels=names, rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
         ax.set_yticks(ticks, labels=names, fontsize=font)
@@ -153,7 +160,7 @@ def _panel_message(ax, text: str) -> None:
 
 def _area(x: np.ndarray, y: np.ndarray) -> float:
     """Trapezoidal area (numpy 2 renamed ``trapz`` to ``trapezoid``)."""
-    trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
     return float(trapezoid(y, x))
 
 
@@ -194,8 +201,9 @@ def plot_roc_curves(named_predictions: Mapping[str, Optional[Mapping[str, Any]]]
             grid = np.unique(np.concatenate([c[0] for c in curves]))
             mean_tpr = np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in curves], axis=0)
             area = float(np.mean([_area(f, t) for f, t in curves]))
-            ax.plot(grid, mean_tpr, color="black", linewidth=2.2, linestyle="-",
-                    label=f"macro average (AUC {area:.3f})")
+            ax.plot(
+                grid, mean_tpr, color="black", linewidth=2.2, linestyle="-", label=f"macro average (AUC {area:.3f})"
+            )
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
@@ -222,12 +230,28 @@ def _reliability_panel(fig: Figure, cell, bins: Optional[Mapping[str, Any]], tit
     filled = count > 0
     acc = np.array([a if a is not None else np.nan for a in bins["accuracy"]], dtype=np.float64)
     conf = np.array([c if c is not None else np.nan for c in bins["confidence"]], dtype=np.float64)
-    ax.bar(centers[filled], acc[filled], width=width[filled], color="#3b75af", edgecolor="white", linewidth=0.6,
-           label="accuracy in bin")
+    ax.bar(
+        centers[filled],
+        acc[filled],
+        width=width[filled],
+        color="#3b75af",
+        edgecolor="white",
+        linewidth=0.6,
+        label="accuracy in bin",
+    )
     gap_low = np.minimum(acc, conf)[filled]
     gap = np.abs(conf - acc)[filled]
-    ax.bar(centers[filled], gap, bottom=gap_low, width=width[filled], fill=False, hatch="///",
-           edgecolor="#d62728", linewidth=0.8, label="gap to mean confidence")
+    ax.bar(
+        centers[filled],
+        gap,
+        bottom=gap_low,
+        width=width[filled],
+        fill=False,
+        hatch="///",
+        edgecolor="#d62728",
+        linewidth=0.8,
+        label="gap to mean confidence",
+    )
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     total = count.sum()
     ece = float(np.nansum(count[filled] / total * np.abs(acc[filled] - conf[filled])))
@@ -266,7 +290,8 @@ def plot_reliability_diagrams(named_calibration: Mapping[str, Mapping[str, Any]]
         _reliability_panel(fig, grid[0, j], c.get("before"), f"{label}: as trained")
         if two_rows:
             t = c.get("temperature")
-            title = f"{label}: temperature-scaled" + (f", T = {float(t):.3g} (from validation)"
-                                                      if t is not None else "")
+            title = f"{label}: temperature-scaled" + (
+                f", T = {float(t):.3g} (from validation)" if t is not None else ""
+            )
             _reliability_panel(fig, grid[1, j], c.get("after"), title)
     return _save_png(fig, path)

@@ -1,0 +1,1 @@
+"""Jobs: the pipeline, ablation grids, benchmarks and the leakage audit, built on the library layers."""

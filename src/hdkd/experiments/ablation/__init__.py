@@ -1,0 +1,1 @@
+"""Ablation grids (``hdkd ablate``): variants, planning, running, records and the summary."""

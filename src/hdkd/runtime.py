@@ -1,0 +1,152 @@
+"""Where and how a run executes: device, precision, CPU count, seeding, model wrappers and run metadata.
+
+The lowest layer with torch in it: every job (training, evaluation, deployment, benchmarks) resolves these the
+same way, so a number in a report always says the device, precision, versions and commit that produced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from hdkd.errors import ConfigError
+from hdkd.version import __version__
+
+AMP = ("auto", "none", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (respects affinity masks such as taskset or container limits where visible)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """ "auto" -> CUDA when present; an explicit CUDA request without a GPU is an error naming `option`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{option}: {name} requested but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{option}: unknown device {name!r}; choose auto, cpu, cuda or cuda:N") from None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively, so that bf16 autocast is a speed-up, not an emulation."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+    return False
+
+
+def resolve_amp(option: str, device: torch.device) -> str:
+    """train.amp as run on ``device``: "auto" is bf16 where the hardware has native bf16, "none" elsewhere."""
+    if option not in AMP:
+        raise ConfigError(f"train.amp: unknown {option!r}; choose {', '.join(AMP)}")
+    if option == "auto":
+        return "bf16" if native_bf16(device) else "none"
+    return option
+
+
+def autocast(device: torch.device, amp: str):
+    if resolve_amp(amp, device) == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside torch.compile's and DistributedDataParallel's wrappers (its own attributes and
+    state-dict keys; the wrappers add `_orig_mod.` / `module.` prefixes)."""
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch.compile's wrapper (torch._dynamo.eval_frame.OptimizedModule)
+        else:
+            return model
+
+
+def check_compile_options(mode: str | None, backend: str, option: str = "train.compile") -> None:
+    """Refuse an unknown torch.compile mode or backend before anything runs (not at the first training step)."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ConfigError(f"{option}_mode: unknown {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ConfigError(f"{option}_backend: unknown {backend!r}; torch offers {', '.join(sorted(backends))}")
+
+
+def compile_model(
+    model: nn.Module, mode: str | None = None, backend: str = "inductor", option: str = "train.compile"
+) -> nn.Module:
+    check_compile_options(mode, backend, option)
+    return torch.compile(model, mode=mode, backend=backend)
+
+
+def git_commit(where: Optional[Path] = None) -> tuple[Optional[str], Optional[bool]]:
+    """(HEAD commit, whether the work tree has changes) of the git checkout holding hdkd's source; (None, None)
+    when it is not a git checkout or git is absent."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=20)
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return head.stdout.strip() or None, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def machine_name() -> str:
+    return f"{platform.machine()} {platform.processor() or ''}".strip()
+
+
+def run_metadata(with_git: bool = False) -> dict[str, Any]:
+    """What every result records about the code and machine that produced it (hdkd and torch versions, machine;
+    with ``with_git`` the source checkout's commit and whether it had uncommitted changes)."""
+    meta: dict[str, Any] = {}
+    if with_git:
+        commit, dirty = git_commit()
+        meta.update(git_commit=commit, git_dirty=dirty)
+    meta.update(hdkd_version=__version__, torch=torch.__version__, machine=machine_name())
+    return meta
+
+
+def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
