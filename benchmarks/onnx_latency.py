@@ -9,6 +9,7 @@ Runtime <= 0.5 x PyTorch eager) are written as JSON.
 
     OMP_NUM_THREADS=1 python benchmarks/onnx_latency.py --json docs/bench/onnx_latency.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,23 @@ def ort_session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def measure(name: str, img_size: int, classes: int, thread_counts: list[int], repeats: int, warmup: int,
-            folder: Path) -> dict:
+def measure(
+    name: str, img_size: int, classes: int, thread_counts: list[int], repeats: int, warmup: int, folder: Path
+) -> dict:
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=classes).eval() if not name.startswith("hdkd") \
+    model = (
+        timm.create_model(name, pretrained=False, num_classes=classes).eval()
+        if not name.startswith("hdkd")
         else timm.create_model(name, num_classes=classes, img_size=img_size).eval()
-    info = ModelInfo(model_name=name, class_names=tuple(str(i) for i in range(classes)), img_size=img_size,
-                     in_chans=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    )
+    info = ModelInfo(
+        model_name=name,
+        class_names=tuple(str(i) for i in range(classes)),
+        img_size=img_size,
+        in_chans=3,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
     path = folder / f"{name}.onnx"
     try:
         write_onnx(export_graph(model, info, DEFAULT_OPSET), metadata(info, "float32"), path)
@@ -55,23 +66,36 @@ def measure(name: str, img_size: int, classes: int, thread_counts: list[int], re
     x_np = x.numpy()
     with torch.inference_mode():
         expected = model(x).numpy()
-    row = {"model": name, "exported": True, "params": sum(p.numel() for p in model.parameters()),
-           "onnx_bytes": path.stat().st_size, "opset": DEFAULT_OPSET, "settings": {}}
+    row = {
+        "model": name,
+        "exported": True,
+        "params": sum(p.numel() for p in model.parameters()),
+        "onnx_bytes": path.stat().st_size,
+        "opset": DEFAULT_OPSET,
+        "settings": {},
+    }
     for threads in thread_counts:
         torch.set_num_threads(threads)
         session = ort_session(path, threads)
         row.setdefault("max_abs_diff", float(np.abs(session.run(None, {"images": x_np})[0] - expected).max()))
         with torch.inference_mode():
-            medians = interleaved_medians({"torch_eager": lambda: model(x),
-                                           "onnxruntime": lambda: session.run(None, {"images": x_np})},
-                                          repeats, warmup)
+            medians = interleaved_medians(
+                {"torch_eager": lambda: model(x), "onnxruntime": lambda s=session: s.run(None, {"images": x_np})},
+                repeats,
+                warmup,
+            )
         row["settings"][f"{threads}_threads"] = {
-            "threads": threads, "torch_eager_ms": medians["torch_eager"] * 1e3,
+            "threads": threads,
+            "torch_eager_ms": medians["torch_eager"] * 1e3,
             "onnxruntime_ms": medians["onnxruntime"] * 1e3,
-            "ratio_onnxruntime_to_torch": medians["onnxruntime"] / medians["torch_eager"]}
-        print(f"{name:24s} {threads} thread(s): torch eager {medians['torch_eager'] * 1e3:7.2f} ms, "
-              f"onnxruntime {medians['onnxruntime'] * 1e3:7.2f} ms, ratio "
-              f"{medians['onnxruntime'] / medians['torch_eager']:.2f}", flush=True)
+            "ratio_onnxruntime_to_torch": medians["onnxruntime"] / medians["torch_eager"],
+        }
+        print(
+            f"{name:24s} {threads} thread(s): torch eager {medians['torch_eager'] * 1e3:7.2f} ms, "
+            f"onnxruntime {medians['onnxruntime'] * 1e3:7.2f} ms, ratio "
+            f"{medians['onnxruntime'] / medians['torch_eager']:.2f}",
+            flush=True,
+        )
     return row
 
 
@@ -87,16 +111,32 @@ def main() -> None:
     args = parser.parse_args()
     threads = args.threads or sorted({1, len(os.sched_getaffinity(0))})
     with tempfile.TemporaryDirectory(prefix="hdkd-onnx-bench-") as tmp:
-        rows = [measure(name, args.img_size, args.classes, threads, args.repeats, args.warmup, Path(tmp))
-                for name in args.models]
+        rows = [
+            measure(name, args.img_size, args.classes, threads, args.repeats, args.warmup, Path(tmp))
+            for name in args.models
+        ]
     hdkd_row = next((r for r in rows if r["model"] == "hdkd" and r["exported"]), None)
-    target = None if hdkd_row is None else {
-        "rule": "hdkd: onnxruntime <= 0.5 x torch eager at every thread count",
-        "met": all(s["ratio_onnxruntime_to_torch"] <= 0.5 for s in hdkd_row["settings"].values())}
-    results = {"benchmark": "onnx_latency", "img_size": args.img_size, "batch": 1, "repeats": args.repeats,
-               "warmup": args.warmup, "onnxruntime": ort.__version__, "threads_measured": threads,
-               "how": "medians of interleaved torch-eager / onnxruntime calls, one run; random weights",
-               "command": " ".join(["python"] + sys.argv), "target": target, "models": rows}
+    target = (
+        None
+        if hdkd_row is None
+        else {
+            "rule": "hdkd: onnxruntime <= 0.5 x torch eager at every thread count",
+            "met": all(s["ratio_onnxruntime_to_torch"] <= 0.5 for s in hdkd_row["settings"].values()),
+        }
+    )
+    results = {
+        "benchmark": "onnx_latency",
+        "img_size": args.img_size,
+        "batch": 1,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "onnxruntime": ort.__version__,
+        "threads_measured": threads,
+        "how": "medians of interleaved torch-eager / onnxruntime calls, one run; random weights",
+        "command": " ".join(["python"] + sys.argv),
+        "target": target,
+        "models": rows,
+    }
     if args.json:
         write_result_json(args.json, results)
         print(f"written: {args.json}")

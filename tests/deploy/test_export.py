@@ -1,5 +1,6 @@
 """`hdkd export`: ONNX Runtime computes what PyTorch computes, the file describes itself, int8 stays close, bad
 input is one clear error and leaves nothing behind."""
+
 import argparse
 import json
 
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 import hdkd.models  # noqa: F401  (registers the models with timm)
+from hdkd.commands import export as export_command
 from hdkd.commands.export import register
 from hdkd.deploy import export as export_module
 from hdkd.deploy.export import export_onnx
@@ -24,12 +26,29 @@ from hdkd.reporting.model_card import render_model_card
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 MODELS = ("hdkd_teacher", "hdkd_student", "hdkd")
 # small but complete: every block type (stem, MBCSA with and without downsampling, CBAM, DFLT) at 32 px
-TINY = {"num_classes": 4, "img_size": 32, "in_chans": 3, "depths": [1, 2, 2], "widths": [16, 24, 32],
-        "hidden_dim": 32, "embed_dim": 64, "dflt_depth": 1, "dflt_heads": 2, "dflt_head_dim": 16,
-        "dflt_mlp_dim": 64}
+TINY = {
+    "num_classes": 4,
+    "img_size": 32,
+    "in_chans": 3,
+    "depths": [1, 2, 2],
+    "widths": [16, 24, 32],
+    "hidden_dim": 32,
+    "embed_dim": 64,
+    "dflt_depth": 1,
+    "dflt_heads": 2,
+    "dflt_head_dim": 16,
+    "dflt_mlp_dim": 64,
+}
 # big enough for its weights, not the graph, to dominate the file: int8 must shrink it
-SMALL = {**TINY, "widths": [32, 64, 128], "hidden_dim": 64, "embed_dim": 128, "dflt_heads": 4, "dflt_head_dim": 32,
-         "dflt_mlp_dim": 256}
+SMALL = {
+    **TINY,
+    "widths": [32, 64, 128],
+    "hidden_dim": 64,
+    "embed_dim": 128,
+    "dflt_heads": 4,
+    "dflt_head_dim": 32,
+    "dflt_mlp_dim": 256,
+}
 
 
 def tiny_model(name: str, seed: int = 0, arch: dict = TINY) -> torch.nn.Module:
@@ -44,8 +63,12 @@ def tiny_model(name: str, seed: int = 0, arch: dict = TINY) -> torch.nn.Module:
 
 
 def make_checkpoint(folder, name: str, temperature=None, seed: int = 0, arch: dict = TINY):
-    extra = {"class_names": CLASSES, "img_size": 32, "in_chans": 3, "role": {"hdkd_teacher": "teacher",
-                                                                            "hdkd_student": "student"}.get(name, name)}
+    extra = {
+        "class_names": CLASSES,
+        "img_size": 32,
+        "in_chans": 3,
+        "role": {"hdkd_teacher": "teacher", "hdkd_student": "student"}.get(name, name),
+    }
     if temperature is not None:
         extra["temperature"] = temperature
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,8 +78,7 @@ def make_checkpoint(folder, name: str, temperature=None, seed: int = 0, arch: di
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
-    return {name: make_checkpoint(root / name, name, temperature=1.7 if name == "hdkd" else None)
-            for name in MODELS}
+    return {name: make_checkpoint(root / name, name, temperature=1.7 if name == "hdkd" else None) for name in MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +104,14 @@ def cli(argv):
 
 
 def random_inputs(n: int, seed: int = 1) -> torch.Tensor:
-    info = ModelInfo(model_name="x", class_names=tuple(CLASSES), img_size=32, in_chans=3,
-                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    info = ModelInfo(
+        model_name="x",
+        class_names=tuple(CLASSES),
+        img_size=32,
+        in_chans=3,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
     images = np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
     return to_input(images, info)
 
@@ -105,9 +133,9 @@ def test_onnx_runtime_matches_pytorch_at_batch_1_and_5(checkpoints, tmp_path, na
     dims = graph_input.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    # one file: every weight inside it, nothing else written beside it by the Python API
+    # one file: every weight inside it; beside it only the model card
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in graph.graph.initializer)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.md", "model.onnx"]
 
 
 def test_metadata_round_trips_through_onnx_runtime_alone(checkpoints, tmp_path):
@@ -172,8 +200,19 @@ def test_calibration_never_reads_the_test_split(checkpoints, image_folder, tmp_p
 
     monkeypatch.setattr(export_module, "build_datasets", spy)
     out = tmp_path / "model.onnx"
-    cli([checkpoints["hdkd_student"], "-o", out, "--int8", "--calibration", image_folder,
-         "--calibration-images", 16, "--no-per-channel"])
+    cli(
+        [
+            checkpoints["hdkd_student"],
+            "-o",
+            out,
+            "--int8",
+            "--calibration",
+            image_folder,
+            "--calibration-images",
+            16,
+            "--no-per-channel",
+        ]
+    )
     assert requested[0] == ("train",)  # calibration: the train split alone
     assert requested[1:] == [("test",)]  # then, for the report only, the test split
     report = json.loads(out.with_suffix(".int8.json").read_text())
@@ -203,16 +242,26 @@ def test_report_fills_metrics_temperature_and_data_into_metadata_and_card(checkp
     ckpt = checkpoints["hdkd_student"]
     run = tmp_path / "run"
     report = {
-        "meta": {"dataset": "Brain Tumor MRI (class folders); train 1542, val 572, test 1311",
-                 "class_counts": {"test": {c: 10 for c in CLASSES}},
-                 "confidence_intervals": "95% percentile bootstrap, 1000 resamples of the test images, seed 0"},
-        "results": {"student": {
-            "checkpoint": str(ckpt), "model": "hdkd_student",
-            "metrics": {"n": 40, "accuracy": 0.875, "balanced_accuracy": 0.86, "macro_f1": 0.85, "ece": 0.05},
-            "bootstrap": {"metrics": {"accuracy": {"estimate": 0.875, "low": 0.8, "high": 0.95}}},
-            "temperature_scaling": {"temperature": 1.25, "fitted_on": "validation", "n_val": 572,
-                                    "test_before": {"ece": 0.05, "nll": 0.4},
-                                    "test_after": {"ece": 0.03, "nll": 0.35}}}},
+        "meta": {
+            "dataset": "Brain Tumor MRI (class folders); train 1542, val 572, test 1311",
+            "class_counts": {"test": {c: 10 for c in CLASSES}},
+            "confidence_intervals": "95% percentile bootstrap, 1000 resamples of the test images, seed 0",
+        },
+        "results": {
+            "student": {
+                "checkpoint": str(ckpt),
+                "model": "hdkd_student",
+                "metrics": {"n": 40, "accuracy": 0.875, "balanced_accuracy": 0.86, "macro_f1": 0.85, "ece": 0.05},
+                "bootstrap": {"metrics": {"accuracy": {"estimate": 0.875, "low": 0.8, "high": 0.95}}},
+                "temperature_scaling": {
+                    "temperature": 1.25,
+                    "fitted_on": "validation",
+                    "n_val": 572,
+                    "test_before": {"ece": 0.05, "nll": 0.4},
+                    "test_after": {"ece": 0.03, "nll": 0.35},
+                },
+            }
+        },
     }
     run.mkdir()
     (run / "report.json").write_text(json.dumps(report))
@@ -221,7 +270,7 @@ def test_report_fills_metrics_temperature_and_data_into_metadata_and_card(checkp
     info = OnnxClassifier(out).info
     assert info.temperature == 1.25
     assert info.training_data.startswith("Brain Tumor MRI")
-    assert info.metrics["accuracy"] == {"estimate": 0.875, "low": 0.8, "high": 0.95}
+    assert info.metrics["accuracy"] == 0.875 and info.metrics["n"] == 40  # flat, as the pipeline stores them
     card = out.with_suffix(".md").read_text()
     assert "87.50 %" in card and "80.00 % to 95.00 %" in card
     assert "T = 1.2500" in card and "572 images" in card
@@ -230,20 +279,24 @@ def test_report_fills_metrics_temperature_and_data_into_metadata_and_card(checkp
 
 
 def test_report_of_another_run_is_refused(checkpoints, tmp_path):
-    (tmp_path / "report.json").write_text(json.dumps({"results": {"hdkd": {"checkpoint": "/elsewhere/x.safetensors",
-                                                                           "metrics": {}}}}))
+    (tmp_path / "report.json").write_text(
+        json.dumps({"results": {"hdkd": {"checkpoint": "/elsewhere/x.safetensors", "metrics": {}}}})
+    )
     with pytest.raises(ConfigError, match="no result for"):
         cli([checkpoints["hdkd"], "-o", tmp_path / "m.onnx", "--report", tmp_path / "report.json"])
     assert not (tmp_path / "m.onnx").exists()
 
 
-@pytest.mark.parametrize("argv, error, message", [
-    (["--format", "tflite"], ConfigError, "unknown export format 'tflite'"),
-    (["--opset", "13"], ConfigError, "--opset"),
-    (["--int8"], ConfigError, "--calibration"),
-    (["--calibration-images", "0", "--int8", "--calibration", "DATA"], ConfigError, "--calibration-images"),
-    (["--check-images", "MISSING"], DataError, "not a folder"),
-])
+@pytest.mark.parametrize(
+    "argv, error, message",
+    [
+        (["--format", "tflite"], ConfigError, "unknown export format 'tflite'"),
+        (["--opset", "13"], ConfigError, "--opset"),
+        (["--int8"], ConfigError, "--calibration"),
+        (["--calibration-images", "0", "--int8", "--calibration", "DATA"], ConfigError, "--calibration-images"),
+        (["--check-images", "MISSING"], DataError, "not a folder"),
+    ],
+)
 def test_bad_options_are_one_clear_error(checkpoints, image_folder, tmp_path, argv, error, message):
     argv = [str(image_folder) if a == "DATA" else str(tmp_path / "nothing") if a == "MISSING" else a for a in argv]
     out = tmp_path / "model.onnx"
@@ -275,8 +328,19 @@ def test_bad_files_are_one_clear_error(checkpoints, image_folder, tmp_path):
 
 
 def test_model_card_renders_sparse_facts_and_escapes_names():
-    card = render_model_card({"file": "m.onnx", "model": {"name": "hdkd", "params": 10},
-                              "classes": ["a|b", "<script>"], "input": {"img_size": 32, "in_chans": 1}})
+    card = render_model_card(
+        {
+            "file": "m.onnx",
+            "model": {"name": "hdkd", "params": 10},
+            "classes": ["a|b", "<script>"],
+            "input": {"img_size": 32, "in_chans": 1},
+        }
+    )
     assert "a\\|b" in card and "&lt;script&gt;" in card and "<script>" not in card
     assert "No test metrics recorded" in card and "Uncalibrated" in card and "not a medical device" in card
     assert "grey" in card and "32 x 32" in card
+
+
+def test_the_command_states_the_library_defaults():
+    assert export_command.FORMATS == export_module.FORMATS
+    assert export_command.DEFAULT_OPSET == export_module.DEFAULT_OPSET

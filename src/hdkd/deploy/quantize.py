@@ -13,6 +13,7 @@ Why these choices (measured on the HDKD student, 2-core AMD EPYC with AVX-512 VN
   have very different ranges per channel) but not always; `choose_per_channel` compares both on held-out
   *training* images by agreement with the float model, so the test split never selects anything.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from ..errors import CheckpointError
+from hdkd.errors import CheckpointError
 
 CALIBRATION_BATCH = 32
 
@@ -63,7 +64,7 @@ class ArrayCalibrationReader(CalibrationDataReader):
     def get_next(self) -> Optional[dict[str, np.ndarray]]:
         if self.position >= len(self.inputs):
             return None
-        batch = self.inputs[self.position:self.position + self.batch_size]
+        batch = self.inputs[self.position : self.position + self.batch_size]
         self.position += self.batch_size
         return {self.input_name: batch}
 
@@ -71,8 +72,9 @@ class ArrayCalibrationReader(CalibrationDataReader):
         self.position = 0
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration_inputs: np.ndarray, input_name: str,
-                  per_channel: bool) -> Path:
+def quantize_int8(
+    fp32_path: Path, out_path: Path, calibration_inputs: np.ndarray, input_name: str, per_channel: bool
+) -> Path:
     """Quantize the float model in ``fp32_path`` into ``out_path`` (QDQ, U8S8, MinMax ranges on the inputs)."""
     if len(calibration_inputs) == 0:
         raise ValueError("int8 calibration needs at least one image")
@@ -83,9 +85,15 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration_inputs: np.ndarra
         except Exception as exc:  # ORT's pre-processing raises its own types; the float graph is then unusable here
             raise CheckpointError(f"{fp32_path}: ONNX Runtime's quantization pre-processing failed ({exc})") from None
         with _quiet_axis_notes():
-            quantize_static(str(prepared), str(out_path), ArrayCalibrationReader(calibration_inputs, input_name),
-                            quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8)
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                ArrayCalibrationReader(calibration_inputs, input_name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     return out_path
 
 
@@ -98,18 +106,22 @@ def cpu_session(path: Path, threads: int = 1) -> ort.InferenceSession:
 
 def session_logits(session: ort.InferenceSession, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
     name = session.get_inputs()[0].name
-    chunks = [session.run(None, {name: np.ascontiguousarray(inputs[i:i + batch_size], dtype=np.float32)})[0]
-              for i in range(0, len(inputs), batch_size)]
+    chunks = [
+        session.run(None, {name: np.ascontiguousarray(inputs[i : i + batch_size], dtype=np.float32)})[0]
+        for i in range(0, len(inputs), batch_size)
+    ]
     return np.concatenate(chunks).astype(np.float32)
 
 
 def fidelity(reference: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     """How closely ``logits`` follow the float model's ``reference`` logits: top-1 agreement and logit errors."""
     diff = np.asarray(logits, np.float64) - np.asarray(reference, np.float64)
-    return {"n": int(len(reference)),
-            "top1_agreement": float(np.mean(reference.argmax(1) == logits.argmax(1))) if len(reference) else 0.0,
-            "logit_rmse": float(np.sqrt(np.mean(diff ** 2))) if diff.size else 0.0,
-            "logit_max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0}
+    return {
+        "n": int(len(reference)),
+        "top1_agreement": float(np.mean(reference.argmax(1) == logits.argmax(1))) if len(reference) else 0.0,
+        "logit_rmse": float(np.sqrt(np.mean(diff**2))) if diff.size else 0.0,
+        "logit_max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0,
+    }
 
 
 def choose_per_channel(reference: np.ndarray, candidates: dict[bool, np.ndarray]) -> bool:
