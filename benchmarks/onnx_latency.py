@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     threads = args.threads or sorted({1, len(os.sched_getaffinity(0))})
+    load_before = os.getloadavg()  # a busy machine inflates multi-thread timings most: say how busy it was
     with tempfile.TemporaryDirectory(prefix="hdkd-onnx-bench-") as tmp:
         rows = [
             measure(name, args.img_size, args.classes, threads, args.repeats, args.warmup, Path(tmp))
@@ -134,6 +135,7 @@ def main() -> None:
         "threads_measured": threads,
         "how": "medians of interleaved torch-eager / onnxruntime calls, one run; random weights",
         "command": " ".join(["python"] + sys.argv),
+        "load_average_1_5_15_min": {"before": list(load_before), "after": list(os.getloadavg())},
         "target": target,
         "models": rows,
     }

@@ -344,3 +344,10 @@ def test_model_card_renders_sparse_facts_and_escapes_names():
 def test_the_command_states_the_library_defaults():
     assert export_command.FORMATS == export_module.FORMATS
     assert export_command.DEFAULT_OPSET == export_module.DEFAULT_OPSET
+
+
+def test_onnx_matches_pytorch_on_real_brain_mri_images(checkpoints, brain_mri, tmp_path):
+    out = tmp_path / "model.onnx"
+    result = export_onnx(checkpoints["hdkd"], out, check_images=brain_mri / "Testing")
+    assert result["check"]["per_batch"]["check images"] <= 1e-4
+    assert result["check"]["images"] == 8 + 1 + 64  # 64 real images, spread over the four class folders

@@ -310,7 +310,7 @@ def training_images(data_config: Any, info: ModelInfo, seed: int, count: int) ->
     return images[np.random.default_rng(seed).permutation(len(images))[:count]]
 
 
-def test_split(data_config: Any, info: ModelInfo) -> Optional[tuple[np.ndarray, np.ndarray, str]]:
+def load_test_split(data_config: Any, info: ModelInfo) -> Optional[tuple[np.ndarray, np.ndarray, str]]:
     """(uint8 images, labels, description) of the test split, or None when the data has none."""
     built = build_datasets(dataclasses.replace(data_config, smote=None), info.img_size, info.in_chans, splits=("test",))
     if built.test is None:
@@ -320,7 +320,10 @@ def test_split(data_config: Any, info: ModelInfo) -> Optional[tuple[np.ndarray, 
 
 
 def _check_classes(names: list[str], info: ModelInfo, where: str) -> None:
-    if list(names) != list(info.class_names):
+    """The data's classes must be the model's; a model that knows only label indices (trained on a MedMNIST file
+    before hdkd knew MedMNIST's names) matches any data with as many classes."""
+    indices_only = list(info.class_names) == [str(i) for i in range(len(names))]
+    if list(names) != list(info.class_names) and not indices_only:
         raise DataError(f"{where}: classes {names} differ from the model's {list(info.class_names)}")
 
 
@@ -407,7 +410,7 @@ def test_comparison(
     fp32_path: Path, int8_path: Path, info: ModelInfo, data_config: Any, log: Log
 ) -> Optional[dict[str, Any]]:
     """Test-split metrics of the float and the int8 ONNX models (reported; nothing is chosen with them)."""
-    split = test_split(data_config, info)
+    split = load_test_split(data_config, info)
     if split is None:
         return None
     images, labels, description = split
