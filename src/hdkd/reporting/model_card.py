@@ -176,8 +176,8 @@ def _calibration(card: Mapping[str, Any]) -> list[str]:
         )
         if cal["test_ece_after"] > cal["test_ece_before"]:
             lines.append(
-                "Here the temperature fitted on validation made the test calibration worse: "
-                "`hdkd predict --no-calibration` (or T = 1) may give better-calibrated probabilities."
+                "On the test split the temperature fitted on validation did not improve calibration (reported "
+                "as measured; the test split chooses nothing)."
             )
     return lines + [""]
 
