@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hdkd.commands import explain as explain_command
+from hdkd.commands import export as export_command
 from hdkd.commands import predict as predict_command
 from hdkd.commands import serve as serve_command
 from hdkd.errors import ConfigError, HDKDError
 
-DEPLOY_COMMANDS = (predict_command, explain_command, serve_command)
+DEPLOY_COMMANDS = (predict_command, export_command, explain_command, serve_command)
 QUICKSTART = Path(__file__).parent / "presets" / "quickstart.yaml"
 
 
