@@ -19,7 +19,7 @@ from hdkd.experiments.ablation.summary import summarise_ablation
 from hdkd.experiments.ablation.variants import GROUPS, VARIANTS, resolve_variants
 from hdkd.reporting.ablation import format_ablation_markdown
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "model.img_size=32",
     "data.max_per_class=6",
