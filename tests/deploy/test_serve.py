@@ -301,8 +301,10 @@ def test_only_allowed_host_names(classifier):
 
 
 def test_dicom_upload_predicts_the_first_frame(client, classifier, tmp_path, monkeypatch):
-    dicom = pytest.importorskip("hdkd.data.dicom", reason="hdkd.data.dicom (the predict branch) is not merged yet")
-    pydicom_data = pytest.importorskip("pydicom.data")
+    from pydicom import data as pydicom_data
+
+    from hdkd.data import dicom
+
     path = Path(pydicom_data.get_testdata_file("CT_small.dcm"))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     response = post(client, "ct.dcm", path.read_bytes())

@@ -25,13 +25,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.dicom import Window, check_window, is_dicom, read_dicom_frames
+from ..data.sources import IMAGE_EXTENSIONS
 from ..errors import DataError, HDKDError
 from ..evaluation.inference import Classifier, ModelInfo, fit_array, read_model_image
 from ..io import atomic_write_text
 
 # Picture files PIL decodes (the suffixes the dataset folders accept) and DICOM files by their usual names; files
 # with no suffix are taken when their content is DICOM (scanners often write IM0001-style names).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "dicomdir"}  # OS junk and DICOM media indexes (no pixels)
 PROBABILITY_FORMAT = "{:.8g}"

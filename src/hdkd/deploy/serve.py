@@ -233,8 +233,6 @@ def decode_upload(upload: Upload, channels: int, max_pixels: int) -> np.ndarray:
 
 def decode_dicom(data: bytes, name: str, channels: int, max_pixels: int) -> np.ndarray:
     """The first frame of a DICOM upload, read by `hdkd.data.dicom` from a file in a temporary folder."""
-    if read_dicom_frames is None:
-        raise HTTPException(415, f"{name}: DICOM support is not installed in this server (hdkd.data.dicom)")
     try:
         header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
