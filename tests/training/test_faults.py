@@ -213,7 +213,7 @@ def test_two_hosts_with_a_c10d_rendezvous_match_one_process(tmp_path, one_proces
     """torchrun --nnodes=2, one node per namespace, rendezvous and gloo only over the veth pair."""
     endpoint = f"{two_hosts[0]['addr']}:29531"
     nodes = []
-    for h in two_hosts:
+    for node_rank, h in enumerate(two_hosts):
         cmd = [
             "timeout",
             "-k",
@@ -232,6 +232,7 @@ def test_two_hosts_with_a_c10d_rendezvous_match_one_process(tmp_path, one_proces
             f"--rdzv-endpoint={endpoint}",
             f"--rdzv-id=hdkd-{h['ns'][:-1]}",
             f"--local-addr={h['addr']}",
+            f"--rdzv-conf=is_host={int(node_rank == 0)}",  # torchrun's own guess looks at the host's name only
             "-m",
             "hdkd",
             *RUN,
