@@ -31,6 +31,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+EPOCHS, STEPS = 2, 3
 TINY = [
     "--img-size",
     "32",
@@ -42,7 +43,7 @@ TINY = [
     "--amp",
     "none",
     *("--set", "data.max_per_class=8"),
-    *("--set", "train.max_steps_per_epoch=3"),
+    *("--set", f"train.max_steps_per_epoch={STEPS}"),
     *("--set", "train.deterministic=true"),
     *("--set", "train.save_every_steps=1"),
 ]
@@ -210,14 +211,14 @@ class Command:
     results: tuple[str, ...]  # files that say "finished", the one written last at the end
     same: Callable[[Path, Path], None]  # outputs of two finished runs agree
     resume: Optional[str] = None  # the option that continues an interrupted run
-    kills: int = 3
+    kills: int = 2
     resume_needs: Optional[str] = None  # --resume only once this file exists (else the rerun starts over)
 
 
 COMMANDS = [
     Command(
         "train",
-        lambda inp, out: ["train", "student", *TINY, "--epochs", "2", "-o", str(out)],
+        lambda inp, out: ["train", "student", *TINY, "--epochs", str(EPOCHS), "-o", str(out)],
         ("summary.json",),
         _same_training,
         resume="--resume",
@@ -284,15 +285,24 @@ def inputs(tmp_path_factory):
             Image.fromarray(pixels).save(path)
             images.append(path)
     (root / "data" / "b" / "copy_of_a0.png").write_bytes(images[0].read_bytes())
-    model = root / "model"
-    _run(["train", "student", *TINY, "--epochs", "1", "-o", str(model)], root)
-    return {"data": root / "data", "images": images[:4], "model": model / "best.safetensors"}
+    trained = root / "train"  # the uninterrupted `train` run; its model is the deployment commands' model
+    seconds = _run(COMMANDS[0].args({}, trained), root)
+    return {
+        "train_seconds": seconds,
+        "data": root / "data",
+        "images": images[:4],
+        "model": trained / "best.safetensors",
+        "train": trained,
+    }
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
 def test_sigkill_leaves_nothing_that_looks_complete_and_the_rerun_completes(command, inputs, tmp_path):
     straight = tmp_path / "straight"
-    seconds = _run(command.args(inputs, straight), tmp_path)
+    if command.name == "train":  # already run once, uninterrupted
+        straight, seconds = inputs["train"], inputs["train_seconds"]
+    else:
+        seconds = _run(command.args(inputs, straight), tmp_path)
     for name in command.results:
         assert (straight / name).is_file(), name
 
@@ -324,6 +334,49 @@ def test_sigkill_leaves_nothing_that_looks_complete_and_the_rerun_completes(comm
     _run(args, tmp_path)
     _check_files(victim)
     command.same(straight, victim)
+
+
+# hdkd's CLI, SIGKILLed right after the N-th os.replace onto a file named $KILL_AFTER_NAME: a kill at an exact point
+# between two writes (hdkd.io writes every file by os.replace), where a random delay rarely lands.
+KILL_AFTER_WRITE = """
+import os, signal, sys
+name, count, seen = os.environ["KILL_AFTER_NAME"], int(os.environ["KILL_AFTER_COUNT"]), 0
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    global seen
+    real_replace(src, dst, *args, **kwargs)
+    if os.path.basename(os.fspath(dst)) == name:
+        seen += 1
+        if seen == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+from hdkd.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(
+    "name, count",
+    [("last_state.pt", STEPS + 1), ("last_state.pt", 2 * (STEPS + 1))],
+    ids=["after_epoch_1_state", "after_the_last_state"],
+)
+def test_train_killed_right_after_an_epochs_state_resumes_to_the_uninterrupted_run(name, count, inputs, tmp_path):
+    """Killed between an epoch's resumable state and its log line (and, the last epoch, its summary): the resumed
+    run's log, checkpoints and summary are the uninterrupted run's."""
+    args = COMMANDS[0].args(inputs, tmp_path / "killed")
+    (tmp_path / "killer.py").write_text(KILL_AFTER_WRITE)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "killer.py"), *args],
+        cwd=tmp_path,
+        env={**_env(), "KILL_AFTER_NAME": name, "KILL_AFTER_COUNT": str(count)},
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    _check_files(tmp_path / "killed")
+    _run([*args, "--resume"], tmp_path)
+    _same_training(inputs["train"], tmp_path / "killed")
 
 
 def _get(url: str) -> dict:
