@@ -296,7 +296,12 @@ def inputs(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
+SLOW = ("pipeline", "ablate")  # three trainings and an evaluation per attempt: about a minute each on 2 busy cores
+
+
+@pytest.mark.parametrize(
+    "command", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.name in SLOW else []) for c in COMMANDS]
+)
 def test_sigkill_leaves_nothing_that_looks_complete_and_the_rerun_completes(command, inputs, tmp_path):
     straight = tmp_path / "straight"
     if command.name == "train":  # already run once, uninterrupted
