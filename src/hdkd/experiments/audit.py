@@ -274,14 +274,21 @@ def _with_array_rows(
 
 
 def write_audit(result: AuditResult, output: str | Path, root: Optional[str | Path] = None) -> dict[str, Path]:
-    """audit.json (every group with its members) and audit.md (summary and cross-split groups), atomically."""
+    """audit.json (every group with its members) and audit.md (summary and cross-split groups), atomically.
+
+    Both are rendered first, an earlier audit's pair is removed, and audit.json, the mark of a finished audit, is
+    written last: a kill never leaves this audit's file beside an earlier one's, nor audit.json before audit.md.
+    """
     output = Path(output)
     root_path = Path(root).expanduser().resolve() if root else None
     if root_path is not None and root_path.is_file():
         root_path = root_path.parent
     paths = {"json": output / "audit.json", "markdown": output / "audit.md"}
-    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=2))
-    atomic_write_text(paths["markdown"], markdown_report(result, root_path))
+    document, markdown = json.dumps(result.to_dict(), indent=2), markdown_report(result, root_path)
+    for path in (paths["json"], paths["markdown"]):
+        path.unlink(missing_ok=True)
+    atomic_write_text(paths["markdown"], markdown)
+    atomic_write_text(paths["json"], document)
     return paths
 
 

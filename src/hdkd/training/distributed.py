@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 from torch.utils.data import Sampler
 
 from hdkd.errors import ConfigError
@@ -34,6 +35,25 @@ class DistContext:
         return self.rank == 0
 
 
+def _attempt_store(world_size: int) -> Optional[dist.Store]:
+    """This attempt's own view of the store torchrun's agent shares with its workers, or None (torch's default).
+
+    torchrun (c10d rendezvous) keeps one store server for the whole job and hands every attempt the same address;
+    the keys a killed attempt left there (each rank's address, the start-up barrier) would be read by the restarted
+    one, which then connects to dead processes or waits forever. A prefix per restart keeps attempts apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    server = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=False,
+        timeout=default_pg_timeout,
+    )
+    return dist.PrefixStore(f"hdkd/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", server)
+
+
 def init_distributed(device_name: str) -> DistContext:
     """Join the process group torchrun set up (WORLD_SIZE > 1); a plain run is world size 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -44,8 +64,25 @@ def init_distributed(device_name: str) -> DistContext:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        store = _attempt_store(world_size)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def restarted_by_elastic() -> bool:
+    """Whether torchrun started this process again after a worker of the job failed (``--max-restarts``).
+
+    A restarted worker must continue the run from its last saved state, not start it over: torchrun repeats the
+    original command, which has no ``--resume``. torchrun counts the restarts in ``TORCHELASTIC_RESTART_COUNT``.
+    """
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) > 0
+    except ValueError:
+        return False
 
 
 def cleanup_distributed(ctx: DistContext) -> None:
