@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..evaluation.inference import ModelInfo, TorchClassifier, read_model_image
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, remove_stale
 from ..reporting.overlay import render_overlay
 from .explain import check_methods, explain_image, resolve_target, torch_model
 from .loading import load_classifier
@@ -101,6 +101,7 @@ def run_explain(args: argparse.Namespace) -> int:
             f"{path}: predicted {entry['predicted']} ({entry['probabilities'][entry['predicted']]:.3f}), "
             f"explained {entry['target']}"
         )
+    remove_stale(out, (REPORT_NAME,))  # new overlays never stand beside an earlier run's explanations.json
     for filename, data in files.items():
         atomic_write(out / filename, lambda f, data=data: f.write(data))
     report = {

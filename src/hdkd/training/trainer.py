@@ -34,7 +34,13 @@ from hdkd.models import count_params, save_checkpoint
 from hdkd.models.checkpoint import atomic_torch_save
 from hdkd.models.from_config import build_model, model_args
 from hdkd.runtime import check_compile_options, compile_model, resolve_amp, resolve_device, seed_everything
-from hdkd.training.distributed import DistContext, GlobalBatchSampler, cleanup_distributed, init_distributed
+from hdkd.training.distributed import (
+    DistContext,
+    GlobalBatchSampler,
+    cleanup_distributed,
+    init_distributed,
+    restarted_by_elastic,
+)
 from hdkd.training.engine import EpochStats, train_one_epoch
 from hdkd.training.optim import build_optimizer, build_scheduler
 
@@ -206,15 +212,21 @@ def resume_progress(run: Run, resume: bool) -> Progress:
     )
 
 
-def prepare_output(run: Run, resumed: bool) -> None:
-    """config.yaml written; a stale summary (and, unless resumed, log) removed so nothing looks like this run's."""
+def write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """log.jsonl: one line per finished epoch, rewritten whole (atomically) from the history the state holds, so a
+    kill between saving the state and writing the log loses no line."""
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in history))
+
+
+def prepare_output(run: Run, progress: Progress) -> None:
+    """A stale summary removed first (nothing may look like this run's result), then config.yaml, and the log as
+    the resumed state knows it (empty for a fresh start)."""
     if not run.ctx.is_main:
         return
     run.out.mkdir(parents=True, exist_ok=True)
-    save_yaml(run.cfg, run.out / "config.yaml")
     (run.out / "summary.json").unlink(missing_ok=True)
-    if not resumed:
-        (run.out / "log.jsonl").unlink(missing_ok=True)
+    save_yaml(run.cfg, run.out / "config.yaml")
+    write_log(run.out / "log.jsonl", progress.history)
 
 
 def wrap(run: Run) -> None:
@@ -301,8 +313,7 @@ def checkpoint_and_log(run: Run, progress: Progress, epoch: int, stats: dict, va
     save_checkpoint(run.core, run.out / "last.safetensors", cfg.model.name, args, extra={**extra, "epoch": epoch + 1})
     progress.history.append(record)
     save_state(run, progress, epoch + 1, 0, None)
-    with open(run.out / "log.jsonl", "a") as log:
-        log.write(json.dumps(record) + "\n")
+    write_log(run.out / "log.jsonl", progress.history)
     if cfg.train.progress:
         print(
             f"{cfg.role} epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f} "
@@ -342,9 +353,10 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     """
     cfg = cfg.resolved()
     check_train_config(cfg)
+    resume = resume or restarted_by_elastic()  # torchrun repeats the command, without --resume
     run = set_up(cfg, data)
     progress = resume_progress(run, resume)
-    prepare_output(run, resumed=resume and run.state_path.is_file())
+    prepare_output(run, progress)
     wrap(run)
     workers = resolve_num_workers(cfg.data.num_workers)
     val_loader = make_loader(run.data.val, cfg.train.eval_batch_size, False, workers)
