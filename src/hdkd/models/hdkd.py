@@ -12,9 +12,10 @@ Speed (one CPU thread is the case users meet on laptops): every layer computes e
 some are written so that PyTorch stays on its fast kernels in both memory formats (NCHW and channels_last):
 unstrided 1x1 convs become one matrix product where PyTorch would send them to its slow NCHW-only convolution
 (`PointwiseConv`), CBAM's bottleneck MLP on pooled 1x1 descriptors is `F.linear` on the conv weights, the shortcut's
-3x3 max pool runs on the channels_last kernel without indices in inference, and the patch embedding reads a
-channels_last map without a copy. The models run fastest in channels_last (`model.to(memory_format=...)` and
-channels_last inputs), which `hdkd.evaluation.inference.prepare_for_inference` uses.
+3x3 max pool runs on the channels_last kernel, CBAM's max pools compute indices only when autograd needs them
+(`channel_max`, `spatial_max`), and the patch embedding reads a channels_last map without a copy. The models run
+fastest in channels_last (`model.to(memory_format=torch.channels_last)`), which
+`hdkd.evaluation.inference.prepare_for_inference` uses.
 """
 
 from __future__ import annotations
@@ -89,9 +90,25 @@ class PointwiseConv(nn.Conv2d):
         return super().forward(x)
 
 
+def _needs_grad(x: torch.Tensor) -> bool:
+    return x.requires_grad and torch.is_grad_enabled()
+
+
+def channel_max(x: torch.Tensor) -> torch.Tensor:
+    """Max over channels, (B, 1, H, W). amax is the fast forward, but its backward (mask, tie count, divide) is
+    several times slower than max-with-indices, which also routes a tie's gradient to one input as the authors'
+    torch.max does; so the indices are computed only when a gradient will need them."""
+    return x.max(1, keepdim=True).values if _needs_grad(x) else x.amax(1, keepdim=True)
+
+
+def spatial_max(x: torch.Tensor) -> torch.Tensor:
+    """Global max pool, (B, C): amax without autograd, adaptive_max_pool2d (indices, the authors' pooling) with."""
+    return F.adaptive_max_pool2d(x, 1).flatten(1) if _needs_grad(x) else x.amax((2, 3))
+
+
 class MaxPoolDown(nn.Module):
-    """MaxPool(3, stride 2, padding 1) on PyTorch's channels_last kernel, which is several times faster than the
-    NCHW one on the CPU (and computes no indices without autograd); an NCHW input comes back NCHW."""
+    """MaxPool(3, stride 2, padding 1) on PyTorch's channels_last CPU kernel, which is many times faster than the
+    NCHW one (forward and backward); an NCHW input comes back NCHW."""
 
     def forward(self, x):
         if is_channels_last(x) or x.device.type != "cpu":
@@ -157,7 +174,7 @@ class ChannelAttention(nn.Module):
         self.fc2 = nn.Conv2d(chs // reduction, chs, 1, bias=False)
 
     def forward(self, x):
-        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))])  # (2B, C): both descriptors through one MLP call
+        pooled = torch.cat([x.mean((2, 3)), spatial_max(x)])  # (2B, C): both descriptors through one MLP call
         hidden = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
         avg, mx = F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias).chunk(2)
         return x * torch.sigmoid(avg + mx)[:, :, None, None]
@@ -169,7 +186,7 @@ class SpatialAttention(nn.Module):
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x):
-        desc = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        desc = torch.cat([x.mean(1, keepdim=True), channel_max(x)], dim=1)
         return x * torch.sigmoid(self.conv(desc))
 
 
