@@ -185,9 +185,13 @@ class SpatialAttention(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
-    def forward(self, x):
+    def gate(self, x):
+        """The (B, 1, H, W) attention map that multiplies x."""
         desc = torch.cat([x.mean(1, keepdim=True), channel_max(x)], dim=1)
-        return x * torch.sigmoid(self.conv(desc))
+        return torch.sigmoid(self.conv(desc))
+
+    def forward(self, x):
+        return x * self.gate(x)
 
 
 class CBAM(nn.Module):
@@ -199,7 +203,8 @@ class CBAM(nn.Module):
         self.spatial = SpatialAttention()
 
     def forward(self, x):
-        return self.spatial(self.channel(x)) + x
+        refined = self.channel(x)
+        return torch.addcmul(x, refined, self.spatial.gate(refined))  # spatial(refined) + x in one pass
 
 
 class SqueezeExcite(nn.Module):
