@@ -63,9 +63,12 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _set_weight_bias(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    dtype = conv.weight.dtype
-    conv.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
-    conv.bias = nn.Parameter(bias.to(dtype=dtype, device=conv.weight.device), requires_grad=False)
+    """New frozen weight and bias in the conv's dtype and the old weight's memory format (a channels_last model
+    stays channels_last: a conv whose weight and input layouts differ reorders the weight on every call)."""
+    old = conv.weight
+    fmt = torch.channels_last if old.dim() == 4 and not old.is_contiguous() else torch.contiguous_format
+    conv.weight = nn.Parameter(weight.to(old.dtype).contiguous(memory_format=fmt), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(dtype=old.dtype, device=old.device), requires_grad=False)
 
 
 def _conv_bias64(conv: nn.Conv2d) -> torch.Tensor:
