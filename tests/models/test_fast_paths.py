@@ -47,15 +47,17 @@ def _grads(model, x, y):
 
 @pytest.mark.parametrize("name", ["hdkd_teacher", "hdkd"])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("matmul_path", [False, True])
-def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, matmul_path):
+@pytest.mark.parametrize("path", ["conv2d", "onednn", "matmul"])
+def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, path):
     x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1, 2, 0])
     reference = _with_stats(name, 0).double()
     with torch.no_grad():
         ref_eval = reference.eval()(x.double())
     ref_grads = _grads(reference.train(), x.double(), y)
 
-    monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: matmul_path)
+    monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: path != "conv2d")
+    if path == "matmul":  # the fallback where PyTorch has no oneDNN
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     model = _with_stats(name, 0)
     if channels_last:
         model, x = model.to(memory_format=CL), x.contiguous(memory_format=CL)

@@ -20,7 +20,8 @@ A name ending in `+foldbn` (e.g. `hdkd_teacher+foldbn`) is that model with its B
 
 Each row also gives the achieved GFLOP/s of each timing (training counted as 3 x the forward FLOPs: forward,
 and backward to inputs and to weights) and its fraction of this machine's matrix-multiply peak, measured in the
-same interleaved run (`matmul_timer`, n x n @ n x n at the benchmark's precision; `peak_size=0` skips it).
+same interleaved run (`matmul_timer`, n x n @ n x n at the benchmark's precision, its best sample: a roof;
+`peak_size=0` skips it).
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def run_benchmark(
                     bench.samples[kind].append(bench.timed(kind, bench.inner[kind]))
         say(f"repeat {r + 1}/{repeats} done")
 
-    peak = 2.0 * peak_size**3 / statistics.median(peak_samples) / 1e9 if peak_samples else None
+    peak = 2.0 * peak_size**3 / min(peak_samples) / 1e9 if peak_samples else None  # the roof: the best sample
     latency = {name: statistics.median(bench.samples["latency"]) for name, _, bench in live if bench.measure_latency}
     for name, b, bench in live:
         med = {k: statistics.median(v) if v else None for k, v in bench.samples.items()}

@@ -10,7 +10,7 @@ with a class token) and `HDKDDistilled` (DFLT with class and distillation tokens
 
 Speed (one CPU thread is the case users meet on laptops): every layer computes exactly the authors' function, but
 some are written so that PyTorch stays on its fast kernels in both memory formats (NCHW and channels_last):
-unstrided 1x1 convs become one matrix product where PyTorch would send them to its slow NCHW-only convolution
+unstrided 1x1 convs stay on oneDNN where PyTorch would send them to its slow NCHW-only convolution
 (`PointwiseConv`), CBAM's bottleneck MLP on pooled 1x1 descriptors is `F.linear` on the conv weights, the shortcut's
 3x3 max pool runs on the channels_last kernel, CBAM's max pools compute indices only when autograd needs them
 (`channel_max`, `spatial_max`), and the patch embedding reads a channels_last map without a copy. The models run
@@ -78,14 +78,17 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
 
 
 class PointwiseConv(nn.Conv2d):
-    """An unstrided 1x1 Conv2d (its parameters, initialisation and state-dict keys) that computes as a matrix
-    product where PyTorch's own convolution would fall off oneDNN (see `_conv_leaves_onednn`)."""
+    """An unstrided 1x1 Conv2d (its parameters, initialisation and state-dict keys) kept on oneDNN where PyTorch's
+    dispatcher would send it to the slow kernel (see `_conv_leaves_onednn`): oneDNN's convolution is several times
+    faster there than the slow kernel or a matrix product (measured at batch 1, one thread, in both layouts)."""
 
     def __init__(self, in_chs: int, out_chs: int, bias: bool = False):
         super().__init__(in_chs, out_chs, 1, bias=bias)
 
     def forward(self, x):
         if _conv_leaves_onednn(x):
+            if torch.backends.mkldnn.is_available():
+                return torch.mkldnn_convolution(x, self.weight, self.bias, (0, 0), (1, 1), (1, 1), 1)
             return pointwise(x, self.weight, self.bias)
         return super().forward(x)
 
