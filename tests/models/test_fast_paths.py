@@ -115,3 +115,13 @@ def test_official_loss_and_gradient_in_channels_last(official_fixtures):
     assert out.total.item() == pytest.approx(expected["total"], rel=1e-4)
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in student.parameters())).item()
     assert norm == pytest.approx(expected["grad_l2_norm"], rel=1e-3)
+
+
+def test_flops_count_the_onednn_pointwise_convs(monkeypatch):
+    from hdkd import count_flops
+
+    model = timm.create_model("hdkd", num_classes=4)
+    monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: False)
+    via_conv2d = count_flops(model, 224)
+    monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: True)
+    assert count_flops(model, 224) == via_conv2d and via_conv2d / 1e9 == pytest.approx(4.05, abs=0.006)
