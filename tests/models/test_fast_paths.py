@@ -125,3 +125,12 @@ def test_flops_count_the_onednn_pointwise_convs(monkeypatch):
     via_conv2d = count_flops(model, 224)
     monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: True)
     assert count_flops(model, 224) == via_conv2d and via_conv2d / 1e9 == pytest.approx(4.05, abs=0.006)
+
+
+def test_tracing_sees_plain_convolutions(monkeypatch):
+    """ONNX export traces the model; it has no oneDNN operator, so tracing must see aten::_convolution."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # where PointwiseConv would call oneDNN directly
+    model = timm.create_model("hdkd", num_classes=3, img_size=32).eval()
+    with torch.no_grad():
+        graph = str(torch.jit.trace(model, torch.zeros(1, 3, 32, 32)).inlined_graph)
+    assert "mkldnn_convolution" not in graph and "aten::_convolution" in graph

@@ -55,7 +55,10 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 def _conv_leaves_onednn(x: torch.Tensor) -> bool:
     """Where PyTorch runs an unstrided 1x1 conv on its slow NCHW-only kernel (`aten::_slow_conv2d_forward`) instead
-    of oneDNN: fp32 on the CPU, fewer than 16 images, one thread (`use_mkldnn` in ATen's Convolution.cpp)."""
+    of oneDNN: fp32 on the CPU, fewer than 16 images, one thread (`use_mkldnn` in ATen's Convolution.cpp). Not while
+    tracing, exporting or compiling: those see a plain convolution (ONNX has no oneDNN operator)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
