@@ -16,37 +16,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
+from hdkd.experiments.benchmark import MATMUL_DTYPES, matmul_timer  # noqa: E402  (the timer `hdkd benchmark` uses)
 from timing import write_result_json  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_timer(n: int, dtype: torch.dtype, device: torch.device, inner: int):
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-
-    def run() -> float:
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(inner):
-            torch.matmul(a, b, out=out)
-        _sync(device)
-        return (time.perf_counter() - start) / inner
-
-    return run
+DTYPES = MATMUL_DTYPES
 
 
 def measure_peak(sizes, dtypes, device: torch.device, repeats: int, warmup: int, inner: int) -> list[dict]:

@@ -83,3 +83,19 @@ def test_matmul_peak_tiny():
     peak = _load_script("matmul_peak")
     rows = peak.measure_peak([64], ["fp32", "bf16"], torch.device("cpu"), repeats=1, warmup=0, inner=1)
     assert [r["dtype"] for r in rows] == ["fp32", "bf16"] and all(r["gflops_median"] > 0 for r in rows)
+
+
+def test_benchmark_fraction_of_matmul_peak_and_channels_last_entries():
+    from hdkd.experiments.benchmark import _split_suffixes, format_table, run_benchmark
+
+    assert _split_suffixes("hdkd+foldbn+cl") == _split_suffixes("hdkd+cl+foldbn") == ("hdkd", True, True)
+    rows = run_benchmark(["hdkd+cl", "hdkd+foldbn"], img_size=32, batch_sizes=[2], repeats=1, warmup=0, peak_size=64)
+    cl, folded = rows
+    assert cl["status"] == folded["status"] == "ok" and cl["peak_dtype"] == "fp32" and cl["peak_gflops"] > 0
+    assert cl["peak_gflops"] == folded["peak_gflops"]  # one roof, measured in the same run
+    assert cl["train_gflops"] == pytest.approx(3 * cl["flops"] * cl["train_images_per_s"] / 1e9)
+    assert cl["infer_gflops"] == pytest.approx(cl["flops"] * cl["infer_images_per_s"] / 1e9)
+    for key in ("latency", "infer", "train"):
+        assert cl[f"{key}_fraction_of_peak"] == pytest.approx(cl[f"{key}_gflops"] / cl["peak_gflops"])
+    assert folded["train_fraction_of_peak"] is None  # inference only
+    assert "% of matmul peak" in format_table(rows)

@@ -95,3 +95,13 @@ def test_unwrap_model_removes_compile_and_ddp_wrappers_only():
     holder = Holder()
     assert unwrap_model(holder) is holder
     assert unwrap_model(torch.compile(holder, backend="eager")) is holder
+
+
+def test_folding_keeps_a_channels_last_model_channels_last():
+    teacher = _teacher_with_stats().to(memory_format=torch.channels_last)
+    folded = fold_batchnorm(teacher)
+    conv = folded.stages[0][1].conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        _assert_close(teacher(x), folded(x))

@@ -15,7 +15,6 @@ A `Classifier` turns such images into logits and calibrated probabilities; `Torc
 
 from __future__ import annotations
 
-import copy
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -172,27 +171,45 @@ class Classifier(ABC):
         return np.concatenate(chunks) if chunks else np.zeros((0, self.info.num_classes))
 
 
-def prepare_for_inference(model: nn.Module, fold_bn: bool = False) -> nn.Module:
-    """The model in eval mode with no gradients; ``fold_bn`` folds BatchNorms into convs on a copy (same outputs up
-    to float rounding)."""
-    model = fold_batchnorm(copy.deepcopy(model)) if fold_bn else model
+def prepare_for_inference(
+    model: nn.Module, fold_bn: bool = True, channels_last: Optional[bool] = None, compile: bool = False
+) -> nn.Module:
+    """The model as inference runs it, in eval mode with no gradients; the same outputs up to float rounding.
+
+    ``fold_bn`` folds the BatchNorms into the convs (on a copy; `hdkd.models.fuse.fold_batchnorm`); ``channels_last``
+    (default: when the model is on the CPU, where it is PyTorch's fastest convolution layout) stores the weights
+    NHWC, so every feature map is computed NHWC whatever the input's layout; ``compile`` wraps it in torch.compile
+    (pays a compile on the first batch of each input shape). Without ``fold_bn`` the model itself is changed."""
+    model = fold_batchnorm(model) if fold_bn else model
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu if channels_last is None else channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model
 
 
 class TorchClassifier(Classifier):
-    """A PyTorch model with its `ModelInfo` (normally from a checkpoint: `TorchClassifier.from_checkpoint`)."""
+    """A PyTorch model with its `ModelInfo` (normally from a checkpoint: `TorchClassifier.from_checkpoint`), run on
+    the inference path (`prepare_for_inference`) without autograd."""
 
-    def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device | str = "cpu", fold_bn: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: ModelInfo,
+        device: torch.device | str = "cpu",
+        fold_bn: bool = True,
+        channels_last: Optional[bool] = None,
+        compile: bool = False,
+    ):
         self.device = torch.device(device)
-        self.model = prepare_for_inference(model, fold_bn).to(self.device)
+        self.model = prepare_for_inference(model.to(self.device), fold_bn, channels_last, compile)
         self.info = info
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: torch.device | str = "cpu", fold_bn: bool = False
+        cls, path: str | Path, device: torch.device | str = "cpu", fold_bn: bool = True
     ) -> "TorchClassifier":
         info = ModelInfo.from_checkpoint(path)
         return cls(create_model_from_checkpoint(path), info, device, fold_bn)

@@ -15,7 +15,13 @@ device is synchronised before every clock read. A model that fails to build or r
 the results as skipped, with the reason. Models are created with `pretrained=False`.
 
 A name ending in `+foldbn` (e.g. `hdkd_teacher+foldbn`) is that model with its BatchNorms folded into the convs
-(`hdkd.models.fuse.fold_batchnorm`): inference only, its training throughput is not measured.
+(`hdkd.models.fuse.fold_batchnorm`): inference only, its training throughput is not measured. A name ending in `+cl`
+(e.g. `resnet18+cl`, `hdkd+foldbn+cl`) runs the model and its inputs in channels_last.
+
+Each row also gives the achieved GFLOP/s of each timing (training counted as 3 x the forward FLOPs: forward,
+and backward to inputs and to weights) and its fraction of this machine's matrix-multiply peak, measured in the
+same interleaved run (`matmul_timer`, n x n @ n x n at the benchmark's precision, its best sample: a roof;
+`peak_size=0` skips it).
 """
 
 from __future__ import annotations
@@ -42,7 +48,15 @@ from hdkd.models.factory import create_model
 from hdkd.models.fuse import fold_batchnorm
 from hdkd.runtime import autocast, resolve_device
 
-__all__ = ["DEFAULT_MODELS", "PEERS", "run_benchmark", "write_benchmark", "format_table", "benchmark_meta"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "PEERS",
+    "run_benchmark",
+    "write_benchmark",
+    "format_table",
+    "benchmark_meta",
+    "matmul_timer",
+]
 
 HDKD_MODELS = ["hdkd_teacher", "hdkd_student", "hdkd"]
 PEERS = [
@@ -56,6 +70,9 @@ PEERS = [
 ]
 DEFAULT_MODELS = HDKD_MODELS + PEERS
 FOLD_SUFFIX = "+foldbn"
+CL_SUFFIX = "+cl"
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward (gradients of inputs and of weights)
 
 
 def _sync(device: torch.device) -> None:
@@ -63,12 +80,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def matmul_timer(n: int, dtype: torch.dtype, device: torch.device, inner: int = 1) -> Callable[[], float]:
+    """A callable timing `inner` back-to-back n x n @ n x n products (2 n^3 FLOPs each); seconds per product."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+
+    def run() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            torch.matmul(a, b, out=out)
+        _sync(device)
+        return (time.perf_counter() - start) / inner
+
+    return run
+
+
+def _split_suffixes(name: str) -> tuple[str, bool, bool]:
+    """(timm name, fold BN, channels_last) of a benchmark entry such as `hdkd+foldbn+cl`."""
+    fold = channels_last = False
+    while name.endswith((FOLD_SUFFIX, CL_SUFFIX)):
+        if name.endswith(CL_SUFFIX):
+            name, channels_last = name[: -len(CL_SUFFIX)], True
+        else:
+            name, fold = name[: -len(FOLD_SUFFIX)], True
+    return name, fold, channels_last
+
+
 def _create(name: str, num_classes: int, img_size: int, in_chans: int) -> nn.Module:
-    base = name[: -len(FOLD_SUFFIX)] if name.endswith(FOLD_SUFFIX) else name
+    base, fold, channels_last = _split_suffixes(name)
     model = create_model(base, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
-    if name.endswith(FOLD_SUFFIX):
+    if fold:
         model = fold_batchnorm(model.eval())
-    return model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 class _Bench:
@@ -87,10 +133,11 @@ class _Bench:
     ):
         self.name, self.model, self.device, self.amp, self.batch = name, model, device, amp, batch
         g = torch.Generator().manual_seed(0)
-        self.x1 = torch.randn(1, in_chans, img_size, img_size, generator=g).to(device)
-        self.xb = torch.randn(batch, in_chans, img_size, img_size, generator=g).to(device)
+        fmt = torch.channels_last if _split_suffixes(name)[2] else torch.contiguous_format
+        self.x1 = torch.randn(1, in_chans, img_size, img_size, generator=g).to(device, memory_format=fmt)
+        self.xb = torch.randn(batch, in_chans, img_size, img_size, generator=g).to(device, memory_format=fmt)
         self.yb = torch.randint(0, num_classes, (batch,), generator=g).to(device)
-        self.trainable = not name.endswith(FOLD_SUFFIX)
+        self.trainable = not _split_suffixes(name)[1]
         self.criterion = SupervisedLoss()
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05) if self.trainable else None
         self.measure_latency = True  # batch-1 latency is measured once per model (its first batch size)
@@ -149,13 +196,15 @@ def run_benchmark(
     in_chans: int = 3,
     min_sample_s: float = 0.02,
     progress: Optional[Callable[[str], None]] = None,
+    peak_size: int = 2048,
 ) -> list[dict]:
     """Measure `models` (timm names) at `img_size`; one result dict per (model, batch size), see module docstring.
 
     Returned rows: model, status ("ok" or "skipped"), and for "ok" rows img_size, batch, device, amp, params,
     flops (per image, one forward), latency_ms (batch 1), infer_images_per_s and train_images_per_s (batch
     `batch`; None with `train_error` set when training could not run), repeats, warmup, inner_* (calls per
-    sample). Skipped rows carry `reason`.
+    sample), and with `peak_size` > 0 peak_gflops / peak_dtype (the matmul peak measured in the same run) and
+    latency_gflops, infer_gflops, train_gflops with their *_fraction_of_peak. Skipped rows carry `reason`.
     """
     if amp not in ("none", "bf16"):
         raise ConfigError(f"amp: choose none or bf16, got {amp!r}")
@@ -213,17 +262,37 @@ def run_benchmark(
                     batch=b,
                 )
             )
+    peak_dtype = "bf16" if amp == "bf16" else "fp32"
+    peak_fn = matmul_timer(peak_size, MATMUL_DTYPES[peak_dtype], device) if peak_size > 0 else None
+    peak_samples: list[float] = []
+    if peak_fn is not None:
+        for _ in range(warmup):
+            peak_fn()
     for r in range(repeats):
+        if peak_fn is not None:  # interleaved with the models, so the roof sees the same machine load
+            peak_samples.append(peak_fn())
         for kind in ("latency", "infer", "train"):
             for _, _, bench in live:
                 if kind in bench.kinds():
                     bench.samples[kind].append(bench.timed(kind, bench.inner[kind]))
         say(f"repeat {r + 1}/{repeats} done")
 
+    peak = 2.0 * peak_size**3 / min(peak_samples) / 1e9 if peak_samples else None  # the roof: the best sample
     latency = {name: statistics.median(bench.samples["latency"]) for name, _, bench in live if bench.measure_latency}
     for name, b, bench in live:
         med = {k: statistics.median(v) if v else None for k, v in bench.samples.items()}
         med["latency"] = latency.get(name)
+        flops = static[name]["flops"]
+        achieved = {
+            "latency_gflops": None if med["latency"] is None else flops / med["latency"] / 1e9,
+            "infer_gflops": flops * b / med["infer"] / 1e9,
+            "train_gflops": None if med["train"] is None else TRAIN_FLOPS_PER_FORWARD * flops * b / med["train"] / 1e9,
+        }
+        if peak:
+            achieved.update(peak_gflops=peak, peak_dtype=peak_dtype, peak_size=peak_size)
+            for key in ("latency", "infer", "train"):
+                value = achieved[f"{key}_gflops"]
+                achieved[f"{key}_fraction_of_peak"] = None if value is None else value / peak
         results.setdefault(name, []).append(
             {
                 "model": name,
@@ -240,6 +309,7 @@ def run_benchmark(
                 "repeats": repeats,
                 "warmup": warmup,
                 **{f"inner_{k}": v for k, v in bench.inner.items()},
+                **achieved,
             }
         )
     return [row for name in models for row in sorted(results.get(name, []), key=lambda r: r.get("batch", 0))]
@@ -250,19 +320,34 @@ def _fmt(x: Optional[float], digits: int = 1) -> str:
     return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
+def _pct(r: dict, key: str) -> str:
+    value = r.get(f"{key}_fraction_of_peak")
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
 def format_table(rows: Sequence[dict]) -> str:
-    """A Markdown table of the measured rows, then the skipped models with their reasons."""
+    """A Markdown table of the measured rows (with % of the matmul peak where measured), then the skipped models
+    with their reasons."""
     lines = [
-        "| model | params (M) | GFLOPs | latency b1 (ms) | batch | inference (img/s) | training (img/s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | params (M) | GFLOPs | latency b1 (ms) | batch | inference (img/s) | training (img/s) "
+        "| % of matmul peak (b1 / inference / training) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["status"] != "ok":
             continue
         lines.append(
             f"| {r['model']} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.3f} | {_fmt(r['latency_ms'], 2)} "
-            f"| {r['batch']} | {_fmt(r['infer_images_per_s'])} | {_fmt(r['train_images_per_s'])} |"
+            f"| {r['batch']} | {_fmt(r['infer_images_per_s'])} | {_fmt(r['train_images_per_s'])} "
+            f"| {_pct(r, 'latency')} / {_pct(r, 'infer')} / {_pct(r, 'train')} |"
         )
+    peak = next((r for r in rows if r.get("peak_gflops")), None)
+    if peak:
+        lines += [
+            "",
+            f"Matmul peak in the same run: {peak['peak_gflops']:.1f} GFLOP/s ({peak['peak_dtype']}, "
+            f"{peak['peak_size']}^2 matrices); training GFLOP/s count 3 x the forward FLOPs.",
+        ]
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Skipped:"] + [f"- {r['model']}: {r['reason']}" for r in skipped]

@@ -7,11 +7,25 @@ from hdkd.models.checkpoint import (
     read_checkpoint_metadata,
     save_checkpoint,
 )
-from hdkd.models.hdkd import CBAM, MBCSA, HDKDNet, MBConv, hdkd, hdkd_student, hdkd_teacher
+from hdkd.models.hdkd import (
+    CBAM,
+    MBCSA,
+    HDKDDistilled,
+    HDKDNet,
+    HDKDStudent,
+    HDKDTeacher,
+    MBConv,
+    hdkd,
+    hdkd_student,
+    hdkd_teacher,
+)
 from hdkd.models.profile import count_flops, count_params
 
 __all__ = [
     "HDKDNet",
+    "HDKDTeacher",
+    "HDKDStudent",
+    "HDKDDistilled",
     "CBAM",
     "MBCSA",
     "MBConv",

@@ -4,11 +4,11 @@ In eval mode a BatchNorm2d is a per-channel affine map, y = a * x + b with a = g
 b = beta - mean * a (running statistics). When it directly follows a Conv2d, it folds into the conv exactly:
 W' = a[:, None, None, None] * W and bias' = a * bias + b. `fold_batchnorm` does this for
 
-- `StemBlock`: conv -> bn;
-- `MBCSA` / `MBConv`: conv_expand -> bn_expand, conv_dw -> bn_dw, conv_project -> bn_project;
-- any `nn.Sequential` in which a Conv2d is immediately followed by a BatchNorm2d (generic, e.g. other models);
+- every `Fusable` block, which folds its own BNs in `fuse()` (the HDKD blocks: `StemBlock` conv -> bn; `MBCSA` /
+  `MBConv` conv_expand -> bn_expand, conv_dw -> bn_dw, conv_project -> bn_project, and its pre-norm);
+- any `nn.Sequential` in which a Conv2d is immediately followed by a BatchNorm2d (generic, e.g. other models).
 
-and it also folds MBCSA's `pre_norm`, a BatchNorm that *precedes* conv_expand. A BN in front of a conv can be
+MBCSA's `pre_norm` is a BatchNorm that *precedes* conv_expand. A BN in front of a conv can be
 folded into it exactly only when the conv never sees padding (padding adds zeros *after* the BN, which a folded
 bias would wrongly shift): conv_expand is a 1x1 conv with no padding, so
 conv(a * x + b) = (W * a[None, :, None, None]) x + (W b) + bias holds at every output position, whatever the
@@ -29,9 +29,23 @@ import copy
 import torch
 import torch.nn as nn
 
-from hdkd.models.hdkd import MBCSA, StemBlock
+__all__ = [
+    "Fusable",
+    "fold_batchnorm",
+    "count_batchnorms",
+    "can_fold_after",
+    "can_fold_before",
+    "fold_bn_after",
+    "fold_bn_before",
+]
 
-__all__ = ["fold_batchnorm", "count_batchnorms"]
+
+class Fusable:
+    """A block that folds its own eval-mode BatchNorms into its convs, in place, with `fuse()` (folded BNs become
+    nn.Identity so module names stay); `fold_batchnorm` calls it on a copy of the model."""
+
+    def fuse(self) -> None:
+        raise NotImplementedError
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,9 +63,12 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _set_weight_bias(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    dtype = conv.weight.dtype
-    conv.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
-    conv.bias = nn.Parameter(bias.to(dtype=dtype, device=conv.weight.device), requires_grad=False)
+    """New frozen weight and bias in the conv's dtype and the old weight's memory format (a channels_last model
+    stays channels_last: a conv whose weight and input layouts differ reorders the weight on every call)."""
+    old = conv.weight
+    fmt = torch.channels_last if old.dim() == 4 and not old.is_contiguous() else torch.contiguous_format
+    conv.weight = nn.Parameter(weight.to(old.dtype).contiguous(memory_format=fmt), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(dtype=old.dtype, device=old.device), requires_grad=False)
 
 
 def _conv_bias64(conv: nn.Conv2d) -> torch.Tensor:
@@ -60,7 +77,7 @@ def _conv_bias64(conv: nn.Conv2d) -> torch.Tensor:
     return conv.bias.detach().double()
 
 
-def _can_fold(conv: nn.Module, bn: nn.Module) -> bool:
+def can_fold_after(conv: nn.Module, bn: nn.Module) -> bool:
     return (
         isinstance(conv, nn.Conv2d)
         and isinstance(bn, nn.BatchNorm2d)
@@ -69,14 +86,14 @@ def _can_fold(conv: nn.Module, bn: nn.Module) -> bool:
     )
 
 
-def _fold_bn_after(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+def fold_bn_after(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """bn(conv(x)) -> conv'(x)."""
     a, b = _bn_affine(bn)
     w = conv.weight.detach().double() * a.view(-1, 1, 1, 1)
     _set_weight_bias(conv, w, a * _conv_bias64(conv) + b)
 
 
-def _can_fold_before(bn: nn.Module, conv: nn.Module) -> bool:
+def can_fold_before(bn: nn.Module, conv: nn.Module) -> bool:
     """conv(bn(x)) is foldable exactly: a plain (groups=1) conv that never reads padding."""
     if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None):
         return False
@@ -84,8 +101,8 @@ def _can_fold_before(bn: nn.Module, conv: nn.Module) -> bool:
     return no_padding and conv.groups == 1 and conv.in_channels == bn.num_features and conv.padding_mode == "zeros"
 
 
-def _fold_bn_before(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
-    """conv(bn(x)) -> conv'(x); exact only without padding (checked by _can_fold_before)."""
+def fold_bn_before(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
+    """conv(bn(x)) -> conv'(x); exact only without padding (checked by can_fold_before)."""
     a, b = _bn_affine(bn)
     w = conv.weight.detach().double()  # (out, in, kh, kw)
     bias = _conv_bias64(conv) + (w * b.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
@@ -102,27 +119,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     folded = copy.deepcopy(model).eval()
     for module in list(folded.modules()):
-        if isinstance(module, StemBlock) and _can_fold(module.conv, module.bn):
-            _fold_bn_after(module.conv, module.bn)
-            module.bn = nn.Identity()
-        elif isinstance(module, MBCSA):
-            if _can_fold_before(module.pre_norm, module.conv_expand):
-                _fold_bn_before(module.pre_norm, module.conv_expand)
-                module.pre_norm = nn.Identity()
-            for conv_name, bn_name in (
-                ("conv_expand", "bn_expand"),
-                ("conv_dw", "bn_dw"),
-                ("conv_project", "bn_project"),
-            ):
-                conv, bn = getattr(module, conv_name), getattr(module, bn_name)
-                if _can_fold(conv, bn):
-                    _fold_bn_after(conv, bn)
-                    setattr(module, bn_name, nn.Identity())
+        if isinstance(module, Fusable):
+            module.fuse()
         elif isinstance(module, nn.Sequential):
             children = list(module._modules.items())
             for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-                if _can_fold(conv, bn):
-                    _fold_bn_after(conv, bn)
+                if can_fold_after(conv, bn):
+                    fold_bn_after(conv, bn)
                     module._modules[bn_name] = nn.Identity()
     return folded.requires_grad_(False)
 

@@ -4,11 +4,23 @@ Teacher and student share the shapes of their three convolutional stages, which 
 maps be matched to the teacher's with a plain MSE. Architecture details follow `HDKD_SPEC.md` (the authors' code);
 parameter names are our own and `hdkd.models.checkpoint` maps the authors' names onto them.
 
-Registered with timm: `hdkd_teacher`, `hdkd_student` (class token only) and `hdkd` (class + distillation token).
+Classes: `HDKDNet` (the three stages, shared), `HDKDTeacher` (pooled two-layer linear head), `HDKDStudent` (DFLT
+with a class token) and `HDKDDistilled` (DFLT with class and distillation tokens). Registered with timm:
+`hdkd_teacher`, `hdkd_student` and `hdkd`.
+
+Speed (one CPU thread is the case users meet on laptops): every layer computes exactly the authors' function, but
+some are written so that PyTorch stays on its fast kernels in both memory formats (NCHW and channels_last):
+unstrided 1x1 convs stay on oneDNN where PyTorch would send them to its slow NCHW-only convolution
+(`PointwiseConv`), CBAM's bottleneck MLP on pooled 1x1 descriptors is `F.linear` on the conv weights, the shortcut's
+3x3 max pool runs on the channels_last kernel, CBAM's max pools compute indices only when autograd needs them
+(`channel_max`, `spatial_max`), and the patch embedding reads a channels_last map without a copy. The models run
+fastest in channels_last (`model.to(memory_format=torch.channels_last)`), which
+`hdkd.evaluation.inference.prepare_for_inference` uses.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from typing import Optional, Sequence, Union
 
 import torch
@@ -17,12 +29,126 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["HDKDNet", "CBAM", "MBCSA", "MBConv", "StemBlock", "DFLTBlock"]
+from hdkd.models.fuse import Fusable, can_fold_after, can_fold_before, fold_bn_after, fold_bn_before
+
+__all__ = [
+    "HDKDNet",
+    "HDKDTeacher",
+    "HDKDStudent",
+    "HDKDDistilled",
+    "CBAM",
+    "MBCSA",
+    "MBConv",
+    "StemBlock",
+    "DFLTBlock",
+    "PointwiseConv",
+]
+
+
+# ------------------------------------------------------------------------------------------------ fast primitives
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-D tensor laid out NHWC (and not also NCHW, as 1-channel or 1x1 maps are)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _conv_leaves_onednn(x: torch.Tensor) -> bool:
+    """Where PyTorch runs an unstrided 1x1 conv on its slow NCHW-only kernel (`aten::_slow_conv2d_forward`) instead
+    of oneDNN: fp32 on the CPU, fewer than 16 images, one thread (`use_mkldnn` in ATen's Convolution.cpp). Not while
+    tracing, exporting or compiling: those see a plain convolution (ONNX has no oneDNN operator)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.shape[0] < 16
+        and torch.get_num_threads() == 1
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """An unstrided 1x1 convolution as one matrix product, in (and returned in) the input's memory format."""
+    w = weight.flatten(1)
+    if is_channels_last(x):
+        return F.linear(x.permute(0, 2, 3, 1), w, bias).permute(0, 3, 1, 2)
+    b, _, h, wd = x.shape
+    y = torch.matmul(w, x.flatten(2))
+    if bias is not None:
+        y = y + bias[:, None]
+    return y.view(b, -1, h, wd)
+
+
+class PointwiseConv(nn.Conv2d):
+    """An unstrided 1x1 Conv2d (its parameters, initialisation and state-dict keys) kept on oneDNN where PyTorch's
+    dispatcher would send it to the slow kernel (see `_conv_leaves_onednn`): oneDNN's convolution is several times
+    faster there than the slow kernel or a matrix product (measured at batch 1, one thread, in both layouts)."""
+
+    def __init__(self, in_chs: int, out_chs: int, bias: bool = False):
+        super().__init__(in_chs, out_chs, 1, bias=bias)
+
+    def forward(self, x):
+        if _conv_leaves_onednn(x):
+            if torch.backends.mkldnn.is_available():
+                return torch.mkldnn_convolution(x, self.weight, self.bias, (0, 0), (1, 1), (1, 1), 1)
+            return pointwise(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def _needs_grad(x: torch.Tensor) -> bool:
+    return x.requires_grad and torch.is_grad_enabled()
+
+
+def channel_max(x: torch.Tensor) -> torch.Tensor:
+    """Max over channels, (B, 1, H, W). amax is the fast forward, but its backward (mask, tie count, divide) is
+    several times slower than max-with-indices, which also routes a tie's gradient to one input as the authors'
+    torch.max does; so the indices are computed only when a gradient will need them."""
+    return x.max(1, keepdim=True).values if _needs_grad(x) else x.amax(1, keepdim=True)
+
+
+def spatial_max(x: torch.Tensor) -> torch.Tensor:
+    """Global max pool, (B, C): amax without autograd, adaptive_max_pool2d (indices, the authors' pooling) with."""
+    return F.adaptive_max_pool2d(x, 1).flatten(1) if _needs_grad(x) else x.amax((2, 3))
+
+
+class MaxPoolDown(nn.Module):
+    """MaxPool(3, stride 2, padding 1) on PyTorch's channels_last CPU kernel, which is many times faster than the
+    NCHW one (forward and backward); an NCHW input comes back NCHW."""
+
+    def forward(self, x):
+        if is_channels_last(x) or x.device.type != "cpu":
+            return F.max_pool2d(x, 3, 2, 1)
+        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2, 1).contiguous()
+
+
+@contextmanager
+def _running_stats_kept(module: nn.Module):
+    """A checkpoint's recomputation normalises with the batch statistics as the first pass did, but must not update
+    the BatchNorms' running statistics a second time: momentum 0 keeps them bit for bit, the counter is restored."""
+    bns = [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+def checkpoint_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) with its activations recomputed in the backward pass (torch.utils.checkpoint, non-reentrant)."""
+    return checkpoint(module, x, use_reentrant=False, context_fn=lambda: (nullcontext(), _running_stats_kept(module)))
 
 
 # --------------------------------------------------------------------------------------------------------- blocks
-class StemBlock(nn.Module):
+class StemBlock(nn.Module, Fusable):
     """Conv3x3 (no bias) -> BN -> GELU: the blocks of stage 1."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1):
@@ -34,9 +160,18 @@ class StemBlock(nn.Module):
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
 
+    def fuse(self) -> None:
+        if can_fold_after(self.conv, self.bn):
+            fold_bn_after(self.conv, self.bn)
+            self.bn = nn.Identity()
+
 
 class ChannelAttention(nn.Module):
-    """CBAM channel attention: one shared bottleneck MLP applied to the average- and max-pooled descriptors."""
+    """CBAM channel attention: one shared bottleneck MLP applied to the average- and max-pooled descriptors.
+
+    fc1/fc2 are 1x1 Conv2d parameters (the authors' 4-D weights, as stored); on 1x1 pooled descriptors they are
+    plain linear maps, so they are computed with F.linear on a 2-D view of the weights (a 1x1 conv on a 1x1 map
+    would run on PyTorch's slow convolution kernel)."""
 
     def __init__(self, chs: int, reduction: int = 16):
         super().__init__()
@@ -45,9 +180,10 @@ class ChannelAttention(nn.Module):
         self.fc2 = nn.Conv2d(chs // reduction, chs, 1, bias=False)
 
     def forward(self, x):
-        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])  # both through one MLP call
-        avg, mx = self.fc2(self.act(self.fc1(pooled))).chunk(2)
-        return x * torch.sigmoid(avg + mx)
+        pooled = torch.cat([x.mean((2, 3)), spatial_max(x)])  # (2B, C): both descriptors through one MLP call
+        hidden = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
+        avg, mx = F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias).chunk(2)
+        return x * torch.sigmoid(avg + mx)[:, :, None, None]
 
 
 class SpatialAttention(nn.Module):
@@ -55,9 +191,13 @@ class SpatialAttention(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
+    def gate(self, x):
+        """The (B, 1, H, W) attention map that multiplies x."""
+        desc = torch.cat([x.mean(1, keepdim=True), channel_max(x)], dim=1)
+        return torch.sigmoid(self.conv(desc))
+
     def forward(self, x):
-        desc = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.conv(desc))
+        return x * self.gate(x)
 
 
 class CBAM(nn.Module):
@@ -69,7 +209,8 @@ class CBAM(nn.Module):
         self.spatial = SpatialAttention()
 
     def forward(self, x):
-        return self.spatial(self.channel(x)) + x
+        refined = self.channel(x)
+        return torch.addcmul(x, refined, self.spatial.gate(refined))  # spatial(refined) + x in one pass
 
 
 class SqueezeExcite(nn.Module):
@@ -86,25 +227,25 @@ class SqueezeExcite(nn.Module):
         return x * scale[:, :, None, None]
 
 
-class MBCSA(nn.Module):
+class MBCSA(nn.Module, Fusable):
     """Pre-norm inverted bottleneck with CBAM; the stride sits on the expanding 1x1 conv."""
 
     def __init__(self, in_chs: int, out_chs: int, downsample: bool = False, expansion: int = 4, attn: str = "cbam"):
         super().__init__()
         hidden = in_chs * expansion
-        stride = 2 if downsample else 1
         if not downsample and in_chs != out_chs:
             raise ValueError(f"a block that keeps the resolution must keep the width ({in_chs} != {out_chs})")
-        self.pool = nn.MaxPool2d(3, 2, 1) if downsample else None
-        self.proj = nn.Conv2d(in_chs, out_chs, 1, bias=False) if downsample else None
+        self.pool = MaxPoolDown() if downsample else None
+        self.proj = PointwiseConv(in_chs, out_chs) if downsample else None
         self.pre_norm = nn.BatchNorm2d(in_chs)
-        self.conv_expand = nn.Conv2d(in_chs, hidden, 1, stride, bias=False)
+        # a strided 1x1 conv stays on oneDNN; an unstrided one is a PointwiseConv
+        self.conv_expand = nn.Conv2d(in_chs, hidden, 1, 2, bias=False) if downsample else PointwiseConv(in_chs, hidden)
         self.bn_expand = nn.BatchNorm2d(hidden)
         self.conv_dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False)
         self.bn_dw = nn.BatchNorm2d(hidden)
         self.act = nn.GELU()
         self.attn = CBAM(hidden) if attn == "cbam" else SqueezeExcite(hidden, int(in_chs * 0.25))
-        self.conv_project = nn.Conv2d(hidden, out_chs, 1, bias=False)
+        self.conv_project = PointwiseConv(hidden, out_chs)
         self.bn_project = nn.BatchNorm2d(out_chs)
 
     def forward(self, x):
@@ -113,6 +254,17 @@ class MBCSA(nn.Module):
         x = self.act(self.bn_dw(self.conv_dw(x)))
         x = self.bn_project(self.conv_project(self.attn(x)))
         return shortcut + x
+
+    def fuse(self) -> None:
+        """Fold the pre-norm into conv_expand (exact: a 1x1 conv reads no padding), then each conv's BN."""
+        if can_fold_before(self.pre_norm, self.conv_expand):
+            fold_bn_before(self.pre_norm, self.conv_expand)
+            self.pre_norm = nn.Identity()
+        for conv_name, bn_name in (("conv_expand", "bn_expand"), ("conv_dw", "bn_dw"), ("conv_project", "bn_project")):
+            conv, bn = getattr(self, conv_name), getattr(self, bn_name)
+            if can_fold_after(conv, bn):
+                fold_bn_after(conv, bn)
+                setattr(self, bn_name, nn.Identity())
 
 
 def MBConv(in_chs: int, out_chs: int, downsample: bool = False, expansion: int = 4) -> MBCSA:
@@ -134,7 +286,9 @@ class PatchEmbed(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         p = self.patch_size
-        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+        # NHWC first: a view for a channels_last map, then one copy into (patch row, patch col, row, col, channel)
+        x = x.permute(0, 2, 3, 1).reshape(b, h // p, p, w // p, p, c).transpose(2, 3)
+        x = x.reshape(b, (h // p) * (w // p), p * p * c)
         return self.norm_out(self.proj(self.norm_in(x)))
 
 
@@ -178,14 +332,20 @@ class DFLTBlock(nn.Module):
         return x + self.mlp(x)
 
 
-# ---------------------------------------------------------------------------------------------------------- model
-class HDKDNet(nn.Module):
-    """Three convolutional stages, then either the teacher's pooled MLP head or the DFLT transformer head.
+# --------------------------------------------------------------------------------------------------------- models
+def _check_global_pool(global_pool: Optional[str], allowed: str, model: str) -> str:
+    if global_pool is None or global_pool == allowed:
+        return allowed
+    raise ValueError(f"global_pool {global_pool!r}: {model} pools with {allowed!r} only (the authors' head)")
 
-    head="linear": teacher (avg pool, Linear(C3 -> 128), Linear(128 -> classes)).
-    head="dflt": student; with `distilled=True` a distillation token and head are added (the `hdkd` model), which
-    returns (cls_logits, dist_logits) in training mode and their average in eval mode.
-    """
+
+class HDKDNet(nn.Module):
+    """The three convolutional stages that teacher and students share (stem blocks, then MBCSA or MBConv stages);
+    subclasses add the head. `forward(x, return_stages=True)` gives (logits, [stage maps]) from one pass."""
+
+    head_type = ""  # "linear" (teacher) or "dflt" (students)
+    distilled = False
+    supports_return_stages = True  # the distillation criterion calls forward(x, return_stages=True)
 
     def __init__(
         self,
@@ -196,17 +356,8 @@ class HDKDNet(nn.Module):
         widths: Sequence[int] = (64, 96, 192),
         block: str = "mbcsa",
         stem_stride: int = 2,
-        head: str = "dflt",
-        distilled: bool = False,
-        hidden_dim: int = 128,
-        embed_dim: int = 256,
-        dflt_depth: int = 3,
-        dflt_heads: int = 8,
-        dflt_head_dim: int = 32,
-        dflt_mlp_dim: int = 1024,
-        dflt_patch_size: int = 2,
-        global_pool: str = "token",
         drop_rate: float = 0.0,
+        patch_size: int = 1,
     ):
         super().__init__()
         if isinstance(img_size, (tuple, list)):
@@ -215,22 +366,20 @@ class HDKDNet(nn.Module):
             raise ValueError(f"depths and widths need 3 stages each with depth >= 1, got {depths}, {widths}")
         if block not in ("mbcsa", "mbconv"):
             raise ValueError(f"block must be 'mbcsa' or 'mbconv', got {block!r}")
-        if head not in ("linear", "dflt"):
-            raise ValueError(f"head must be 'linear' or 'dflt', got {head!r}")
         if stem_stride not in (1, 2, 4):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride}")
-        reduction = stem_stride * 4 * (dflt_patch_size if head == "dflt" else 1)
-        if img_size % reduction:
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        self.reduction = stem_stride * 4 * patch_size
+        if img_size % self.reduction:
             raise ValueError(
-                f"img_size {img_size} must be a multiple of {reduction} for this configuration "
+                f"img_size {img_size} must be a multiple of {self.reduction} for this configuration "
                 f"(stem stride {stem_stride}, stages 2 and 3 halve it"
-                + (f", patch size {dflt_patch_size})" if head == "dflt" else ")")
+                + (f", patch size {patch_size})" if patch_size > 1 else ")")
             )
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.img_size = img_size
-        self.head_type = head
-        self.distilled = distilled and head == "dflt"
         self.num_features = self.head_hidden_size = widths[-1]
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
@@ -247,54 +396,39 @@ class HDKDNet(nn.Module):
         self.feature_info = [
             dict(num_chs=widths[i], reduction=stem_stride * 2**i, module=f"stages.{i}") for i in range(3)
         ]
-
-        if head == "linear":
-            self.head_hidden = nn.Linear(widths[-1], hidden_dim)
-            self.head_hidden_size = hidden_dim
-            self.head = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
-        else:
-            grid = img_size // reduction
-            self.num_prefix_tokens = 2 if self.distilled else 1
-            self.patch_embed = PatchEmbed(widths[-1], embed_dim, dflt_patch_size)
-            self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
-            self.dist_token = nn.Parameter(torch.randn(1, 1, embed_dim)) if self.distilled else None
-            self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + self.num_prefix_tokens, embed_dim))
-            self.blocks = nn.Sequential(
-                *[DFLTBlock(embed_dim, dflt_heads, dflt_head_dim, dflt_mlp_dim) for _ in range(dflt_depth)]
-            )
-            self.norm = nn.LayerNorm(embed_dim)
-            self.num_features = self.head_hidden_size = embed_dim
-            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-            self.head_dist = (
-                (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if self.distilled else None
-            )
-        self.distilled_training = True  # train mode returns both logits (what the distillation loss needs)
-        self.supports_return_stages = True
+        self.head_drop = nn.Dropout(drop_rate)  # before the classifier(s), as timm's drop_rate
 
     # ----------------------------------------------------------------------------------------------- timm API
     @torch.jit.ignore
-    def no_weight_decay(self):
-        return {"cls_token", "dist_token", "pos_embed"}
+    def no_weight_decay(self) -> set[str]:
+        return set()
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def _new_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.global_pool = _check_global_pool(global_pool, self.global_pool, type(self).__name__)
         self.num_classes = num_classes
-        make = (lambda: nn.Linear(self.head_hidden_size, num_classes)) if num_classes > 0 else nn.Identity
-        self.head = make()
-        if self.head_type == "dflt" and self.distilled:
-            self.head_dist = make()
+        self.head = self._new_classifier(num_classes)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute each stage (and each DFLT block) in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
+
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint_module(module, x)
+        return module(x)
 
     def forward_stages(self, x) -> list[torch.Tensor]:
         maps = []
         for stage in self.stages:
-            x = stage(x)
+            x = self._run(stage, x)
             maps.append(x)
         return maps
 
@@ -314,49 +448,144 @@ class HDKDNet(nn.Module):
         intermediates = []
         stages = self.stages[: max_index + 1] if (stop_early or intermediates_only) else self.stages
         for i, stage in enumerate(stages):
-            x = stage(x)
+            x = self._run(stage, x)
             if i in take:
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
         return self._forward_tail(x), intermediates
 
-    def _forward_tail(self, x):
+    def _forward_tail(self, x: torch.Tensor) -> torch.Tensor:
         """From the stage-3 map to the features forward_head consumes."""
-        if self.head_type == "linear":
-            return x
-        x = self.patch_embed(x)
-        tokens = [self.cls_token.expand(x.shape[0], -1, -1)]
-        if self.distilled:
-            tokens.append(self.dist_token.expand(x.shape[0], -1, -1))
-        x = torch.cat(tokens + [x], dim=1) + self.pos_embed
-        x = self.blocks(x)
-        return self.norm(x)
+        return x
 
     def forward_features(self, x):
-        return self._forward_tail(self.stages(x))
+        return self._forward_tail(self.forward_stages(x)[-1])
 
     def forward_head(self, x, pre_logits: bool = False):
-        if self.head_type == "linear":
-            x = self.head_hidden(x.mean((2, 3)))
-            return x if pre_logits else self.head(x)
-        if pre_logits:
-            return (x[:, 0] + x[:, 1]) / 2 if self.distilled else x[:, 0]
-        logits = self.head(x[:, 0])
-        if not self.distilled:
-            return logits
-        logits_dist = self.head_dist(x[:, 1])
-        if self.training and self.distilled_training and not torch.jit.is_scripting():
-            return logits, logits_dist
-        return (logits + logits_dist) / 2
+        raise NotImplementedError
 
     def forward(self, x, return_stages: bool = False):
         """Logits; with `return_stages`, (logits, [stage maps]) from the same pass: what distillation needs,
         through `forward` so that wrappers such as DistributedDataParallel see the call."""
-        if return_stages:
-            maps = self.forward_stages(x)
-            return self.forward_head(self._forward_tail(maps[-1])), maps
-        return self.forward_head(self.forward_features(x))
+        maps = self.forward_stages(x)
+        logits = self.forward_head(self._forward_tail(maps[-1]))
+        return (logits, maps) if return_stages else logits
+
+
+class HDKDTeacher(HDKDNet):
+    """The CNN teacher: the stages, global average pool, Linear(C3 -> hidden_dim), Linear(hidden_dim -> classes)."""
+
+    head_type = "linear"
+
+    def __init__(self, num_classes: int = 1000, hidden_dim: int = 128, global_pool: Optional[str] = None, **kwargs):
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.global_pool = _check_global_pool(global_pool, "avg", type(self).__name__)
+        self.head_hidden = nn.Linear(self.num_features, hidden_dim)
+        self.head_hidden_size = hidden_dim
+        self.head = self._new_classifier(num_classes)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.head_drop(self.head_hidden(x.mean((2, 3))))
+        return x if pre_logits else self.head(x)
+
+
+class HDKDStudent(HDKDNet):
+    """The hybrid student: the stages, then the DFLT (2x2 patch embedding, class token, transformer layers, final
+    LayerNorm) and a linear head on the class token."""
+
+    head_type = "dflt"
+    num_prefix_tokens = 1
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        embed_dim: int = 256,
+        dflt_depth: int = 3,
+        dflt_heads: int = 8,
+        dflt_head_dim: int = 32,
+        dflt_mlp_dim: int = 1024,
+        dflt_patch_size: int = 2,
+        global_pool: Optional[str] = None,
+        **kwargs,
+    ):
+        super().__init__(num_classes=num_classes, patch_size=dflt_patch_size, **kwargs)
+        self.global_pool = _check_global_pool(global_pool, "token", type(self).__name__)
+        grid = self.img_size // self.reduction
+        self.patch_embed = PatchEmbed(self.num_features, embed_dim, dflt_patch_size)
+        self._make_prefix_tokens(embed_dim)
+        self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + self.num_prefix_tokens, embed_dim))
+        self.blocks = nn.Sequential(
+            *[DFLTBlock(embed_dim, dflt_heads, dflt_head_dim, dflt_mlp_dim) for _ in range(dflt_depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.num_features = self.head_hidden_size = embed_dim
+        self._make_heads(num_classes)
+
+    def _make_prefix_tokens(self, embed_dim: int) -> None:
+        self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
+
+    def _prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        return [self.cls_token.expand(batch, -1, -1)]
+
+    def _make_heads(self, num_classes: int) -> None:
+        self.head = self._new_classifier(num_classes)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.global_pool = _check_global_pool(global_pool, self.global_pool, type(self).__name__)
+        self.num_classes = num_classes
+        self._make_heads(num_classes)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed"}
+
+    def _forward_tail(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat(self._prefix_tokens(x.shape[0]) + [x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = self._run(block, x)
+        return self.norm(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.head_drop(x[:, 0])
+        return x if pre_logits else self.head(x)
+
+
+class HDKDDistilled(HDKDStudent):
+    """The HDKD student: a distillation token after the class token and a second head on it; in training mode
+    it returns (class logits, distillation logits), in eval mode their average."""
+
+    distilled = True
+    num_prefix_tokens = 2
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.distilled_training = True  # train mode returns both logits (what the distillation loss needs)
+
+    def _make_prefix_tokens(self, embed_dim: int) -> None:
+        super()._make_prefix_tokens(embed_dim)
+        self.dist_token = nn.Parameter(torch.randn(1, 1, embed_dim))
+
+    def _prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        return super()._prefix_tokens(batch) + [self.dist_token.expand(batch, -1, -1)]
+
+    def _make_heads(self, num_classes: int) -> None:
+        super()._make_heads(num_classes)
+        self.head_dist = self._new_classifier(num_classes)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"dist_token"}
+
+    def forward_head(self, x, pre_logits: bool = False):
+        cls, dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        if pre_logits:
+            return (cls + dist) / 2
+        logits, logits_dist = self.head(cls), self.head_dist(dist)
+        if self.training and self.distilled_training and not torch.jit.is_scripting():
+            return logits, logits_dist
+        return (logits + logits_dist) / 2
 
 
 # ------------------------------------------------------------------------------------------ registered constructors
@@ -386,11 +615,22 @@ default_cfgs = generate_default_cfgs(
     }
 )
 
+# the trainer passes the DFLT settings to every HDKD model (and checkpoints store them); the teacher has no DFLT
+_DFLT_ARGS = ("embed_dim", "dflt_depth", "dflt_heads", "dflt_head_dim", "dflt_mlp_dim", "dflt_patch_size")
 
-def _create(variant: str, pretrained: bool, defaults: dict, **kwargs) -> HDKDNet:
+
+def _create(cls: type, variant: str, pretrained: bool, defaults: dict, **kwargs) -> HDKDNet:
     kwargs = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}  # None means "the default"
+    head, distilled = kwargs.pop("head", cls.head_type), kwargs.pop("distilled", cls.distilled)
+    if head != cls.head_type or bool(distilled) != cls.distilled:
+        raise ValueError(
+            f"{variant}: head={head!r}, distilled={distilled!r} describe another model; this one has "
+            f"head={cls.head_type!r}, distilled={cls.distilled} (use hdkd_teacher, hdkd_student or hdkd)"
+        )
+    if cls is HDKDTeacher:
+        kwargs = {k: v for k, v in kwargs.items() if k not in _DFLT_ARGS}
     return build_model_with_cfg(
-        HDKDNet,
+        cls,
         variant,
         pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2), feature_cls="getter", flatten_sequential=True),
@@ -399,18 +639,18 @@ def _create(variant: str, pretrained: bool, defaults: dict, **kwargs) -> HDKDNet
 
 
 @register_model
-def hdkd_teacher(pretrained: bool = False, **kwargs) -> HDKDNet:
+def hdkd_teacher(pretrained: bool = False, **kwargs) -> HDKDTeacher:
     """The MBCSA CNN teacher: stages of 6, 6, 9 blocks and a two-layer linear head."""
-    return _create("hdkd_teacher", pretrained, dict(depths=(6, 6, 9), head="linear"), **kwargs)
+    return _create(HDKDTeacher, "hdkd_teacher", pretrained, dict(depths=(6, 6, 9)), **kwargs)
 
 
 @register_model
-def hdkd_student(pretrained: bool = False, **kwargs) -> HDKDNet:
+def hdkd_student(pretrained: bool = False, **kwargs) -> HDKDStudent:
     """The hybrid student trained alone: stages of 2, 2, 3 blocks and the DFLT with a class token."""
-    return _create("hdkd_student", pretrained, dict(depths=(2, 2, 3), head="dflt"), **kwargs)
+    return _create(HDKDStudent, "hdkd_student", pretrained, dict(depths=(2, 2, 3)), **kwargs)
 
 
 @register_model
-def hdkd(pretrained: bool = False, **kwargs) -> HDKDNet:
+def hdkd(pretrained: bool = False, **kwargs) -> HDKDDistilled:
     """The HDKD student: the hybrid student with a distillation token and head."""
-    return _create("hdkd", pretrained, dict(depths=(2, 2, 3), head="dflt", distilled=True), **kwargs)
+    return _create(HDKDDistilled, "hdkd", pretrained, dict(depths=(2, 2, 3)), **kwargs)

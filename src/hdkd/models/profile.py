@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+
+def _onednn_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """aten.mkldnn_convolution, which `hdkd.models.hdkd.PointwiseConv` calls directly, counted as a convolution."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+_CUSTOM_FLOPS = {torch.ops.aten.mkldnn_convolution: _onednn_conv_flops}
 
 
 def count_params(model: nn.Module) -> int:
@@ -19,7 +27,7 @@ def count_flops(model: nn.Module, img_size: int, in_chans: int = 3) -> float:
     model.eval()
     device = next(model.parameters()).device
     x = torch.zeros(1, in_chans, img_size, img_size, device=device)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS)
     # the math backend decomposes attention into matmuls the counter sees (fused CPU kernels are not counted)
     with counter, sdpa_kernel(SDPBackend.MATH):
         model(x)

@@ -1,0 +1,136 @@
+"""The fast formulations (matmul 1x1 convs, F.linear CBAM MLP, channels_last pooling, max with or without indices)
+compute the authors' model: against a float64 reference, in both memory formats, on both conv paths, for eval
+outputs and for training gradients; and the authors' checkpoints reproduce in channels_last and on the inference
+path (BN folded, channels_last, no autograd)."""
+
+import json
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hdkd import HDKDLoss, load_checkpoint
+from hdkd.evaluation.inference import prepare_for_inference
+
+MODEL_MODULE = sys.modules["hdkd.models.hdkd"]  # `hdkd.models.hdkd` the attribute is the registered function
+CL = torch.channels_last
+
+
+def _with_stats(name, seed):
+    torch.manual_seed(seed)
+    model = timm.create_model(name, num_classes=3, img_size=32)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2)
+    return model
+
+
+def _rel(a, b, floor):
+    """Relative error; gradients that are zero in exact arithmetic (a BN's bias in front of another BN) are
+    compared against `floor` instead."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(floor)).item()
+
+
+def _grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    sum(F.cross_entropy(o, y) for o in (out if isinstance(out, tuple) else (out,))).backward()
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["hdkd_teacher", "hdkd"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("path", ["conv2d", "onednn", "matmul"])
+def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, path):
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1, 2, 0])
+    reference = _with_stats(name, 0).double()
+    with torch.no_grad():
+        ref_eval = reference.eval()(x.double())
+    ref_grads = _grads(reference.train(), x.double(), y)
+
+    monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: path != "conv2d")
+    if path == "matmul":  # the fallback where PyTorch has no oneDNN
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    model = _with_stats(name, 0)
+    if channels_last:
+        model, x = model.to(memory_format=CL), x.contiguous(memory_format=CL)
+    with torch.no_grad():
+        out = model.eval()(x)
+    assert (out.double() - ref_eval).abs().max() <= 1e-4 * ref_eval.abs().max()
+    grads = _grads(model.train(), x, y)
+    floor = 1e-4 * torch.sqrt(sum((g**2).sum() for g in ref_grads.values())).item()
+    for k, g in grads.items():
+        assert _rel(g, ref_grads[k], floor) <= 1e-3, k
+
+
+def test_pointwise_matmul_equals_conv_in_both_formats():
+    torch.manual_seed(0)
+    conv = MODEL_MODULE.PointwiseConv(6, 5, bias=True)
+    x = torch.randn(2, 6, 7, 7)
+    expected = F.conv2d(x, conv.weight, conv.bias)
+    for inp in (x, x.contiguous(memory_format=CL)):
+        out = MODEL_MODULE.pointwise(inp, conv.weight, conv.bias)
+        assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-5)
+        assert out.is_contiguous(memory_format=CL) == MODEL_MODULE.is_channels_last(inp)
+
+
+def _official(fixtures):
+    teacher = load_checkpoint(timm.create_model("hdkd_teacher", num_classes=4), fixtures / "teacher_4cls_224.pth")
+    student = load_checkpoint(timm.create_model("hdkd", num_classes=4), fixtures / "hdkd_4cls_224.pth")
+    return teacher, student, torch.load(fixtures / "batch_and_outputs.pt", weights_only=True)
+
+
+def test_official_outputs_in_channels_last_and_on_the_inference_path(official_fixtures):
+    teacher, student, ref = _official(official_fixtures)
+    expected = {
+        "teacher": ref["teacher_logits_eval"],
+        "student": (ref["hdkd_cls_logits_eval"] + ref["hdkd_dist_logits_eval"]) / 2,
+    }
+    x = ref["x"].contiguous(memory_format=CL)
+    for name, model in (("teacher", teacher), ("student", student)):
+        plain = model.eval().to(memory_format=CL)
+        with torch.no_grad():
+            assert (plain(x) - expected[name]).abs().max() < 1e-4, name
+        fast = prepare_for_inference(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+        assert not any(p.requires_grad for p in fast.parameters()) and not fast.training
+        with torch.inference_mode():
+            assert (fast(ref["x"]) - expected[name]).abs().max() < 1e-4, name
+
+
+def test_official_loss_and_gradient_in_channels_last(official_fixtures):
+    expected = json.loads((official_fixtures / "expected_losses.json").read_text())["loss_soft"]
+    teacher, student, ref = _official(official_fixtures)
+    teacher, student = teacher.to(memory_format=CL), student.to(memory_format=CL).train()
+    criterion = HDKDLoss(teacher, alpha=0.5, tau=1.0, lam=10.0, kd="soft", beta=1.0, fold_teacher_bn=True)
+    out = criterion(student, ref["x"].contiguous(memory_format=CL), ref["y"])
+    out.total.backward()
+    assert out.total.item() == pytest.approx(expected["total"], rel=1e-4)
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in student.parameters())).item()
+    assert norm == pytest.approx(expected["grad_l2_norm"], rel=1e-3)
+
+
+def test_flops_count_the_onednn_pointwise_convs(monkeypatch):
+    from hdkd import count_flops
+
+    model = timm.create_model("hdkd", num_classes=4)
+    monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: False)
+    via_conv2d = count_flops(model, 224)
+    monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: True)
+    assert count_flops(model, 224) == via_conv2d and via_conv2d / 1e9 == pytest.approx(4.05, abs=0.006)
+
+
+def test_tracing_sees_plain_convolutions(monkeypatch):
+    """ONNX export traces the model; it has no oneDNN operator, so tracing must see aten::_convolution."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # where PointwiseConv would call oneDNN directly
+    model = timm.create_model("hdkd", num_classes=3, img_size=32).eval()
+    with torch.no_grad():
+        graph = str(torch.jit.trace(model, torch.zeros(1, 3, 32, 32)).inlined_graph)
+    assert "mkldnn_convolution" not in graph and "aten::_convolution" in graph
