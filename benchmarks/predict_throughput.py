@@ -31,9 +31,8 @@ from hdkd.commands.predict import register
 from hdkd.config import build_config
 from hdkd.data import build_datasets
 from hdkd.data.build import discover, select_splits
+from hdkd.evaluation.evaluate import evaluate_model
 from hdkd.evaluation.inference import ModelInfo
-from hdkd.models import create_model_from_checkpoint
-from hdkd.training.engine import predict as engine_predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import write_result_json  # noqa: E402
@@ -74,8 +73,11 @@ def evaluation_predictions(
     if list(built.class_names) != list(info.class_names):
         raise SystemExit(f"classes differ: data {built.class_names}, checkpoint {info.class_names}")
     dataset = built.split(split)
-    model = create_model_from_checkpoint(checkpoint)
-    labels, probs, _ = engine_predict(model, DataLoader(dataset, batch_size=batch_size), torch.device("cpu"), "none")
+    loader = DataLoader(dataset, batch_size=batch_size)
+    assessed = evaluate_model(
+        checkpoint, loader, built.class_names, torch.device("cpu"), "none"
+    )  # hdkd evaluate's path
+    labels, probs = assessed["predictions"]["y_true"], assessed["predictions"]["probs"]
     if len(paths) != len(labels):
         raise SystemExit(f"{len(paths)} paths but {len(labels)} evaluated images")
     return paths, labels, probs

@@ -14,6 +14,9 @@ from hdkd.version import __version__
 
 _LAZY = {
     "HDKDNet": "hdkd.models",
+    "HDKDTeacher": "hdkd.models",
+    "HDKDStudent": "hdkd.models",
+    "HDKDDistilled": "hdkd.models",
     "count_flops": "hdkd.models",
     "count_params": "hdkd.models",
     "create_model_from_checkpoint": "hdkd.models",

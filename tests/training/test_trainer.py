@@ -110,7 +110,7 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypa
     assert plain.keys() == compiled.keys() and not any("_orig_mod" in k for k in compiled)
     assert all(torch.allclose(plain[k], compiled[k], atol=1e-6) for k in plain)
     assert runs[True].history[0]["train_loss"] == pytest.approx(runs[False].history[0]["train_loss"], rel=1e-6)
-    assert compiled_models == ["HDKDNet", "HDKDNet"]  # the student, then the frozen teacher
+    assert compiled_models == ["HDKDDistilled", "HDKDTeacher"]  # the student, then the frozen teacher
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from hdkd.data import build_datasets
 from hdkd.data.loaders import make_loader, resolve_num_workers
 from hdkd.errors import CheckpointError, DataError
 from hdkd.evaluation.assess import assess_predictions
+from hdkd.evaluation.inference import prepare_for_inference
 from hdkd.evaluation.predict import predict
 from hdkd.models import count_flops, create_model_from_checkpoint, read_checkpoint_metadata
 from hdkd.runtime import resolve_amp, resolve_device
@@ -35,7 +36,9 @@ def evaluate_model(
     only) and ``predictions``, plus ``loss`` (test cross-entropy), ``amp`` (the precision that ran, ``auto``
     resolved) and, with ``flops_input = (img_size, in_chans)``, ``flops`` per image.
     """
-    model = create_model_from_checkpoint(checkpoint).to(device)
+    model = create_model_from_checkpoint(checkpoint)
+    flops = count_flops(model, *flops_input) if flops_input is not None else None  # as trained, BatchNorms counted
+    model = prepare_for_inference(model.to(device))  # the inference path predict, export and serve share
     amp = resolve_amp(amp, device)
     y, probs, test_loss = predict(model, test_loader, device, amp)
     y_val = probs_val = None
@@ -43,8 +46,8 @@ def evaluate_model(
         y_val, probs_val, _ = predict(model, val_loader, device, amp)
     assessed = assess_predictions(y, probs, class_names, y_val, probs_val, n_boot=n_boot, seed=seed)
     assessed.update(loss=test_loss, amp=amp)
-    if flops_input is not None:
-        assessed["flops"] = count_flops(model.cpu(), *flops_input)
+    if flops is not None:
+        assessed["flops"] = flops
     return assessed
 
 

@@ -188,6 +188,8 @@ def set_up(cfg: Config, data: Optional[DataSplits]) -> Run:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfg, data, device).to(device)
+    if cfg.train.channels_last:  # the frozen teacher's weights in the layout of its inputs (else oneDNN reorders)
+        criterion = criterion.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
     return Run(cfg, ctx, device, amp, augment_on, data, model, model, criterion, optimizer, scheduler, Path(cfg.output))
