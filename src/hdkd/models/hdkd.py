@@ -615,8 +615,10 @@ default_cfgs = generate_default_cfgs(
     }
 )
 
-# the trainer passes the DFLT settings to every HDKD model (and checkpoints store them); the teacher has no DFLT
+# One set of architecture arguments describes a teacher and its students (the trainer passes the DFLT settings to
+# every HDKD model, and checkpoints store them): each model drops the arguments of the parts it does not have.
 _DFLT_ARGS = ("embed_dim", "dflt_depth", "dflt_heads", "dflt_head_dim", "dflt_mlp_dim", "dflt_patch_size")
+_TEACHER_HEAD_ARGS = ("hidden_dim",)
 
 
 def _create(cls: type, variant: str, pretrained: bool, defaults: dict, **kwargs) -> HDKDNet:
@@ -627,8 +629,8 @@ def _create(cls: type, variant: str, pretrained: bool, defaults: dict, **kwargs)
             f"{variant}: head={head!r}, distilled={distilled!r} describe another model; this one has "
             f"head={cls.head_type!r}, distilled={cls.distilled} (use hdkd_teacher, hdkd_student or hdkd)"
         )
-    if cls is HDKDTeacher:
-        kwargs = {k: v for k, v in kwargs.items() if k not in _DFLT_ARGS}
+    absent = _DFLT_ARGS if cls is HDKDTeacher else _TEACHER_HEAD_ARGS
+    kwargs = {k: v for k, v in kwargs.items() if k not in absent}
     return build_model_with_cfg(
         cls,
         variant,
