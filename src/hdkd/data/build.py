@@ -68,7 +68,7 @@ def build_datasets(
     train_transform(cfg.augment)  # report a bad recipe before any decoding
 
     source = discover(cfg)
-    notes: list[str] = []
+    notes: list[str] = list(source.notes)  # warnings about the data (repeated rows, one-image classes)
     chosen = select_splits(source, cfg, notes)
     channels = resolve_in_chans(in_chans, source)
     smote = None
@@ -137,6 +137,11 @@ def select_splits(
         raise ConfigError(f"data.train_fraction: expected a value in (0, 1], got {cfg.train_fraction}")
     if cfg.max_per_class is not None and cfg.max_per_class < 1:
         raise ConfigError(f"data.max_per_class: expected a positive integer or null, got {cfg.max_per_class}")
+    if len(source.class_names) < 2:
+        raise DataError(
+            f"{source.description}: only one class ({', '.join(map(repr, source.class_names))}); a classifier needs "
+            f"at least two (class folders side by side, or a label column with two or more values)"
+        )
     seed = cfg.split_seed
     train, val, test = source.train, source.val, source.test
 
