@@ -341,13 +341,18 @@ def from_dict(values: dict[str, Any], where: str = "config") -> Config:
         raise ConfigError(f"{where}: must be a mapping of sections, got {_shown(values)}")
     values = dict(values)
     sections = {
-        name: cls(**_check_section(cls, values.pop(name, None), f"{where}: {name}", (name,)))
+        name: cls(**_check_section(cls, values.pop(name, None), _within(where, name), (name,)))
         for name, cls in _SECTIONS.items()
     }
     roles = _check_roles(values.pop("roles", None), where)
     top = _check_section(Config, values, where, ())
     top["roles"] = roles
     return Config(**top, **sections)
+
+
+def _within(where: str, name: str) -> str:
+    """How an error names a section: `train`, or `variant hdkd: train` (the whole config needs no prefix)."""
+    return name if where == "config" else f"{where}: {name}"
 
 
 def _check_roles(roles: Any, where: str) -> dict[str, dict[str, Any]]:
@@ -362,7 +367,7 @@ def _check_roles(roles: Any, where: str) -> dict[str, dict[str, Any]]:
         )
     out = {}
     for role, sections in roles.items():
-        at = f"{where}: roles.{role}"
+        at = _within(where, f"roles.{role}")
         if sections is None:
             sections = {}
         if not isinstance(sections, dict):
