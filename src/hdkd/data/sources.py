@@ -13,6 +13,8 @@ import difflib
 import io
 import os
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -580,7 +582,7 @@ def read_medmnist(path: Path) -> DatasetSource:
             arrays = {key: archive[key] for key in MEDMNIST_KEYS}
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: unreadable .npz file ({exc})") from None
 
     splits: dict[str, SplitData] = {}
