@@ -243,6 +243,8 @@ _HDKD_ARGS: dict[str, tuple[Any, str]] = {
 }
 _TIMM_ARGS: dict[str, tuple[Any, str]] = {
     **_COMMON_ARGS,
+    # some peers' attention tables grow with the 4th power of the size (EfficientFormerV2: 1 GB at 1024 px)
+    "img_size": (lambda v: _is_int(v) and 8 <= v <= 512, "an integer from 8 to 512"),
     "drop_path_rate": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
 
@@ -387,6 +389,6 @@ def create_model_from_checkpoint(path: str | Path, **overrides) -> nn.Module:
     check_model_spec(meta["model_name"], args, where=str(path))
     try:
         model = create_model(meta["model_name"], **args)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:  # timm checks arguments all these ways
         raise CheckpointError(f"{path}: cannot build {meta['model_name']} from its metadata ({exc})") from None
     return load_checkpoint(model, path)
