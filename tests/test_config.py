@@ -107,7 +107,7 @@ def test_types_are_checked_when_the_config_is_read(override, message):
         ("train.epochs=0", r"train\.epochs: expected >= 1, got 0"),
         ("optim.lr=-0.1", r"optim\.lr: expected > 0, got -0\.1"),
         ("train.seed=-1", r"train\.seed: expected an integer in \[0, 2\*\*32\), got -1"),
-        ("train.select_metric=auc", r"train\.select_metric: expected one of accuracy.*got 'auc'"),
+        ("train.select_metric=auc", r"train\.select_metric: unknown 'auc'; choose accuracy, balanced_accuracy"),
         ("data.val_fraction=1.0", r"data\.val_fraction: expected .*got 1\.0"),
         ("distill.alpha=2", r"distill\.alpha: expected in \[0\.0, 1\.0\], got 2"),
         ("train.device=gpu", r"train\.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),

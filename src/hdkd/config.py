@@ -622,8 +622,11 @@ def validate(cfg: Config, roles: Optional[Sequence[str]] = None) -> None:
         where = f"role {role}: " if roles else ""
         for (section, key), (ok, expected) in _RANGES.items():
             value = getattr(getattr(resolved, section), key)
-            if not ok(value):
-                raise ConfigError(f"{where}{section}.{key}: expected {expected}, got {_shown(value)}")
+            if ok(value):
+                continue
+            if expected.startswith("one of "):
+                raise ConfigError(f"{where}{section}.{key}: unknown {_shown(value)}; choose {expected[7:]}")
+            raise ConfigError(f"{where}{section}.{key}: expected {expected}, got {_shown(value)}")
         _check_rules(resolved, where)
     _check_output(Path(cfg.output))
 

@@ -23,7 +23,7 @@ def _run(capsys, *args):
         (["--set", "train.epochs=ten"], "train.epochs: expected an integer, got 'ten'"),
         (["--batch-size", "0"], "train.batch_size: expected >= 1, got 0"),
         (["--seed", "-1"], "train.seed: expected an integer in [0, 2**32), got -1"),
-        (["--set", "train.select_metric=auc"], "train.select_metric: expected one of"),
+        (["--set", "train.select_metric=auc"], "train.select_metric: unknown 'auc'; choose accuracy"),
         (["--set", "train.=1"], "is not a dotted option name"),
         (["--img-size", "40"], "model.img_size: 40 is not a multiple of"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import pytest
@@ -14,6 +15,7 @@ from hdkd.config import from_dict
 from hdkd.data import build_datasets
 from hdkd.errors import CheckpointError
 from hdkd.models.checkpoint import atomic_torch_save
+from hdkd.training import trainer as trainer_module
 from hdkd.training.resume import (
     STATE_FILE,
     check_resume_state,
@@ -133,3 +135,34 @@ def test_stale_temp_files_are_removed(tmp_path):
     removed = remove_stale_temp_files(tmp_path)
     assert [p.name for p in removed] == [".best.safetensors.x1y2.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tmp"]
+
+
+# ------------------------------------------------------------------------------------- through `hdkd train` itself
+wired = pytest.mark.skipif(
+    not hasattr(trainer_module, "check_resume_state"), reason="the trainer does not call hdkd.training.resume yet"
+)
+QUICK = ["--epochs", "1", "--max-per-class", "8", "--img-size", "32", "--workers", "0", "--no-progress"]
+
+
+@wired
+def test_cli_resume_refuses_no_state_and_another_runs_state(trained, tmp_path, capsys):
+    code = main(["train", "teacher", *QUICK, "-o", str(tmp_path / "empty"), "--resume"])
+    assert code == 2 and "nothing to resume" in capsys.readouterr().err
+    out = _copy(trained, tmp_path)
+    other_size = [a if a != "32" else "48" for a in QUICK]
+    code = main(["train", "teacher", *other_size, "-o", str(out), "--resume", "--set", "train.epochs=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.img_size: state 32, this run 48" in err and err.count("\n") == 1
+    code = main(["train", "teacher", *QUICK, "-o", str(out), "--resume", "--set", "train.epochs=2"])
+    assert code == 0  # its own state: continued
+    assert [r["epoch"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())] == [1, 2]
+
+
+@wired
+def test_cli_fresh_run_into_a_used_folder_moves_the_old_run_aside(trained, tmp_path):
+    out = _copy(trained, tmp_path)
+    (out / ".last.safetensors.zz.tmp").write_bytes(b"left by a SIGKILL")
+    assert main(["train", "teacher", *QUICK, "-o", str(out)]) == 0
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and (aside[0] / "summary.json").is_file()
+    assert not list(out.glob(".*.tmp")) and len((out / "log.jsonl").read_text().splitlines()) == 1
