@@ -7,7 +7,13 @@ import torch
 from safetensors.torch import save_file
 
 from hdkd import CheckpointError, create_model_from_checkpoint, load_checkpoint, save_checkpoint
-from hdkd.models.checkpoint import FORMAT, SUPPORTED_TIMM_MODELS, checkpoint_filter_fn, read_checkpoint_metadata
+from hdkd.models.checkpoint import (
+    FORMAT,
+    HDKD_ARCHITECTURES,
+    SUPPORTED_TIMM_MODELS,
+    checkpoint_filter_fn,
+    read_checkpoint_metadata,
+)
 from hdkd.models.factory import create_model
 
 
@@ -187,3 +193,27 @@ def test_the_filter_function_maps_the_authors_names(official_fixtures):
     filtered = checkpoint_filter_fn({f"module.{k}": v for k, v in state.items()}, model)
     assert set(filtered) == set(model.state_dict())
     assert checkpoint_filter_fn(model.state_dict()).keys() == model.state_dict().keys()  # ours pass unchanged
+
+
+def test_every_model_the_project_trains_or_measures_can_be_rebuilt():
+    from hdkd.experiments.ablation.variants import VARIANTS
+    from hdkd.experiments.benchmark import PEERS
+
+    overrides = [o for v in VARIANTS.values() for o in v.overrides if "model.name=" in o]
+    named = {o.split("=", 1)[1] for o in overrides}
+    assert set(PEERS) | named <= set(SUPPORTED_TIMM_MODELS) | set(HDKD_ARCHITECTURES)
+
+
+def test_what_the_trainer_saves_for_every_preset_and_role_is_accepted():
+    from pathlib import Path
+
+    from hdkd.config import ROLES, build_config
+    from hdkd.models.checkpoint import check_model_spec
+    from hdkd.training.trainer import model_args
+
+    presets = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    for preset in [None, *presets]:
+        cfg = build_config(None, [str(preset)] if preset else [])
+        for role in ROLES:
+            resolved = cfg.for_role(role)
+            check_model_spec(resolved.model.name, model_args(resolved, 4, 3), where=f"{preset} {role}")

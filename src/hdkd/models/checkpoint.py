@@ -240,6 +240,10 @@ _HDKD_ARGS: dict[str, tuple[Any, str]] = {
     "dflt_depth": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer from 1 to 64"),
     "dflt_heads": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer from 1 to 64"),
     "dflt_patch_size": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer from 1 to 64"),
+    "dflt_head_dim": (lambda v: _is_int(v) and 1 <= v <= 1024, "an integer from 1 to 1024"),
+    "dflt_mlp_dim": (lambda v: _is_int(v) and 1 <= v <= 16384, "an integer from 1 to 16384"),
+    "embed_dim": (lambda v: _is_int(v) and 1 <= v <= 4096, "an integer from 1 to 4096"),
+    "hidden_dim": (lambda v: _is_int(v) and 1 <= v <= 4096, "an integer from 1 to 4096"),
 }
 _TIMM_ARGS: dict[str, tuple[Any, str]] = {
     **_COMMON_ARGS,
@@ -281,15 +285,19 @@ def check_model_spec(name: Any, args: Any, where: str = "checkpoint") -> None:
 
 
 def _estimated_params(name: str, args: dict[str, Any]) -> float:
-    """An upper-bound-ish parameter count from the architecture's arguments, without building anything: inverted
-    bottlenecks with expansion 4 (two 1x1 convolutions of 4 w^2 each), the DFLT's blocks and the position table."""
+    """A rough upper bound of the parameter count from the architecture's arguments, without building anything:
+    inverted bottlenecks with expansion 4 (two 1x1 convolutions of 4 w^2 each, plus the 3x3 depthwise and
+    attention), the DFLT's attention and MLP per block, and its position table."""
     widths = args.get("widths") or [64, 96, 192]
     depths = args.get("depths") or ([6, 6, 9] if name == "hdkd_teacher" else [2, 2, 3])
     convs = sum(d * 9 * w * w for d, w in zip(depths, widths))
-    img = args.get("img_size") or 224
-    grid = img // ((args.get("stem_stride") or 2) * 4)
-    dflt = (args.get("dflt_depth") or 3) * 1.5e6 + grid * grid * 256
-    return convs + (0 if name == "hdkd_teacher" else dflt)
+    if name == "hdkd_teacher":
+        return convs + widths[-1] * (args.get("hidden_dim") or 128)
+    embed = args.get("embed_dim") or 256
+    inner = (args.get("dflt_heads") or 8) * (args.get("dflt_head_dim") or 32)
+    block = 4 * embed * inner + 2 * embed * (args.get("dflt_mlp_dim") or 1024)
+    grid = (args.get("img_size") or 224) // ((args.get("stem_stride") or 2) * 4)
+    return convs + (args.get("dflt_depth") or 3) * block + grid * grid * embed
 
 
 def update_checkpoint_extra(path: str | Path, **values: Any) -> Path:
