@@ -38,6 +38,7 @@ SETTINGS = settings(
     max_examples=int(os.environ.get("HDKD_HYPOTHESIS_EXAMPLES", "25")),
     deadline=None,
     derandomize=True,  # the same examples on every run: a CI failure reproduces
+    database=None,  # nothing written into the repository (.hypothesis/)
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 ALLOWED_ROOTS = (os.path.realpath(tempfile.gettempdir()), "/dev/")
