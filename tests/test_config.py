@@ -213,3 +213,9 @@ def test_choice_lists_match_the_modules_that_use_them():
     from hdkd import runtime
 
     assert hdkd_config.AMP_CHOICES == runtime.AMP and hdkd_config.COMPILE_MODES == runtime.COMPILE_MODES
+
+
+def test_a_scalar_section_in_a_file_is_refused_even_with_named_options(tmp_path):
+    (tmp_path / "s.yaml").write_text("train: 5\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml: train: must be a mapping of options, got 5"):
+        build_config("teacher", [str(tmp_path / "s.yaml")], train={"epochs": None, "seed": None})

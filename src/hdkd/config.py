@@ -468,12 +468,16 @@ def build_config(
     the files' per-role values too; unresolved (see `Config.resolved`)."""
     values: dict[str, Any] = {}
     for path in files:
-        values = merge(values, load_yaml(path))
+        file_values = load_yaml(path)
+        from_dict(copy.deepcopy(file_values), where=str(path))  # each file checked alone: errors name the file
+        values = merge(values, file_values)
     if role is not None:
         values["role"] = role
     command_line: dict[str, Any] = {}
     for name, section in sections.items():
-        command_line = merge(command_line, {name: {k: v for k, v in section.items() if v is not None}})
+        given = {k: v for k, v in section.items() if v is not None}
+        if given:  # an empty section must not replace (and so hide) what a file gave
+            command_line = merge(command_line, {name: given})
     for text in overrides:
         command_line = merge(command_line, parse_override(text))
     cfg = from_dict(_command_line_wins(copy.deepcopy(values), command_line))

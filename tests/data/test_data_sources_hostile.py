@@ -121,3 +121,10 @@ def test_one_class_is_not_a_dataset(tmp_path, cache_dir):
     root = folder_dataset(tmp_path / "d", {"": {"only": 4}})
     with pytest.raises(DataError, match=r"only one class \('only'\)"):
         build_datasets(DataConfig(path=str(root), cache_dir=cache_dir), 8)
+
+
+def test_a_class_too_small_to_stratify_is_named_not_numbered(tmp_path):
+    rows = class_rows({"mel": 5, "nv": 5}) + [{"image_id": "x", "dx": "mell"}]
+    with pytest.warns(UserWarning, match="class 'mell'"):
+        with pytest.raises(DataError, match=r"too few images to stratify: 'mell' \(1 image\)"):
+            discover(ham_layout(tmp_path / "ham", rows))

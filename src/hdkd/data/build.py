@@ -148,7 +148,12 @@ def select_splits(
     if val is None and train is not None and cfg.val_fraction > 0:
         grouped = train.groups is not None
         keep, held = split_indices(
-            train.labels, cfg.val_fraction, seed, train.groups, what=f"{source.description}: validation split"
+            train.labels,
+            cfg.val_fraction,
+            seed,
+            train.groups,
+            what=f"{source.description}: validation split",
+            class_names=source.class_names,
         )
         how = f"{cfg.val_fraction:.0%}, stratified{', grouped' if grouped else ''}, seed {seed}"
         val = train.subset(held, origin=f"carved from train ({how})")
@@ -160,6 +165,7 @@ def select_splits(
             1.0 - cfg.train_fraction,
             seed,
             what=f"{source.description}: train_fraction {cfg.train_fraction}",
+            class_names=source.class_names,
         )
         train = train.subset(keep, origin=f"{train.origin}, {cfg.train_fraction:.0%} stratified subset (seed {seed})")
 

@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -379,7 +379,7 @@ def read_csv_source(path: Path, cfg: DataConfig) -> DatasetSource:
         description += f", splits from column {split_column!r}"
     else:
         train_idx, test_idx = split_indices(
-            labels, CSV_TEST_FRACTION, cfg.split_seed, group_array, what=f"{csv_path}: test split"
+            labels, CSV_TEST_FRACTION, cfg.split_seed, group_array, f"{csv_path}: test split", class_names
         )
         how = f"{CSV_TEST_FRACTION:.0%} stratified{', grouped' if cfg.group_column else ''}, seed {cfg.split_seed}"
         out["train"] = everything.subset(train_idx, origin=f"CSV rows not in test ({how})")
@@ -538,7 +538,12 @@ class _ImageFinder:
 
 
 def split_indices(
-    labels: np.ndarray, fraction: float, seed: int, groups: Optional[np.ndarray] = None, what: str = "split"
+    labels: np.ndarray,
+    fraction: float,
+    seed: int,
+    groups: Optional[np.ndarray] = None,
+    what: str = "split",
+    class_names: Optional[Sequence[str]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of range(len(labels)) into (keep, held_out) with about `fraction` held out.
 
@@ -559,8 +564,15 @@ def split_indices(
             folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             keep, held = next(folds.split(indices, labels, groups))
     except ValueError as exc:
+        counts = np.bincount(np.asarray(labels, dtype=np.int64))
+        rare = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 2))]
+        if rare:  # sklearn names classes by index: name them, with their counts
+            named = ", ".join(f"{class_names[c] if class_names else c!r} (1 image)" for c in rare)
+            reason = f"class(es) with too few images to stratify: {named}"
+        else:
+            reason = str(exc)
         raise DataError(
-            f"{what}: cannot make a stratified {fraction:.0%} split of {len(labels)} images ({exc})"
+            f"{what}: cannot make a stratified {fraction:.0%} split of {len(labels)} images ({reason})"
         ) from None
     return np.sort(keep), np.sort(held)
 
