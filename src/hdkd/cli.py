@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -97,9 +98,11 @@ def _build(args, role: Optional[str]):
 
 
 def cmd_train(args) -> int:
+    from hdkd.config import validate
     from hdkd.training import train
 
     cfg = _build(args, args.role)
+    validate(cfg)
     result = train(cfg, resume=args.resume)
     if not result.best_val:  # a non-zero rank under torchrun: rank 0 reports
         return 0
@@ -142,11 +145,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
+    from hdkd.config import validate
     from hdkd.experiments.pipeline import run_pipeline, run_seeds
 
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
     cfg = _build(args, None)
+    validate(cfg, roles=args.roles)
     if args.seeds:
         outcome = run_seeds(
             cfg, args.seeds, roles=args.roles, n_boot=args.bootstrap, resume=args.resume, jobs=args.jobs
@@ -224,6 +229,7 @@ def cmd_data_download(args) -> int:
 
 
 def cmd_ablate(args) -> int:
+    from hdkd.config import ROLES, validate
     from hdkd.experiments.ablation.plan import plan_ablation
     from hdkd.experiments.ablation.report import claim_labels, write_ablation_report, write_claims_across
     from hdkd.experiments.ablation.run import run_ablation
@@ -252,6 +258,7 @@ def cmd_ablate(args) -> int:
         raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
     variants = resolve_variants(args.variants)
     cfg = _build(args, None)
+    validate(cfg, roles=ROLES)
     output = args.output or (cfg.output if cfg.output != "runs/pipeline" else "runs/ablation")
     if args.dry_run:
         print(plan_ablation(cfg, variants, args.seeds, output).describe())
@@ -457,16 +464,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """--debug before or after the sub-command: a user error is then shown with its traceback."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show the traceback of an error (for bug reports)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _add_debug_flag(subparser)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"hdkd: warning: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status 0 on success, 2 on a user error (one line, no traceback unless --debug; argparse's own usage
+    errors are 2 as well), 130 on Ctrl-C."""
     parser = build_parser()
+    _add_debug_flag(parser, top=True)
     args = parser.parse_args(argv)
+    if not args.debug:
+        warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except HDKDError as exc:
+        if args.debug:
+            raise
         print(f"hdkd: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user gave that cannot be read or written (permissions, a folder, disk full)
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hdkd: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("hdkd: interrupted", file=sys.stderr)
+        if args.debug:
+            raise
+        print("hdkd: interrupted (outputs are written atomically: nothing half-written is left)", file=sys.stderr)
         return 130
 
 

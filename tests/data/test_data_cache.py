@@ -119,3 +119,33 @@ def test_in_memory_arrays_resized_and_channel_converted():
     one = prepare_arrays(rgb, 8, 1)
     assert one.shape == (1, 8, 8, 1) and (one == 76).all()  # ITU-R 601 luma of pure red
     assert prepare_arrays(grey, 2, 1).shape == (2, 2, 2, 1)
+
+
+def test_bytes_changed_with_size_and_mtime_restored_invalidates_the_cache(tmp_path, cache_dir, monkeypatch):
+    paths = [write_image(tmp_path / f"img{i}.png", 10 * i) for i in range(3)]
+    calls = counting_loader(monkeypatch)
+    cached_file_images(paths, 8, 1, cache_dir)
+    stat = paths[1].stat()
+    write_image(paths[1], 90)  # same size (a constant 8 x 8 PNG), other pixels
+    assert paths[1].stat().st_size == stat.st_size
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime restored, as sync tools do
+    after = cached_file_images(paths, 8, 1, cache_dir)
+    assert len(calls) == 6 and (after[1] == 90).all()
+
+
+def test_a_moved_dataset_keeps_its_cache_and_odd_names_do_not_break_the_key(tmp_path, cache_dir, monkeypatch):
+    odd = os.fsdecode(b"caf\xe9-\xff.png")  # a Latin-1 file name: not UTF-8
+    paths = [write_image(tmp_path / "a" / name, i) for i, name in enumerate(["x.png", odd])]
+    calls = counting_loader(monkeypatch)
+    cached_file_images(paths, 8, 1, cache_dir)
+    moved = tmp_path / "b"
+    (tmp_path / "a").rename(moved)
+    cached_file_images([moved / p.name for p in paths], 8, 1, cache_dir)
+    assert len(calls) == 2  # decoded once
+
+
+def test_a_symlink_loop_is_a_data_error(tmp_path, cache_dir):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match="loop.png: image file not accessible"):
+        cached_file_images([loop], 8, 1, cache_dir)

@@ -186,11 +186,17 @@ def medmnist_arrays(grey=True, n=(6, 2, 3), labels_2d=True):
 
 def test_medmnist_grey_and_rgb(tmp_path):
     arrays = medmnist_arrays()
-    arrays["test_labels"][0, 0] = 4  # class count = max label over all splits + 1
+    arrays["train_labels"][0, 0] = 4  # class count = max train label + 1
     np.savez(tmp_path / "grey.npz", **arrays)
     source = discover(tmp_path / "grey.npz")
     assert source.format == "medmnist" and source.grey is True
     assert source.class_names == ["0", "1", "2", "3", "4"]
+    arrays["test_labels"][0, 0] = 5  # beyond every train label: named as out of range, not as a missing class
+    np.savez(tmp_path / "leaky.npz", **arrays)
+    with pytest.raises(
+        DataError, match=r"leaky.npz: test_labels: label 5 is out of range \(the train labels are 0..4\)"
+    ):
+        discover(tmp_path / "leaky.npz")
     assert (len(source.train), len(source.val), len(source.test)) == (6, 2, 3)
     np.testing.assert_array_equal(source.train.images, arrays["train_images"])
     assert source.train.labels.shape == (6,) and source.train.labels.dtype == np.int64

@@ -381,7 +381,8 @@ def test_cli_report_list_and_bad_variant(grid, tmp_path, capsys):
 def test_options_added_later_keep_the_keys_of_finished_runs():
     """A config written before train.compile / data.augment_on existed hashes like today's config at their
     defaults (finished runs are reused); setting such an option to a non-default value is a new setting."""
-    from hdkd.experiments.ablation.plan import _ADDED_LATER, config_key
+    from hdkd.config import ADDED_LATER as _ADDED_LATER
+    from hdkd.experiments.ablation.plan import config_key
 
     cfg = build_config("hdkd").resolved()
     older = cfg.to_dict()

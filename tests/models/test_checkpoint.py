@@ -1,9 +1,20 @@
+import json
+import socket
+
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
 from hdkd import CheckpointError, create_model_from_checkpoint, load_checkpoint, save_checkpoint
+from hdkd.models.checkpoint import (
+    FORMAT,
+    HDKD_ARCHITECTURES,
+    SUPPORTED_TIMM_MODELS,
+    checkpoint_filter_fn,
+    read_checkpoint_metadata,
+)
+from hdkd.models.factory import create_model
 
 
 def _fixture_models(fixtures):
@@ -83,3 +94,126 @@ def test_plain_safetensors_and_pickled_objects(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="garbage.safetensors"):
         load_checkpoint(model, garbage)
+
+
+# ----------------------------------------------------------------------------------- metadata is data, not trust
+def _with_metadata(tmp_path, model_name="hdkd", model_args=None, extra="{}", raw_args=None):
+    """A tiny real checkpoint whose metadata says what the test wants (as a hostile file would)."""
+    model = timm.create_model("hdkd", num_classes=2, img_size=32)
+    args = raw_args if raw_args is not None else json.dumps(model_args or {"num_classes": 2, "img_size": 32})
+    path = tmp_path / "m.safetensors"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(
+        state, str(path), metadata={"format": FORMAT, "model_name": model_name, "model_args": args, "extra": extra}
+    )
+    return path
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize(
+    "name,args,message",
+    [
+        (
+            "hf-hub:timm/resnet18.a1_in1k",
+            {"num_classes": 2},
+            "model_name 'hf-hub:timm/resnet18.a1_in1k' is not a model",
+        ),
+        ("timm/resnet18", {"num_classes": 2}, "is not a model hdkd builds"),
+        ("vit_giant_patch14_224", {"num_classes": 2}, "is not a model hdkd builds"),
+        (
+            "resnet18",
+            {"num_classes": 2, "checkpoint_path": "/etc/passwd"},
+            "'checkpoint_path' not accepted for resnet18",
+        ),
+        ("resnet18", {"num_classes": 2, "pretrained": True}, "'pretrained' not accepted"),
+        (
+            "resnet18",
+            {"num_classes": 2, "pretrained_cfg_overlay": {"file": "x"}},
+            "'pretrained_cfg_overlay' not accepted",
+        ),
+        (
+            "hdkd",
+            {"num_classes": 2, "widths": [100000, 100000, 100000]},
+            r"model_args\.widths must be a list of 3 integers from 1 to 4096",
+        ),
+        (
+            "hdkd",
+            {"num_classes": 2, "widths": [4096, 4096, 4096], "depths": [64, 64, 64]},
+            "parameters .* refused, over 500 M",
+        ),
+        ("hdkd", {"num_classes": 10**9}, r"model_args\.num_classes must be an integer from 1 to 100000"),
+        ("hdkd", {"num_classes": 2, "in_chans": True}, r"model_args\.in_chans must be 1 or 3"),
+        ("hdkd", {"num_classes": 2, "img_size": 40}, "cannot build hdkd from its metadata .*multiple of 16"),
+    ],
+)
+def test_checkpoint_metadata_cannot_download_load_or_allocate(tmp_path, no_network, name, args, message):
+    path = _with_metadata(tmp_path, name, args)
+    with pytest.raises(CheckpointError, match=message):
+        create_model_from_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "raw_args,extra,message",
+    [
+        ("{not json", "{}", "metadata 'model_args' is not valid JSON"),
+        ("[1, 2]", "{}", "metadata 'model_args' must be a JSON object"),
+        (None, "nope", "metadata 'extra' is not valid JSON"),
+        (None, json.dumps({"class_names": "abc"}), r"extra\.class_names must be a list of class name strings"),
+        (None, json.dumps({"in_chans": "three"}), r"extra\.in_chans must be 1 or 3"),
+        (None, json.dumps({"temperature": -1}), r"extra\.temperature must be a positive number"),
+    ],
+)
+def test_malformed_metadata_is_a_checkpoint_error(tmp_path, raw_args, extra, message):
+    path = _with_metadata(tmp_path, raw_args=raw_args, extra=extra)
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint_metadata(path)
+
+
+def test_supported_timm_peers_rebuild_from_their_checkpoint(tmp_path, no_network):
+    model = create_model("resnet18", num_classes=3, in_chans=1)
+    path = save_checkpoint(
+        model, tmp_path / "r.safetensors", "resnet18", {"num_classes": 3, "in_chans": 1, "img_size": 32}
+    )
+    again = create_model_from_checkpoint(path)
+    assert again.num_classes == 3
+    assert set(SUPPORTED_TIMM_MODELS) >= {"resnet18", "deit_tiny_distilled_patch16_224", "levit_128s"}
+
+
+def test_the_filter_function_maps_the_authors_names(official_fixtures):
+    state = torch.load(official_fixtures / "teacher_4cls_224.pth", map_location="cpu", weights_only=True)
+    model = timm.create_model("hdkd_teacher", num_classes=4)
+    filtered = checkpoint_filter_fn({f"module.{k}": v for k, v in state.items()}, model)
+    assert set(filtered) == set(model.state_dict())
+    assert checkpoint_filter_fn(model.state_dict()).keys() == model.state_dict().keys()  # ours pass unchanged
+
+
+def test_every_model_the_project_trains_or_measures_can_be_rebuilt():
+    from hdkd.experiments.ablation.variants import VARIANTS
+    from hdkd.experiments.benchmark import PEERS
+
+    overrides = [o for v in VARIANTS.values() for o in v.overrides if "model.name=" in o]
+    named = {o.split("=", 1)[1] for o in overrides}
+    assert set(PEERS) | named <= set(SUPPORTED_TIMM_MODELS) | set(HDKD_ARCHITECTURES)
+
+
+def test_what_the_trainer_saves_for_every_preset_and_role_is_accepted():
+    from pathlib import Path
+
+    from hdkd.config import ROLES, build_config
+    from hdkd.models.checkpoint import check_model_spec
+    from hdkd.training.trainer import model_args
+
+    presets = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    for preset in [None, *presets]:
+        cfg = build_config(None, [str(preset)] if preset else [])
+        for role in ROLES:
+            resolved = cfg.for_role(role)
+            check_model_spec(resolved.model.name, model_args(resolved, 4, 3), where=f"{preset} {role}")

@@ -68,7 +68,7 @@ def build_datasets(
     train_transform(cfg.augment)  # report a bad recipe before any decoding
 
     source = discover(cfg)
-    notes: list[str] = []
+    notes: list[str] = list(source.notes)  # warnings about the data (repeated rows, one-image classes)
     chosen = select_splits(source, cfg, notes)
     channels = resolve_in_chans(in_chans, source)
     smote = None
@@ -137,13 +137,23 @@ def select_splits(
         raise ConfigError(f"data.train_fraction: expected a value in (0, 1], got {cfg.train_fraction}")
     if cfg.max_per_class is not None and cfg.max_per_class < 1:
         raise ConfigError(f"data.max_per_class: expected a positive integer or null, got {cfg.max_per_class}")
+    if len(source.class_names) < 2:
+        raise DataError(
+            f"{source.description}: only one class ({', '.join(map(repr, source.class_names))}); a classifier needs "
+            f"at least two (class folders side by side, or a label column with two or more values)"
+        )
     seed = cfg.split_seed
     train, val, test = source.train, source.val, source.test
 
     if val is None and train is not None and cfg.val_fraction > 0:
         grouped = train.groups is not None
         keep, held = split_indices(
-            train.labels, cfg.val_fraction, seed, train.groups, what=f"{source.description}: validation split"
+            train.labels,
+            cfg.val_fraction,
+            seed,
+            train.groups,
+            what=f"{source.description}: validation split",
+            class_names=source.class_names,
         )
         how = f"{cfg.val_fraction:.0%}, stratified{', grouped' if grouped else ''}, seed {seed}"
         val = train.subset(held, origin=f"carved from train ({how})")
@@ -155,6 +165,7 @@ def select_splits(
             1.0 - cfg.train_fraction,
             seed,
             what=f"{source.description}: train_fraction {cfg.train_fraction}",
+            class_names=source.class_names,
         )
         train = train.subset(keep, origin=f"{train.origin}, {cfg.train_fraction:.0%} stratified subset (seed {seed})")
 

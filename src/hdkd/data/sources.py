@@ -9,10 +9,15 @@ file, folder, row or key.
 from __future__ import annotations
 
 import csv
+import difflib
+import io
 import os
-from dataclasses import dataclass
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -76,6 +81,7 @@ class DatasetSource:
     grey: Optional[bool] = None  # True: every image is single-channel (known without decoding only for arrays)
     description: str = ""
     format: str = ""
+    notes: list[str] = field(default_factory=list)  # warnings for the run log (also issued as UserWarning)
 
     def split(self, name: str) -> Optional[SplitData]:
         return getattr(self, name)
@@ -109,6 +115,8 @@ def discover_source(cfg: DataConfig) -> DatasetSource:
 
 
 def _detect_format(path: Path, cfg: DataConfig) -> str:
+    """Which reader a path needs. A CSV beside the images decides, so a broken one is refused, never read past:
+    falling back to the folders would turn a CSV-labelled dataset's image folder into a one-class dataset."""
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return "medmnist"
@@ -120,19 +128,31 @@ def _detect_format(path: Path, cfg: DataConfig) -> str:
     csv_files = [p for p in _visible_entries(path) if p.suffix.lower() == ".csv" and p.is_file()]
     if not csv_files:
         return "folder"
-    # Image folders next to a metadata CSV (HAM-10000: HAM10000_images_part_1/2) look like class folders, so a CSV
-    # naming the configured image and label columns wins; any other CSV only when there are no class folders.
-    if any({cfg.image_column, cfg.label_column} <= set(_csv_header(p)) for p in csv_files):
+    headers = {p: _csv_header(p) for p in csv_files}  # DataError for an empty, non-UTF-8 or malformed CSV
+    wanted = {cfg.image_column, cfg.label_column}
+    if any(wanted <= set(header) for header in headers.values()):
         return "csv"
-    return "folder" if _has_class_layout(path) else "csv"
+    if len(_class_folders_with_images(path)) >= 2:  # a real class-folder dataset with some other CSV beside it
+        return "folder"
+    shown = "; ".join(f"{p.name} has {', '.join(map(repr, h)) or 'no columns'}" for p, h in headers.items())
+    raise DataError(
+        f"{path}: cannot tell the format: no CSV has the columns {cfg.image_column!r} and {cfg.label_column!r} "
+        f"({shown}) and there are not two class folders; set data.image_column and data.label_column, "
+        f"or data.format=folder"
+    )
 
 
 def _csv_header(csv_path: Path) -> list[str]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            return [h.strip() for h in next(csv.reader(handle), [])]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
+            header = [h.strip() for h in next(csv.reader(handle), [])]
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path}: not a UTF-8 CSV file (save it as UTF-8, e.g. 'CSV UTF-8' in Excel)") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{csv_path}: unreadable CSV ({exc})") from None
+    if not any(header):
+        raise DataError(f"{csv_path}: empty CSV (no header row)")
+    return header
 
 
 def _visible_entries(folder: Path) -> list[Path]:
@@ -147,14 +167,13 @@ def _subfolders(folder: Path) -> list[Path]:
     return [p for p in _visible_entries(folder) if p.is_dir()]
 
 
-def _has_class_layout(path: Path) -> bool:
-    """Whether `path` has class folders holding image files, directly or inside split folders."""
+def _class_folders_with_images(path: Path) -> list[Path]:
+    """Folders that hold image files, directly under `path` or inside its split folders."""
+    found = []
     for sub in _subfolders(path):
         folders = _subfolders(sub) if sub.name.lower() in SPLIT_ALIASES else [sub]
-        for folder in folders:
-            if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in _visible_entries(folder)):
-                return True
-    return False
+        found += [f for f in folders if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in _visible_entries(f))]
+    return found
 
 
 # --------------------------------------------------------------------------------------------- class folders
@@ -222,6 +241,8 @@ def _read_class_folders(folder: Path) -> tuple[list[str], list[Path], np.ndarray
     class_folders = _subfolders(folder)
     if not class_folders:
         raise DataError(f"{folder}: no class folders found (expected {folder}/<class name>/<images>)")
+    for class_folder in class_folders:
+        _check_text_name(class_folder, "class folder")
     class_names = sorted(p.name for p in class_folders)
     paths: list[Path] = []
     labels: list[int] = []
@@ -234,15 +255,40 @@ def _read_class_folders(folder: Path) -> tuple[list[str], list[Path], np.ndarray
     return class_names, paths, np.asarray(labels, dtype=np.int64)
 
 
+def _check_text_name(path: Path, what: str) -> None:
+    """A class name goes into reports and checkpoints as UTF-8 text: a folder name that is not UTF-8 is refused."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path.name)
+        raise DataError(
+            f"{path.parent}: {what} name {shown!r} is not UTF-8 text (it becomes a class name); rename it"
+        ) from None
+
+
 def _image_files(class_folder: Path) -> list[Path]:
-    """Image files in a class folder and its subfolders (sorted); any other visible file is an error."""
+    """Image files in a class folder and its subfolders (sorted, symlinked folders followed); any other visible file
+    is an error, and so is a symlink loop."""
     files = []
-    for dirpath, dirnames, filenames in os.walk(class_folder):
+    seen: set[str] = set()
+
+    def on_error(exc: OSError) -> None:
+        raise DataError(f"{exc.filename}: cannot list folder ({exc.strerror or exc})")
+
+    for dirpath, dirnames, filenames in os.walk(class_folder, onerror=on_error, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise DataError(
+                f"{dirpath}: leads back to {real}, already read (a symlink loop, or two links to one folder)"
+            )
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or name.lower() in _OS_JUNK:
                 continue
             path = Path(dirpath) / name
+            if path.is_symlink() and not path.exists():
+                raise DataError(f"{path}: a broken symlink or a symlink loop ({os.readlink(path)!r})")
             suffix = path.suffix.lower()
             if suffix not in IMAGE_EXTENSIONS:
                 raise DataError(
@@ -275,7 +321,7 @@ def read_csv_source(path: Path, cfg: DataConfig) -> DatasetSource:
             raise DataError(f"{csv_path}: column {column!r} not found; columns present: {', '.join(header)}")
 
     finder = _ImageFinder(_image_dirs(root, cfg), cfg.image_ext)
-    paths, labels_text, groups, splits = [], [], [], []
+    paths, labels_text, groups, splits, numbers = [], [], [], [], []
     for number, row in enumerate(rows, start=1):
         where = f"{csv_path}: row {number}"
         image_id = (row.get(cfg.image_column) or "").strip()
@@ -284,15 +330,19 @@ def read_csv_source(path: Path, cfg: DataConfig) -> DatasetSource:
             raise DataError(f"{where}: empty {cfg.image_column!r}")
         if not label:
             raise DataError(f"{where}: empty label column {cfg.label_column!r} for image {image_id!r}")
-        image = finder.find(image_id)
+        image = finder.find(image_id, where)
         if image is None:
             raise DataError(f"{where}: image {image_id!r} not found in {finder.describe()}")
         paths.append(image)
         labels_text.append(label)
+        numbers.append(number)
         if cfg.group_column:
             group = (row.get(cfg.group_column) or "").strip()
-            if not group:
-                raise DataError(f"{where}: empty group column {cfg.group_column!r} for image {image_id!r}")
+            if not group or group.lower() in _MISSING_VALUES:
+                raise DataError(
+                    f"{where}: group column {cfg.group_column!r} is {group!r} for image {image_id!r} "
+                    f"(a missing value; every image needs its group id, e.g. its patient or lesion)"
+                )
             groups.append(group)
         if split_column:
             value = (row.get(split_column) or "").strip()
@@ -304,6 +354,13 @@ def read_csv_source(path: Path, cfg: DataConfig) -> DatasetSource:
             splits.append(SPLIT_ALIASES[value.lower()])
     if not paths:
         raise DataError(f"{csv_path}: no data rows")
+    keep, notes = _check_repeated_images(csv_path, paths, labels_text, splits, numbers)
+    paths, labels_text, numbers = [paths[i] for i in keep], [labels_text[i] for i in keep], [numbers[i] for i in keep]
+    groups = [groups[i] for i in keep] if groups else groups
+    splits = [splits[i] for i in keep] if splits else splits
+    notes += _single_image_classes(csv_path, labels_text, numbers, cfg.label_column)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
 
     class_names = sorted(set(labels_text))
     index = {name: i for i, name in enumerate(class_names)}
@@ -322,14 +379,14 @@ def read_csv_source(path: Path, cfg: DataConfig) -> DatasetSource:
         description += f", splits from column {split_column!r}"
     else:
         train_idx, test_idx = split_indices(
-            labels, CSV_TEST_FRACTION, cfg.split_seed, group_array, what=f"{csv_path}: test split"
+            labels, CSV_TEST_FRACTION, cfg.split_seed, group_array, f"{csv_path}: test split", class_names
         )
         how = f"{CSV_TEST_FRACTION:.0%} stratified{', grouped' if cfg.group_column else ''}, seed {cfg.split_seed}"
         out["train"] = everything.subset(train_idx, origin=f"CSV rows not in test ({how})")
         out["test"] = everything.subset(test_idx, origin=f"CSV rows ({how})")
         out["val"] = None
         description += f", no split column: test is {how}"
-    return DatasetSource(class_names=class_names, format="csv", description=description, **out)
+    return DatasetSource(class_names=class_names, format="csv", description=description, notes=notes, **out)
 
 
 def _find_csv(path: Path, cfg: DataConfig) -> Path:
@@ -348,18 +405,84 @@ def _find_csv(path: Path, cfg: DataConfig) -> Path:
     return found[0]
 
 
-def _read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_csv_text(csv_path: Path) -> str:
+    """The CSV's text: UTF-8 (with or without a BOM); UTF-16 and other encodings are refused, not misread."""
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        data = csv_path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{csv_path}: unreadable CSV ({exc.strerror or exc})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:
+        raise DataError(f"{csv_path}: a UTF-16 CSV file; save it as UTF-8 (e.g. 'CSV UTF-8' in Excel)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not a UTF-8 CSV file (byte {exc.start} is not UTF-8); save it as UTF-8") from None
+
+
+def _csv_header(csv_path: Path) -> list[str]:
+    header, _ = _read_csv_rows(csv_path)
+    return header
+
+
+def _read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    text = _read_csv_text(csv_path)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        rows = list(reader)
+    except csv.Error as exc:
         raise DataError(f"{csv_path}: unreadable CSV ({exc})") from None
-    if not header:
+    if not any(header):
         raise DataError(f"{csv_path}: empty CSV (no header row)")
     return header, rows
+
+
+# values spreadsheets and pandas write for "no value"
+_MISSING_VALUES = {"nan", "na", "n/a", "null", "none", "-", "?"}
+
+
+def _check_repeated_images(
+    csv_path: Path, paths: list[Path], labels: list[str], splits: list[str], numbers: list[int]
+) -> tuple[list[int], list[str]]:
+    """Rows naming the same image file: two labels or two splits (a leak) are errors; a plain repeat is dropped,
+    with a note. Returns the rows to keep and the notes."""
+    first: dict[str, int] = {}
+    keep, repeats = [], 0
+    for i, path in enumerate(paths):
+        key = os.path.normpath(str(path))
+        j = first.setdefault(key, i)
+        if j == i:
+            keep.append(i)
+            continue
+        both = f"{csv_path}: rows {numbers[j]} and {numbers[i]} both name {path.name}"
+        if labels[i] != labels[j]:
+            raise DataError(f"{both}, with labels {labels[j]!r} and {labels[i]!r}; one image has one label")
+        if splits and splits[i] != splits[j]:
+            raise DataError(
+                f"{both}, in the {splits[j]} and {splits[i]} splits: the same image in two splits leaks "
+                f"{'the test set' if 'test' in (splits[i], splits[j]) else 'validation'}; keep one row"
+            )
+        repeats += 1
+    notes = [f"{csv_path}: {repeats} repeated row(s) naming an image already listed with the same label (ignored)"]
+    return keep, notes if repeats else []
+
+
+def _single_image_classes(csv_path: Path, labels: list[str], numbers: list[int], column: str) -> list[str]:
+    """A class with one image is usually a typo in the label column: a warning naming it (and a likely intended
+    class), not an error, since a rare class can be real; stratified splitting then refuses it with its name."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    common = [name for name, n in counts.items() if n > 1]
+    notes = []
+    for name, n in sorted(counts.items()):
+        if n == 1:
+            row = numbers[labels.index(name)]
+            close = difflib.get_close_matches(name, common, n=1)
+            hint = f" (a typo of {close[0]!r}?)" if close else ""
+            notes.append(f"{csv_path}: class {name!r} in column {column!r} has a single image (row {row}){hint}")
+    return notes
 
 
 def _image_dirs(root: Path, cfg: DataConfig) -> list[Path]:
@@ -391,15 +514,21 @@ class _ImageFinder:
                 if self.ext is None or file.suffix.lower() == self.ext:
                     self.by_stem.setdefault(file.stem, file)
 
-    def find(self, image_id: str) -> Optional[Path]:
+    def find(self, image_id: str, where: str = "") -> Optional[Path]:
         if Path(image_id).suffix.lower() in IMAGE_EXTENSIONS and image_id in self.by_name:
             return self.by_name[image_id]
         if image_id in self.by_stem:
             return self.by_stem[image_id]
-        if "/" in image_id or os.sep in image_id:  # a relative path such as images/ISIC_0001.jpg
+        if "/" in image_id or "\\" in image_id:  # a relative path such as images/ISIC_0001.jpg
+            relative = os.path.normpath(image_id.replace("\\", "/"))
+            if os.path.isabs(relative) or relative == ".." or relative.startswith("../"):
+                raise DataError(
+                    f"{where}: image id {image_id!r} points outside the image folders ({self.describe()}); "
+                    f"ids are file names or paths inside the data folder"
+                )
             for folder in self.folders:
-                candidate = folder / image_id
-                if candidate.is_file():
+                candidate = folder / relative
+                if candidate.suffix.lower() in IMAGE_EXTENSIONS and candidate.is_file():
                     return candidate
         return None
 
@@ -409,7 +538,12 @@ class _ImageFinder:
 
 
 def split_indices(
-    labels: np.ndarray, fraction: float, seed: int, groups: Optional[np.ndarray] = None, what: str = "split"
+    labels: np.ndarray,
+    fraction: float,
+    seed: int,
+    groups: Optional[np.ndarray] = None,
+    what: str = "split",
+    class_names: Optional[Sequence[str]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of range(len(labels)) into (keep, held_out) with about `fraction` held out.
 
@@ -430,8 +564,15 @@ def split_indices(
             folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             keep, held = next(folds.split(indices, labels, groups))
     except ValueError as exc:
+        counts = np.bincount(np.asarray(labels, dtype=np.int64))
+        rare = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 2))]
+        if rare:  # sklearn names classes by index: name them, with their counts
+            named = ", ".join(f"{class_names[c] if class_names else c!r} (1 image)" for c in rare)
+            reason = f"class(es) with too few images to stratify: {named}"
+        else:
+            reason = str(exc)
         raise DataError(
-            f"{what}: cannot make a stratified {fraction:.0%} split of {len(labels)} images ({exc})"
+            f"{what}: cannot make a stratified {fraction:.0%} split of {len(labels)} images ({reason})"
         ) from None
     return np.sort(keep), np.sort(held)
 
@@ -453,7 +594,7 @@ def read_medmnist(path: Path) -> DatasetSource:
             arrays = {key: archive[key] for key in MEDMNIST_KEYS}
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: unreadable .npz file ({exc})") from None
 
     splits: dict[str, SplitData] = {}
@@ -482,11 +623,9 @@ def read_medmnist(path: Path) -> DatasetSource:
         raise DataError(f"{path}: grey and colour image arrays mixed across splits")
     if not any(len(s) for s in splits.values()):
         raise DataError(f"{path}: all splits are empty")
-    num_classes = int(max(s.labels.max() for s in splits.values() if len(s))) + 1
+    num_classes, names = _medmnist_classes(path, splits)
     grey = ndims == {3}
     shape = next(iter(splits.values())).images.shape[1:]
-    # A MedMNIST file stores label indices only: its official names when the file name says which set it is.
-    names = medmnist_class_names(path.name, num_classes) or [str(i) for i in range(num_classes)]
     return DatasetSource(
         class_names=names,
         grey=grey,
@@ -495,6 +634,22 @@ def read_medmnist(path: Path) -> DatasetSource:
         f"{'x'.join(map(str, shape))}, {num_classes} classes)",
         **splits,
     )
+
+
+def _medmnist_classes(path: Path, splits: dict[str, SplitData]) -> tuple[int, list[str]]:
+    """The class count (the train labels' maximum + 1) and names; a val or test label beyond the train labels is
+    named as out of range, not left to look like a class missing from train."""
+    reference = "train" if len(splits["train"]) else next(name for name, s in splits.items() if len(s))
+    num_classes = int(splits[reference].labels.max()) + 1
+    for split, data in splits.items():
+        top = int(data.labels.max()) if len(data) else -1
+        if top >= num_classes:
+            raise DataError(
+                f"{path}: {split}_labels: label {top} is out of range (the {reference} labels are 0..{num_classes - 1})"
+            )
+    # A MedMNIST file stores label indices only: its official names when the file name says which set it is.
+    names = medmnist_class_names(path.name, num_classes) or [str(i) for i in range(num_classes)]
+    return num_classes, names
 
 
 __all__ = [

@@ -8,26 +8,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hdkd.config import Config, DistillConfig, ModelConfig, from_dict, merge, parse_override
+from hdkd.config import (
+    ADDED_LATER,
+    RESULT_NEUTRAL,
+    SAME_UP_TO_ROUNDING,
+    Config,
+    DistillConfig,
+    ModelConfig,
+    default_of,
+    from_dict,
+    merge,
+    parse_override,
+)
 from hdkd.errors import ConfigError
 from hdkd.experiments.ablation.records import RESULTS_FILE, read_results
 from hdkd.experiments.ablation.variants import VARIANTS, Variant
 
 # ------------------------------------------------------------------------------------------------ configurations
-# settings that change where or how verbosely a run happens, not what it computes (as train_or_reuse ignores them)
-_NEUTRAL = (
-    ("output",),
-    ("roles",),
-    ("train", "progress"),
-    ("train", "device"),
-    ("data", "num_workers"),
-    ("data", "cache_dir"),
-)
-
-
-# settings hashed at one fixed value whatever they are: folding the frozen teacher's BatchNorms computes the same
-# function up to float rounding (hashed as false, its value when the first results were written)
-_HASHED_AS = {("distill", "fold_teacher_bn"): False}
+# which settings leave a result unchanged is the schema's knowledge: hdkd.config.RESULT_NEUTRAL, SAME_UP_TO_ROUNDING
+# and ADDED_LATER
 
 
 def _apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -81,28 +80,21 @@ def _canonical(value: Any) -> Any:
     return str(value)
 
 
-# options added after results files existed: left out of the key while they hold their default, so a new option
-# never orphans finished runs (their settings are what the default now means)
-_ADDED_LATER = (("train", "compile"), ("train", "compile_mode"), ("train", "compile_backend"), ("data", "augment_on"))
-
-
 def _at_default(values: dict[str, Any], path: tuple[str, ...]) -> bool:
-    default: Any = Config()
     node: Any = values
     for part in path:
-        default = getattr(default, part)
         if not isinstance(node, dict) or part not in node:
             return True
         node = node[part]
-    return node == default
+    return node == default_of(path)
 
 
 def config_key(cfg: Config | dict[str, Any], extra: Any = None) -> str:
     """A short hash of a resolved config's result-relevant settings (the seed excluded: it names the folder)."""
     values = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    later = tuple(path for path in _ADDED_LATER if _at_default(values, path))
-    values = _strip(values, _NEUTRAL + (("train", "seed"),) + later)
-    for (section, key), value in _HASHED_AS.items():
+    later = tuple(path for path in ADDED_LATER if _at_default(values, path))
+    values = _strip(values, RESULT_NEUTRAL + (("train", "seed"),) + later)
+    for (section, key), value in SAME_UP_TO_ROUNDING.items():
         if key in values.get(section, {}):
             values[section][key] = value
     text = json.dumps(_canonical([values, extra]), sort_keys=True)
