@@ -103,7 +103,7 @@ def cmd_train(args) -> int:
 
     cfg = _build(args, args.role)
     validate(cfg)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if not result.best_val:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     print(
@@ -281,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("role", choices=("teacher", "student", "hdkd"))
     _add_run_options(p)
     p.add_argument("--teacher", help="teacher checkpoint for the hdkd role")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_state.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_state.pt (of this same run)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier run's files in OUTPUT (default: move them to OUTPUT.old-<time>/ beside it)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")

@@ -101,7 +101,8 @@ def test_corrupt_foreign_legacy_and_missing_states(trained, tmp_path):
         check_resume_state(out / STATE_FILE, identity)
     (out / STATE_FILE).unlink()
     with pytest.raises(CheckpointError, match="nothing to resume .*has best.safetensors, last.safetensors"):
-        check_resume_state(out / STATE_FILE, identity, missing_ok=True)
+        check_resume_state(out / STATE_FILE, identity)
+    assert check_resume_state(out / STATE_FILE, identity, missing_ok=True) is None  # killed before its first state
     empty = tmp_path / "never_started"
     with pytest.raises(CheckpointError, match="--resume: .*not found: nothing to resume"):
         check_resume_state(empty / STATE_FILE, identity)

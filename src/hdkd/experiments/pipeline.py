@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hdkd.config import Config, from_dict, save_yaml
+from hdkd.config import Config, save_yaml, with_seed
 from hdkd.data import build_datasets
 from hdkd.data.loaders import make_loader, resolve_num_workers
 from hdkd.errors import ConfigError
@@ -27,6 +27,7 @@ from hdkd.reporting.tables import format_comparison_table
 from hdkd.runtime import resolve_device, run_metadata
 from hdkd.training import train_or_reuse
 from hdkd.training.parallel import train_in_processes
+from hdkd.training.resume import prepare_output_folder
 
 ROLE_ORDER = ("teacher", "student", "hdkd")
 
@@ -77,7 +78,7 @@ def run_pipeline(
     if jobs > 1:
         if not resume:  # a fresh run: nothing in the role folders may be reused by the workers
             for role_cfg in role_cfgs.values():
-                remove_stale(role_cfg.output, ("summary.json", "last_state.pt"))
+                prepare_output_folder(role_cfg.output)  # an earlier run's files moved aside first
         needs = {"hdkd": role_cfgs["teacher"].output if "teacher" in roles else None}
         train_in_processes(
             {c.output: (c.resolved(), needs.get(role)) for role, c in role_cfgs.items()},
@@ -150,18 +151,6 @@ def run_pipeline(
     return {"results": results, "meta": meta, "paths": paths, "table": format_comparison_table(results)}
 
 
-def _seed_config(cfg: Config, seed: int, output: Path) -> Config:
-    """``cfg`` with ``train.seed = seed`` for every role (a per-role seed is dropped) and another output folder."""
-
-    values = cfg.to_dict()
-    values["train"]["seed"] = int(seed)
-    for role_values in (values.get("roles") or {}).values():
-        if isinstance((role_values or {}).get("train"), dict):
-            role_values["train"].pop("seed", None)
-    values["output"] = str(output)
-    return from_dict(values)
-
-
 def run_seeds(
     cfg: Config,
     seeds: Sequence[int],
@@ -189,7 +178,7 @@ def run_seeds(
     runs = {}
     for seed in seeds:
         runs[seed] = run_pipeline(
-            _seed_config(cfg, seed, out / f"seed_{seed}"), roles, command, n_boot, resume=resume, jobs=jobs
+            with_seed(cfg, int(seed), out / f"seed_{seed}"), roles, command, n_boot, resume=resume, jobs=jobs
         )
     summary = summarise_seeds(
         {seed: run["results"] for seed, run in runs.items()}, {seed: f"seed_{seed}/report.json" for seed in seeds}

@@ -90,14 +90,15 @@ def check_resume_state(state_path: str | Path, expected: dict[str, Any], missing
     """The state in `state_path` when it belongs to the run `expected` describes (see `run_identity`).
 
     CheckpointError, one line saying what differs and how to start fresh, for a state of another run, a corrupt or
-    foreign file, or none at all; with `missing_ok` (the pipeline's --resume, where a role may not have started),
-    None when the folder holds no state and no checkpoint yet.
+    foreign file, or none at all; with `missing_ok` (the jobs that resume on their own: the pipeline, the ablation
+    grid, a torchrun restart), None when there is no state: the role has not started, or it was killed before its
+    first state was saved (checkpoints of that unfinished epoch are moved aside by the fresh start).
     """
     state_path = Path(state_path)
     if not state_path.is_file():
-        started = [n for n in ("best.safetensors", "last.safetensors") if (state_path.parent / n).is_file()]
-        if missing_ok and not started:
+        if missing_ok:
             return None
+        started = [n for n in ("best.safetensors", "last.safetensors") if (state_path.parent / n).is_file()]
         what = f" (the folder has {', '.join(started)} but no training state)" if started else ""
         raise CheckpointError(f"--resume: {state_path} not found: nothing to resume{what}; {_fresh_hint(state_path)}")
     try:

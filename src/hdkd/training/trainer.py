@@ -19,10 +19,10 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader
 
-from hdkd.config import Config, save_yaml
+from hdkd.config import Config, result_differences, save_yaml, selection_score, validate
 from hdkd.data import DataSplits, build_datasets
 from hdkd.data.batch_augment import BatchAugment, batch_seeds
-from hdkd.data.imbalance import balanced_sample_weights, check_sampler
+from hdkd.data.imbalance import balanced_sample_weights
 from hdkd.data.loaders import make_loader, resolve_num_workers, single_threaded_worker
 from hdkd.distillation import HDKDLoss
 from hdkd.distillation.teacher import build_criterion
@@ -43,6 +43,7 @@ from hdkd.training.distributed import (
 )
 from hdkd.training.engine import EpochStats, train_one_epoch
 from hdkd.training.optim import build_optimizer, build_scheduler
+from hdkd.training.resume import check_resume_state, prepare_output_folder, remove_stale_temp_files, run_identity
 
 
 @dataclass
@@ -139,6 +140,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     out: Path
+    identity: dict[str, Any]  # what a resume state must match (`hdkd.training.resume.run_identity`)
 
     @property
     def state_path(self) -> Path:
@@ -159,12 +161,9 @@ class Progress:
 
 
 def check_train_config(cfg: Config) -> None:
-    """The training options that can be refused before anything is built."""
-    check_sampler(cfg.train.sampler)
-    if cfg.train.epochs < 1:
-        raise ConfigError(f"train.epochs: must be at least 1, got {cfg.train.epochs}")
-    if cfg.train.save_every_steps is not None and cfg.train.save_every_steps < 1:
-        raise ConfigError(f"train.save_every_steps: must be >= 1, got {cfg.train.save_every_steps}")
+    """Every setting's type and range and the rules between them (`hdkd.config.validate`), and the torch.compile
+    backend this torch offers, before anything is built."""
+    validate(cfg)
     if cfg.train.compile:
         check_compile_options(cfg.train.compile_mode, cfg.train.compile_backend)
 
@@ -192,14 +191,17 @@ def set_up(cfg: Config, data: Optional[DataSplits]) -> Run:
         criterion = criterion.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
-    return Run(cfg, ctx, device, amp, augment_on, data, model, model, criterion, optimizer, scheduler, Path(cfg.output))
+    identity = run_identity(cfg, model_args(cfg, data.num_classes, data.in_chans), data)
+    out = Path(cfg.output)
+    return Run(cfg, ctx, device, amp, augment_on, data, model, model, criterion, optimizer, scheduler, out, identity)
 
 
-def resume_progress(run: Run, resume: bool) -> Progress:
-    """With `resume` and a `last_state.pt`, load it into the model, optimiser and scheduler; else a fresh start."""
-    if not (resume and run.state_path.is_file()):
-        return Progress()
-    state = torch.load(run.state_path, map_location="cpu", weights_only=True)
+def resume_progress(run: Run, resume: bool, missing_ok: bool = False) -> Optional[Progress]:
+    """With `resume`, the `last_state.pt` of this same run (checked: `check_resume_state`) loaded into the model,
+    optimiser and scheduler; None for a fresh start (no `resume`, or `missing_ok` and no state yet)."""
+    state = check_resume_state(run.state_path, run.identity, missing_ok=missing_ok) if resume else None
+    if state is None:
+        return None
     run.core.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -220,11 +222,16 @@ def write_log(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in history))
 
 
-def prepare_output(run: Run, progress: Progress) -> None:
-    """A stale summary removed first (nothing may look like this run's result), then config.yaml, and the log as
-    the resumed state knows it (empty for a fresh start)."""
+def prepare_output(run: Run, progress: Progress, resumed: bool, overwrite: bool = False) -> None:
+    """A fresh run first moves an earlier run's files aside (deletes them with `overwrite`); a resumed one removes
+    temp files a kill left. Then a stale summary goes (nothing may look like this run's result), config.yaml is
+    written, and the log as the state knows it (empty for a fresh start)."""
     if not run.ctx.is_main:
         return
+    if resumed:
+        remove_stale_temp_files(run.out)
+    else:
+        prepare_output_folder(run.out, overwrite)
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "summary.json").unlink(missing_ok=True)
     save_yaml(run.cfg, run.out / "config.yaml")
@@ -259,6 +266,7 @@ def save_state(run: Run, progress: Progress, epoch: int, batch: int, stats: Opti
         "best_epoch": progress.best_epoch,
         "best_val": json.dumps(progress.best_val),
         "history": json.dumps(progress.history),
+        "run": run.identity,
     }
     atomic_torch_save(state, run.state_path)
 
@@ -301,7 +309,7 @@ def checkpoint_and_log(run: Run, progress: Progress, epoch: int, stats: dict, va
     cfg, select = run.cfg, run.cfg.train.select_metric
     y, probs, val_loss = predict(run.core, val_loader, run.device, run.amp, cfg.train.channels_last)
     val = classification_metrics(y, probs, run.data.class_names)
-    value = _select_value(val, select)
+    value = selection_score(select, _select_value(val, select))  # lower-is-better metrics negated
     record = {"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_accuracy": val["accuracy"],
               "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"]}  # fmt: skip
     args = model_args(cfg, run.data.num_classes, run.data.in_chans)
@@ -310,7 +318,7 @@ def checkpoint_and_log(run: Run, progress: Progress, epoch: int, stats: dict, va
     improved = value > progress.best_value
     if improved:
         progress.best_value, progress.best_epoch, progress.best_val = value, epoch + 1, val
-        best_extra = {**extra, "epoch": epoch + 1, f"val_{select}": value}
+        best_extra = {**extra, "epoch": epoch + 1, f"val_{select}": val[select]}
         save_checkpoint(run.core, run.out / "best.safetensors", cfg.model.name, args, extra=best_extra)
     save_checkpoint(run.core, run.out / "last.safetensors", cfg.model.name, args, extra={**extra, "epoch": epoch + 1})
     progress.history.append(record)
@@ -334,7 +342,7 @@ def write_summary(run: Run, progress: Progress, params: int, train_time: float) 
         "model": run.cfg.model.name,
         "params": params,
         "best_epoch": progress.best_epoch,
-        f"best_val_{select}": progress.best_value,
+        f"best_val_{select}": progress.best_val.get(select),
         "best_val": progress.best_val,
         "train_time_s": train_time,
         "data": run.data.description,
@@ -346,19 +354,31 @@ def write_summary(run: Run, progress: Progress, params: int, train_time: float) 
     atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
 
 
-def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) -> TrainResult:
+def train(
+    cfg: Config,
+    data: Optional[DataSplits] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    resume_missing_ok: bool = False,
+) -> TrainResult:
     """Train one model as configured; `data` lets a pipeline share one decoded dataset between roles.
 
     Under torchrun (WORLD_SIZE > 1) this is data-parallel: each process takes its slice of every global batch of
     train.batch_size images, the frozen teacher is replicated on each, metrics are summed over processes, and only
     rank 0 validates, logs and writes checkpoints.
+
+    ``resume`` continues from this run's `last_state.pt` (an error when there is none, or it belongs to another run,
+    unless ``resume_missing_ok``: then a fresh start). A fresh run into a used folder moves the earlier run's files
+    aside first, or deletes them with ``overwrite``.
     """
     cfg = cfg.resolved()
     check_train_config(cfg)
-    resume = resume or restarted_by_elastic()  # torchrun repeats the command, without --resume
+    if restarted_by_elastic():  # torchrun repeats the command, without --resume; rank 1 may die before any save
+        resume, resume_missing_ok = True, True
     run = set_up(cfg, data)
-    progress = resume_progress(run, resume)
-    prepare_output(run, progress)
+    loaded = resume_progress(run, resume, resume_missing_ok)
+    progress = loaded or Progress()
+    prepare_output(run, progress, resumed=loaded is not None, overwrite=overwrite)
     wrap(run)
     workers = resolve_num_workers(cfg.data.num_workers)
     val_loader = make_loader(run.data.val, cfg.train.eval_batch_size, False, workers)
@@ -387,34 +407,6 @@ def train(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) 
     )
 
 
-# settings that change where or how verbosely a run happens, not what it computes
-_RESULT_NEUTRAL = {
-    ("output",),
-    ("train", "progress"),
-    ("train", "device"),
-    ("data", "num_workers"),
-    ("data", "cache_dir"),
-    ("roles",),
-    ("distill", "fold_teacher_bn"),
-}  # folding: exact up to rounding
-
-
-def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple = ()) -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        path = prefix + (key,)
-        if path in _RESULT_NEUTRAL:
-            continue
-        if key not in a:  # an option newer than the saved run: it ran with the option's default
-            continue
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_differences(va, vb, path)
-        elif va != vb:
-            out.append(".".join(path))
-    return out
-
-
 def train_or_reuse(cfg: Config, data: Optional[DataSplits] = None, resume: bool = False) -> TrainResult:
     """With `resume`: reuse a finished run in cfg.output made with the same settings, or continue an unfinished
     one from its last_state.pt; otherwise train from scratch."""
@@ -422,7 +414,7 @@ def train_or_reuse(cfg: Config, data: Optional[DataSplits] = None, resume: bool 
     out = Path(cfg.output)
     if resume and (out / "summary.json").is_file() and (out / "config.yaml").is_file():
         saved = yaml.safe_load((out / "config.yaml").read_text())
-        differences = _config_differences(saved, cfg.to_dict())
+        differences = result_differences(saved, cfg.to_dict())
         if differences:
             raise ConfigError(
                 f"{out}: was trained with other settings ({', '.join(differences[:4])}); "
@@ -440,4 +432,4 @@ def train_or_reuse(cfg: Config, data: Optional[DataSplits] = None, resume: bool 
             params=summary["params"],
             train_time_s=summary["train_time_s"],
         )
-    return train(cfg, data=data, resume=resume)
+    return train(cfg, data=data, resume=resume, resume_missing_ok=True)
