@@ -90,6 +90,8 @@ class DistillConfig:
     # the frozen teacher's BatchNorms folded into its convs: the same outputs up to float rounding, about 7 % faster
     # at 224 px (docs/RESULTS.md section 6); false distils from the teacher as trained
     fold_teacher_bn: bool = True
+    feature_norm: str = "none"  # none (the paper) | variance: each stage's MSE / the teacher map's variance
+    require_stronger_teacher: bool = False  # true: a teacher weaker on validation than the student alone is an error
 
 
 @dataclass
@@ -114,6 +116,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     class_weight: Optional[str] = None  # balanced: cross-entropy weighted by sklearn's 'balanced' class weights
     sampler: str = "random"  # random | balanced (WeightedRandomSampler, inverse class frequency)
+    grad_share_every: int = 20  # log each loss term's share of the gradient norm every N-th step (0: off)
+    tensorboard: bool = True  # also write TensorBoard event files beside log.jsonl (rank 0)
 
 
 @dataclass

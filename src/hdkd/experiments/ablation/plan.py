@@ -83,7 +83,16 @@ def _canonical(value: Any) -> Any:
 
 # options added after results files existed: left out of the key while they hold their default, so a new option
 # never orphans finished runs (their settings are what the default now means)
-_ADDED_LATER = (("train", "compile"), ("train", "compile_mode"), ("train", "compile_backend"), ("data", "augment_on"))
+_ADDED_LATER = (
+    ("train", "compile"),
+    ("train", "compile_mode"),
+    ("train", "compile_backend"),
+    ("data", "augment_on"),
+    ("distill", "feature_norm"),
+    ("distill", "require_stronger_teacher"),
+    ("train", "grad_share_every"),
+    ("train", "tensorboard"),
+)
 
 
 def _at_default(values: dict[str, Any], path: tuple[str, ...]) -> bool:
