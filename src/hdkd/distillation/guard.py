@@ -45,14 +45,14 @@ def compare_teacher(teacher: Optional[float], student: Optional[float], metric: 
     of the two scores is unknown."""
     out: dict[str, Any] = {"metric": metric, "teacher": teacher, "student": student, "weaker": None}
     if teacher is None or student is None:
-        out["message"] = f"teacher check: not made (no validation {metric} for the teacher or the student alone)"
+        out["message"] = f"not made (no validation {metric} for the teacher or for the student alone)"
         return out
     out["weaker"] = teacher < student
     scores = f"validation {metric} {teacher:.4f} for the teacher, {student:.4f} for the student trained alone"
     if out["weaker"]:
         out["message"] = f"WARNING: the teacher is the weaker model ({scores}); {WEAKER_TEACHER_COST}"
     else:
-        out["message"] = f"teacher check: the teacher is the stronger model ({scores})"
+        out["message"] = f"the teacher is not the weaker model ({scores})"
     return out
 
 

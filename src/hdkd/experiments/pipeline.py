@@ -185,7 +185,7 @@ def teacher_guard(hdkd_cfg: Config, results: dict[str, dict[str, Any]]) -> dict[
     else:
         score = teacher_checkpoint_score(hdkd_cfg.distill.teacher, metric)
         verdict = compare_teacher(score, None if student is None else student.get(metric), metric)
-    print(verdict["message"], file=sys.stderr, flush=True)
+    print(f"teacher check: {verdict['message']}", file=sys.stderr, flush=True)
     enforce_stronger_teacher(verdict, hdkd_cfg.distill.require_stronger_teacher)
     return verdict
 
