@@ -124,7 +124,12 @@ def test_a_teacher_weaker_than_the_student_alone_is_flagged_in_the_report():
     val = {"student_alone": 0.70, "hdkd": 0.72}
     summary = summarise_ablation(_records(val, {"student_alone": 0.6, "hdkd": 0.55}, teacher_val=0.65))
     weaker = summary["teachers"]["hdkd_teacher-abc"]["weaker_than_student_alone"]
-    assert weaker == {"metric": "balanced_accuracy", "seeds": [0, 1, 2], "compared_seeds": [0, 1, 2]}
+    assert weaker == {
+        "metric": "balanced_accuracy",
+        "reference": "student_alone",
+        "seeds": [0, 1, 2],
+        "compared_seeds": [0, 1, 2],
+    }
     assert len(summary["teacher_warnings"]) == 1 and "5 to 10 points" in summary["teacher_warnings"][0]
     assert "**Warning:** the teacher hdkd_teacher-abc" in format_ablation_markdown(summary)
 
@@ -168,3 +173,15 @@ def test_a_tiny_grid_records_gradient_shares_and_measures_the_peers(tmp_path, mo
     assert all(p["latency_ms"] > 0 for p in points.values())
     weaker = summary["teachers"]
     assert all("weaker_than_student_alone" in t for t in weaker.values())
+
+
+def test_the_paper_recipe_preset_is_the_paper_s_distillation_settings():
+    from pathlib import Path
+
+    from hdkd.config import DistillConfig
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "paper_recipe.yaml"
+    d = build_config(None, [str(preset)]).distill
+    assert (d.kd, d.alpha, d.tau, d.kd_reduction, d.lam, d.beta, d.feature_stages, d.feature_norm) == (
+        "soft", 0.5, 1.0, "deit", 10.0, 1.0, [1, 2, 3], "none")  # fmt: skip
+    assert d == DistillConfig()  # today's defaults are the paper's recipe

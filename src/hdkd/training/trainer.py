@@ -14,6 +14,7 @@ resumed one purges the events from the epoch it restarts at.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -168,6 +169,8 @@ def check_train_config(cfg: Config) -> None:
         raise ConfigError(f"train.save_every_steps: must be >= 1, got {cfg.train.save_every_steps}")
     if cfg.train.compile:
         check_compile_options(cfg.train.compile_mode, cfg.train.compile_backend)
+    if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard: needs the tensorboard package (pip install tensorboard), or set it false")
     if cfg.train.grad_share_every < 0:
         raise ConfigError(f"train.grad_share_every: must be >= 0 (0: off), got {cfg.train.grad_share_every}")
 

@@ -4,7 +4,13 @@ A **variant** is a set of config overrides (dotted ``KEY=VALUE`` strings, exactl
 variant's value wins over the base config and over a preset's per-role value for the same key) plus the role whose
 model it evaluates: ``student`` (trained alone) or ``hdkd`` (distilled, so a teacher is trained first). Named
 **groups** select variants (``distillation``, ``lambda``, ``block``, ``dflt_depth``, ``stem``, ``data_efficiency``,
-``timm_teacher``, ``all``; ``frac_10`` ... ``frac_100`` select both arms of one training fraction).
+``timm_teacher``, ``all``; ``frac_10`` ... ``frac_100`` select both arms of one training fraction; outside ``all``:
+``speed``, ``loss_balance`` (lambda 0.001 ... 10 x soft/hard logit KD x raw/variance-normalised feature term) and
+``peers`` (timm models of similar size trained from scratch in the student role)).
+
+Issue 15: each record carries the run's mean gradient shares (``grad_shares``: the share of the gradient norm of the
+CE, KD and feature terms, averaged over the epochs); the console warns when a teacher is weaker on validation than
+the same seed's student alone (the teacher guard), and the report's teachers section says so too.
 
 Sharing. Every trained model lives in a folder named after a key of its resolved, result-relevant config:
 

@@ -283,16 +283,18 @@ def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) ->
     warnings = []
     for key, entry in teachers.items():
         vals = entry.pop("per_seed")
-        metric = _select_metric(alone)
+        ref_name = _student_reference(entry["variants"])
+        ref = chosen.get(ref_name, {})
+        metric = _select_metric(ref or alone)
         weaker = [
             s
             for s in sorted(vals)
-            if s in alone
+            if s in ref
             and vals[s].get(metric) is not None
-            and (alone[s].get("val_metrics") or {}).get(metric) is not None
-            and float(vals[s][metric]) < float(alone[s]["val_metrics"][metric])
+            and (ref[s].get("val_metrics") or {}).get(metric) is not None
+            and float(vals[s][metric]) < float(ref[s]["val_metrics"][metric])
         ]
-        compared = [s for s in sorted(vals) if s in alone]
+        compared = [s for s in sorted(vals) if s in ref]
         out[key] = {
             **entry,
             "seeds": sorted(vals),
@@ -300,13 +302,18 @@ def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) ->
                 m: _stats([None if vals[s].get(m) is None else float(vals[s][m]) for s in sorted(vals)])
                 for m in TABLE_METRICS
             },
-            "weaker_than_student_alone": {"metric": metric, "seeds": weaker, "compared_seeds": compared},
+            "weaker_than_student_alone": {
+                "metric": metric,
+                "reference": ref_name,
+                "seeds": weaker,
+                "compared_seeds": compared,
+            },
         }
         if weaker:
             warnings.append(
                 f"the teacher {key} ({entry['model']}; distilled into {', '.join(entry['variants'])}) is weaker than "
-                f"the student alone on validation {metric} on seed(s) {', '.join(str(s) for s in weaker)} of "
-                f"{len(compared)}; {WEAKER_TEACHER_COST}"
+                f"the student alone ({ref_name}) on validation {metric} on seed(s) "
+                f"{', '.join(str(s) for s in weaker)} of {len(compared)}; {WEAKER_TEACHER_COST}"
             )
     reference = (
         {
@@ -322,6 +329,18 @@ def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) ->
         else None
     )
     return {"teachers": out, "student_alone_val": reference, "teacher_warnings": warnings}
+
+
+def _student_reference(variants: Sequence[str]) -> str:
+    """The student trained alone on the same data as a teacher's variants: ``frac_<p>_student`` for a teacher of
+    the ``frac_<p>_hdkd`` arm below 100 %, else ``student_alone``."""
+    fractions = {VARIANTS[v].fraction for v in variants if v in VARIANTS}
+    if len(fractions) == 1 and next(iter(fractions)) not in (None, 1.0):
+        fraction = next(iter(fractions))
+        for name, v in VARIANTS.items():
+            if v.arm == "student_alone" and v.fraction == fraction:
+                return name
+    return "student_alone"
 
 
 def _select_metric(records: Mapping[int, Mapping[str, Any]]) -> str:
