@@ -103,6 +103,10 @@ def cmd_train(args) -> int:
 
     cfg = _build(args, args.role)
     validate(cfg)
+    if cfg.role == "hdkd" and cfg.distill.teacher:  # the teacher guard's first half: how good is the teacher?
+        from hdkd.distillation.guard import describe_teacher_score
+
+        print(describe_teacher_score(cfg.distill.teacher, cfg.resolved().train.select_metric), flush=True)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if not result.best_val:  # a non-zero rank under torchrun: rank 0 reports
         return 0
@@ -152,6 +156,15 @@ def cmd_pipeline(args) -> int:
         raise ConfigError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
     cfg = _build(args, None)
     validate(cfg, roles=args.roles)
+    if args.folds is not None:  # k-fold estimate (hdkd.experiments.cv)
+        from hdkd.experiments.cv import run_cv
+
+        if args.seeds or args.jobs > 1:
+            raise ConfigError("--folds: runs one training seed in one process; drop --seeds and --jobs")
+        outcome = run_cv(cfg, args.folds, roles=args.roles, n_boot=args.bootstrap, resume=args.resume)
+        print(outcome["table"])
+        print(f"k-fold report: {outcome['paths']['markdown']}")
+        return 0
     if args.seeds:
         outcome = run_seeds(
             cfg, args.seeds, roles=args.roles, n_boot=args.bootstrap, resume=args.resume, jobs=args.jobs
@@ -353,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train in N processes: teacher and student side by side, HDKD after the teacher "
         "(e.g. 2 on a 2-core CPU, with OMP_NUM_THREADS=1 and --workers 0)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="k-fold estimate: the pipeline once per stratified fold of the train + validation pool into "
+        "OUTPUT/fold_<i>_of_<K>/, mean and std over folds in OUTPUT/cv_report.md (the official test split unused)",
     )
     p.set_defaults(func=cmd_pipeline)
 

@@ -96,6 +96,8 @@ class DistillConfig:
     # the frozen teacher's BatchNorms folded into its convs: the same outputs up to float rounding, about 7 % faster
     # at 224 px (docs/RESULTS.md section 6); false distils from the teacher as trained
     fold_teacher_bn: bool = True
+    feature_norm: str = "none"  # none (the paper) | variance: each stage's MSE / the teacher map's variance
+    require_stronger_teacher: bool = False  # true: a teacher weaker on validation than the student alone is an error
 
 
 @dataclass
@@ -120,6 +122,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     class_weight: Optional[str] = None  # balanced: cross-entropy weighted by sklearn's 'balanced' class weights
     sampler: str = "random"  # random | balanced (WeightedRandomSampler, inverse class frequency)
+    grad_share_every: int = 20  # log each loss term's share of the gradient norm every N-th step (0: off)
+    tensorboard: bool = True  # also write TensorBoard event files beside log.jsonl (rank 0)
 
 
 @dataclass
@@ -191,6 +195,8 @@ RESULT_NEUTRAL: tuple[tuple[str, ...], ...] = (
     ("train", "device"),
     ("data", "num_workers"),
     ("data", "cache_dir"),
+    ("train", "tensorboard"),  # logging options do not change the trained weights
+    ("train", "grad_share_every"),
 )
 # Settings that compute the same function up to float rounding: compared (and hashed into ablation keys) at one fixed
 # value whatever they are (fold_teacher_bn: false, its value when the first ablation records were written).
@@ -202,6 +208,10 @@ ADDED_LATER: tuple[tuple[str, ...], ...] = (
     ("train", "compile_mode"),
     ("train", "compile_backend"),
     ("data", "augment_on"),
+    ("distill", "feature_norm"),
+    ("distill", "require_stronger_teacher"),
+    ("train", "grad_share_every"),
+    ("train", "tensorboard"),
 )
 
 

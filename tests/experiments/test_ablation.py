@@ -116,8 +116,10 @@ def test_groups_select_variants_and_unknown_names_fail():
     assert [v.name for v in resolve_variants(["block"])] == ["hdkd", "block_mbconv"]
     from hdkd.experiments.ablation.variants import SPEED_REFERENCES
 
-    # `all` is the paper's grid; the speed settings are compared on request (`--variants speed`)
-    assert len(resolve_variants(None)) == len(GROUPS["all"]) == len(VARIANTS) - len(SPEED_REFERENCES)
+    # `all` is the paper's grid; the speed settings, the loss balance and the peers run on request (issue 15)
+    extra = [v for v in VARIANTS.values() if v.group in ("loss_balance", "peers")]
+    assert len(resolve_variants(None)) == len(GROUPS["all"]) == len(VARIANTS) - len(SPEED_REFERENCES) - len(extra)
+    assert not {v.name for v in extra} & set(GROUPS["all"])
     assert not set(SPEED_REFERENCES) & set(GROUPS["all"]) and set(SPEED_REFERENCES) <= set(GROUPS["speed"])
     assert {v.name for v in resolve_variants(["frac_10", "student_alone"])} == {
         "student_alone",

@@ -231,3 +231,46 @@ def test_unknown_amp_is_refused_before_any_output(tmp_path):
     with pytest.raises(ConfigError, match="train.amp: unknown 'fp16'"):
         train(_cfg(tmp_path, "student", "train.amp=fp16"))
     assert not (tmp_path / "student").exists()
+
+
+def _scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_events_mirror_the_log_and_gradient_shares_are_logged(tmp_path):
+    teacher = train(_cfg(tmp_path, "teacher", "train.epochs=1", "train.tensorboard=false"))
+    assert not list((tmp_path / "teacher").glob("events.out.tfevents.*"))  # off: nothing written
+    train(
+        _cfg(
+            tmp_path, "hdkd", "train.epochs=2", "train.grad_share_every=1", f"distill.teacher={teacher.best_checkpoint}"
+        )
+    )
+    out = tmp_path / "hdkd"
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for record in history:
+        shares = [record[f"grad_share_{t}"] for t in ("ce", "kd", "feature")]
+        assert sum(shares) == pytest.approx(1.0) and all(s > 0 for s in shares)
+    scalars = _scalars(out)
+    for key, tag in (("train_loss", "train/loss"), ("val_balanced_accuracy", "val/balanced_accuracy"),
+                     ("lr", "lr"), ("grad_share_feature", "grad_share/feature")):  # fmt: skip
+        assert [step for step, _ in scalars[tag]] == [1, 2]
+        assert [v for _, v in scalars[tag]] == pytest.approx([r[key] for r in history], rel=1e-6)
+
+
+def test_a_fresh_run_replaces_old_event_files_and_a_resumed_one_keeps_one_value_per_epoch(tmp_path):
+    train(_cfg(tmp_path, "student", "train.epochs=1"))
+    train(_cfg(tmp_path, "student", "train.epochs=1"))  # fresh again: the first run's events are removed
+    assert len(list((tmp_path / "student").glob("events.out.tfevents.*"))) == 1
+    train(_cfg(tmp_path, "student", "train.epochs=2"), resume=True)
+    assert [step for step, _ in _scalars(tmp_path / "student")["train/loss"]] == [1, 2]
+
+
+def test_grad_share_every_must_not_be_negative(tmp_path):
+    from hdkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.grad_share_every"):
+        train(_cfg(tmp_path, "student", "train.grad_share_every=-1"))

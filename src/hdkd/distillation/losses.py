@@ -3,11 +3,20 @@
 `HDKDLoss` runs the frozen teacher once and the student once per step and takes both logits and the three stage
 maps from those single passes. The authors' code re-runs teacher and student stage prefixes once per distilled
 stage; the loss value is the same, the cost is not (HDKD_SPEC section 3).
+
+Departure from the paper, off by default: ``feature_norm="variance"`` divides each stage's feature MSE by the
+variance of the teacher's map at that stage, taken over the whole batch and every element (``F_t.var()``, the
+population variance, detached, floored at 1e-8). The paper's raw MSE scales with the magnitude of the teacher's
+activations, so lambda x MSE can be hundreds of times the cross-entropy (docs/RESULTS.md section 10); the
+normalised term is about 1 for a student that predicts the teacher's map by its mean, whatever the map's scale.
+
+Every criterion also returns its weighted, differentiable terms (``LossOutput.terms``; they sum to ``total``), so
+the trainer can measure each term's share of the gradient norm (``hdkd.training.engine.gradient_shares``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -28,6 +37,8 @@ class LossOutput:
     ce_t: torch.Tensor
     kd_t: Optional[torch.Tensor] = None
     feature_t: Optional[torch.Tensor] = None
+    # the weighted terms as they enter `total` (ce, kd, feature), still attached to the graph; they sum to `total`
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def ce(self) -> float:
@@ -41,7 +52,8 @@ class LossOutput:
 
     @property
     def feature(self) -> float:
-        """sum_i i^beta * MSE(F_t^i, F_s^i) (before weighting by lambda)."""
+        """sum_i i^beta * MSE(F_t^i, F_s^i) (before weighting by lambda; each MSE / Var(F_t^i) with
+        feature_norm="variance")."""
         return float(self.feature_t) if self.feature_t is not None else 0.0
 
     def components(self) -> dict[str, float]:
@@ -72,7 +84,20 @@ class SupervisedLoss(nn.Module):
                 ce + F.cross_entropy(z_dist.float(), labels, weight=self.weight, label_smoothing=self.label_smoothing)
             ) / 2
         logits = z_cls if z_dist is None else (z_cls + z_dist) / 2
-        return LossOutput(total=total, logits=logits.detach(), ce_t=ce.detach())
+        return LossOutput(total=total, logits=logits.detach(), ce_t=ce.detach(), terms={"ce": total})
+
+
+FEATURE_NORMS = ("none", "variance")
+VARIANCE_FLOOR = 1e-8  # a constant teacher map would otherwise divide by zero
+
+
+def stage_distance(student_map: torch.Tensor, teacher_map: torch.Tensor, norm: str = "none") -> torch.Tensor:
+    """MSE over all elements; with norm="variance" divided by the teacher map's population variance over the
+    batch and every element (detached: the teacher is frozen anyway)."""
+    mse = F.mse_loss(student_map.float(), teacher_map.float())
+    if norm == "variance":
+        mse = mse / teacher_map.detach().float().var(unbiased=False).clamp_min(VARIANCE_FLOOR)
+    return mse
 
 
 class HDKDLoss(nn.Module):
@@ -84,6 +109,7 @@ class HDKDLoss(nn.Module):
     distillation token distils the logits through its single head.
     fold_teacher_bn: distil from a copy of the teacher with its BatchNorms folded into the convs
     (`hdkd.models.fuse.fold_batchnorm`); the caller's teacher is left untouched.
+    feature_norm: "none" (the paper) or "variance" (each stage's MSE divided by Var(F_t^i); module docstring).
     """
 
     def __init__(
@@ -98,8 +124,12 @@ class HDKDLoss(nn.Module):
         feature_stages: Sequence[int] = (1, 2, 3),
         class_weight: Optional[torch.Tensor] = None,
         fold_teacher_bn: bool = False,
+        feature_norm: str = "none",
     ):
         super().__init__()
+        if feature_norm not in FEATURE_NORMS:
+            raise ConfigError(f"distill.feature_norm: unknown {feature_norm!r}; choose {' or '.join(FEATURE_NORMS)}")
+        self.feature_norm = feature_norm
         if kd not in ("soft", "hard", "none"):
             raise ConfigError(f"distill.kd: unknown {kd!r}; choose soft, hard or none")
         if kd_reduction not in ("deit", "batchmean"):
@@ -186,6 +216,7 @@ class HDKDLoss(nn.Module):
             total = (
                 ce if z_dist is None else (ce + F.cross_entropy(z_dist.float(), labels, weight=self.class_weight)) / 2
             )
+            terms = {"ce": total}
         else:
             if self.kd == "soft":
                 kl = F.kl_div(
@@ -198,21 +229,24 @@ class HDKDLoss(nn.Module):
                 kd_term = kl * (self.tau * self.tau) / denom
             else:
                 kd_term = F.cross_entropy(z_kd, z_t.argmax(dim=1))
-            total = (1 - self.alpha) * ce + self.alpha * kd_term
+            terms = {"ce": (1 - self.alpha) * ce, "kd": self.alpha * kd_term}
+            total = terms["ce"] + terms["kd"]
 
         feature_term = None
         if use_features:
             if not self._checked_shapes:
                 self._check_shapes(t_maps, s_maps)
             feature_term = sum(
-                (float(i) ** self.beta) * F.mse_loss(s.float(), t.float())
+                (float(i) ** self.beta) * stage_distance(s, t, self.feature_norm)
                 for i, t, s in zip(self.feature_stages, t_maps, s_maps)
             )
-            total = total + self.lam * feature_term
+            terms["feature"] = self.lam * feature_term
+            total = total + terms["feature"]
         return LossOutput(
             total=total,
             logits=logits.detach(),
             ce_t=ce.detach(),
             kd_t=None if kd_term is None else kd_term.detach(),
             feature_t=None if feature_term is None else feature_term.detach(),
+            terms=terms,
         )

@@ -63,4 +63,5 @@ def build_criterion(cfg: Config, data: DataSplits, device: torch.device) -> nn.M
         feature_stages=d.feature_stages,
         fold_teacher_bn=d.fold_teacher_bn,
         class_weight=weight,
+        feature_norm=d.feature_norm,
     )

@@ -13,8 +13,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from hdkd.config import Config, save_yaml, with_seed
-from hdkd.data import build_datasets
+from hdkd.data import DataSplits, build_datasets
 from hdkd.data.loaders import make_loader, resolve_num_workers
+from hdkd.distillation.guard import (
+    compare_teacher,
+    compare_val_metrics,
+    enforce_stronger_teacher,
+    teacher_checkpoint_score,
+)
 from hdkd.errors import ConfigError
 from hdkd.evaluation.evaluate import evaluate_model
 from hdkd.evaluation.metrics import headline_metrics
@@ -39,6 +45,7 @@ def run_pipeline(
     n_boot: int = 1000,
     resume: bool = False,
     jobs: int = 1,
+    data: Optional[DataSplits] = None,
 ) -> dict[str, Any]:
     """Train the roles in order into cfg.output/<role>/, evaluate on test, write the report; returns its results.
 
@@ -47,7 +54,12 @@ def run_pipeline(
     of the headline metrics (0: none). ``resume`` reuses roles already finished in OUTPUT/<role>/ with the same
     settings and continues an interrupted one from its last epoch. ``jobs`` > 1 first trains the roles in that
     many processes (``hdkd.training.parallel``): the teacher and the student side by side, HDKD once the teacher is
-    done; then everything is evaluated here as usual.
+    done; then everything is evaluated here as usual. ``data`` (already built splits, e.g. one fold of
+    ``hdkd.experiments.cv``) replaces building them from ``cfg.data``; it needs ``jobs`` = 1.
+
+    Before HDKD trains, the teacher guard (``hdkd.distillation.guard``) compares the teacher's and the student
+    alone's validation selection metric, prints its verdict and records it in the report (``teacher_check``);
+    with ``distill.require_stronger_teacher`` a weaker teacher stops the run there.
     """
     if jobs < 1:
         raise ConfigError(f"--jobs: expected at least 1 process, got {jobs}")
@@ -56,8 +68,11 @@ def run_pipeline(
         raise ConfigError(f"roles: unknown {unknown}; choose from {list(ROLE_ORDER)}")
     if "hdkd" in roles and "teacher" not in roles and not cfg.distill.teacher:
         raise ConfigError("distill.teacher: HDKD without training a teacher needs a teacher checkpoint")
+    if data is not None and jobs > 1:
+        raise ConfigError("--jobs: training on given splits (k-fold) runs in one process; use --jobs 1")
     base = cfg.for_role("teacher")  # data and model settings are shared by every role
-    data = build_datasets(base.data, base.model.img_size, base.model.in_chans)  # decode once for all three
+    if data is None:
+        data = build_datasets(base.data, base.model.img_size, base.model.in_chans)  # decode once for all three
     if data.test is None:
         raise ConfigError(f"data: {base.data.path or 'the embedded dataset'} has no test split to report on")
     out = Path(cfg.output)
@@ -80,15 +95,23 @@ def run_pipeline(
             for role_cfg in role_cfgs.values():
                 prepare_output_folder(role_cfg.output)  # an earlier run's files moved aside first
         needs = {"hdkd": role_cfgs["teacher"].output if "teacher" in roles else None}
-        train_in_processes(
-            {c.output: (c.resolved(), needs.get(role)) for role, c in role_cfgs.items()},
+        guarded = "hdkd" in role_cfgs and role_cfgs["hdkd"].distill.require_stronger_teacher
+        train_in_processes(  # a guarded HDKD trains here, after the guard, not in a worker
+            {
+                c.output: (c.resolved(), needs.get(role))
+                for role, c in role_cfgs.items()
+                if not (guarded and role == "hdkd")
+            },
             jobs,
             log=lambda message: print(message, file=sys.stderr, flush=True),
             root=out,
         )
     results: dict[str, dict[str, Any]] = {}
+    teacher_check = None
     for role in roles:
         role_cfg = role_cfgs[role]
+        if role == "hdkd":
+            teacher_check = teacher_guard(role_cfg, results)
         result = train_or_reuse(role_cfg, data=data, resume=resume or jobs > 1)
         assessed = evaluate_model(
             result.best_checkpoint,
@@ -134,6 +157,7 @@ def run_pipeline(
         "epochs": {r: cfg.for_role(r).train.epochs for r in roles},
         "seed": base.train.seed,
         "selection": f"best validation {base.train.select_metric}; test used only for this report",
+        **({"teacher_check": teacher_check["message"]} if teacher_check else {}),
         "calibration": "temperature scaling fitted on the validation split"
         if val_loader is not None
         else "no validation split: no temperature scaling",
@@ -149,6 +173,22 @@ def run_pipeline(
     save_yaml(cfg, out / "config.yaml")
     paths = write_pipeline_report(out, results, meta)
     return {"results": results, "meta": meta, "paths": paths, "table": format_comparison_table(results)}
+
+
+def teacher_guard(hdkd_cfg: Config, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The teacher guard before HDKD trains: the teacher's validation selection metric (this run's teacher, or the
+    given checkpoint's recorded score) against the student alone's (this run's, when it trained one); printed, and
+    an error with distill.require_stronger_teacher when the teacher is the weaker model."""
+    metric = hdkd_cfg.train.select_metric
+    student = (results.get("student") or {}).get("val_metrics")
+    if "teacher" in results:
+        verdict = compare_val_metrics(results["teacher"].get("val_metrics"), student, metric)
+    else:
+        score = teacher_checkpoint_score(hdkd_cfg.distill.teacher, metric)
+        verdict = compare_teacher(score, None if student is None else student.get(metric), metric)
+    print(f"teacher check: {verdict['message']}", file=sys.stderr, flush=True)
+    enforce_stronger_teacher(verdict, hdkd_cfg.distill.require_stronger_teacher)
+    return verdict
 
 
 def run_seeds(

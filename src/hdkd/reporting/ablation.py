@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hdkd.io import atomic_write
+from hdkd.reporting.pareto import format_pareto_markdown
 from hdkd.reporting.tables import METRIC_LABELS, md_escape
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -179,6 +180,12 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
                 + " |"
             )
         lines.append("")
+        for warning in summary.get("teacher_warnings") or []:
+            lines += [f"**Warning:** {md_escape(warning)}.", ""]
+
+    lines += _loss_balance_lines(summary.get("loss_balance") or {})
+    if summary.get("pareto"):
+        lines += format_pareto_markdown(summary["pareto"])
 
     lines += ["## Variants by group", ""]
     variants = summary["variants"]
@@ -205,6 +212,49 @@ def format_ablation_markdown(summary: Mapping[str, Any]) -> str:
     for name, v in variants.items():
         lines.append(f"| {md_escape(name)} | {md_escape(v['description'])} | {', '.join(str(s) for s in v['seeds'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _share(value: Optional[float]) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def _loss_balance_lines(balance: Mapping[str, Any]) -> list[str]:
+    """The loss-balance table: settings, validation, test difference to the student alone, gradient shares."""
+    if not balance:
+        return []
+    metric = balance["select_metric"]
+    lines = [
+        "## Loss balance",
+        "",
+        f"Each distilled variant's settings, its mean validation {metric} (the split that chooses), its test "
+        "difference to the student alone (paired by seed, points) and the mean share of the gradient norm each "
+        "loss term contributed (%, averaged over the measured steps of every epoch, then over seeds).",
+        "",
+        f"| Variant | KD | lambda | Feature norm | n | Validation {md_escape(metric)} (%) | Test balanced accuracy "
+        "- student alone | Test accuracy - student alone | Grad share CE | Grad share KD | Grad share feature |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in balance["variants"].items():
+        diff = r.get("minus_student_alone") or {}
+        cells = [_fmt(diff[m], True, signed=True) if m in diff and name != "student_alone" else "" for m in
+                 ("balanced_accuracy", "accuracy")]  # fmt: skip
+        lam = "" if r["lam"] is None else f"{r['lam']:g}"
+        lines.append(
+            f"| {md_escape(name)} | {r['kd'] or ''} | {lam} | "
+            f"{r['feature_norm'] or ''} | {r['val']['n']} | {_fmt(r['val'], True)} | {cells[0]} | {cells[1]} | "
+            + " | ".join(_share(r["grad_shares"].get(t)) for t in ("ce", "kd", "feature"))
+            + " |"
+        )
+    best = balance.get("best_on_validation")
+    if best:
+        lines += ["", f"Chosen on validation: **{md_escape(best)}**."]
+        for key, label in (("best_minus_student_alone", "student alone"), ("best_minus_hdkd", "hdkd (the paper)")):
+            c = balance.get(key)
+            if c and c["present"]:
+                lines.append(f"- {best} minus {label}, test balanced accuracy: "
+                             f"{_diff_line(c['differences']['balanced_accuracy'])}")  # fmt: skip
+    lines.append("")
+    return lines
 
 
 def data_efficiency_series(summary: Mapping[str, Any], metric: str) -> dict[str, tuple[list, ...]]:

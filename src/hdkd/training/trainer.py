@@ -3,11 +3,18 @@
 Outputs in cfg.output: `config.yaml`, `best.safetensors` (chosen on validation, never on test), `last.safetensors`,
 `last_state.pt` (everything needed to resume exactly), `log.jsonl` (one line per epoch) and, when the run has
 finished, `summary.json`. Checkpoints are written atomically.
+
+With train.tensorboard (the default) rank 0 also writes TensorBoard event files (``events.out.tfevents.*``) into
+cfg.output, one scalar per log.jsonl value and epoch: ``train/*`` (loss terms, accuracy, speed), ``val/*``,
+``lr`` and ``grad_share/*`` (each loss term's share of the gradient norm, every train.grad_share_every-th step);
+view them with ``tensorboard --logdir runs/...``. A fresh (not resumed) run removes the old event files first; a
+resumed one purges the events from the epoch it restarts at.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -141,6 +148,7 @@ class Run:
     scheduler: Any
     out: Path
     identity: dict[str, Any]  # what a resume state must match (`hdkd.training.resume.run_identity`)
+    tensorboard: Any = None  # the SummaryWriter, opened at the first logged epoch (rank 0, train.tensorboard)
 
     @property
     def state_path(self) -> Path:
@@ -166,6 +174,10 @@ def check_train_config(cfg: Config) -> None:
     validate(cfg)
     if cfg.train.compile:
         check_compile_options(cfg.train.compile_mode, cfg.train.compile_backend)
+    if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard: needs the tensorboard package (pip install tensorboard), or set it false")
+    if cfg.train.grad_share_every < 0:
+        raise ConfigError(f"train.grad_share_every: must be >= 0 (0: off), got {cfg.train.grad_share_every}")
 
 
 def set_up(cfg: Config, data: Optional[DataSplits]) -> Run:
@@ -236,6 +248,9 @@ def prepare_output(run: Run, progress: Progress, resumed: bool, overwrite: bool 
     (run.out / "summary.json").unlink(missing_ok=True)
     save_yaml(run.cfg, run.out / "config.yaml")
     write_log(run.out / "log.jsonl", progress.history)
+    if not resumed:
+        for events in run.out.glob(TENSORBOARD_EVENTS):
+            events.unlink()
 
 
 def wrap(run: Run) -> None:
@@ -299,6 +314,7 @@ def run_epoch(run: Run, progress: Progress, epoch: int, train_set, batch_transfo
         first_step=first,
         world_size=run.ctx.world_size,
         batch_transform=batch_transform,
+        grad_share_every=cfg.train.grad_share_every,
     )
     return {"lr": lr, **stats}
 
@@ -324,6 +340,7 @@ def checkpoint_and_log(run: Run, progress: Progress, epoch: int, stats: dict, va
     progress.history.append(record)
     save_state(run, progress, epoch + 1, 0, None)
     write_log(run.out / "log.jsonl", progress.history)
+    log_tensorboard(run, record)
     if cfg.train.progress:
         print(
             f"{cfg.role} epoch {epoch + 1}/{cfg.train.epochs}: loss {stats['train_loss']:.4f} "
@@ -332,6 +349,37 @@ def checkpoint_and_log(run: Run, progress: Progress, epoch: int, stats: dict, va
             + (" *" if improved else ""),
             flush=True,
         )
+
+
+TENSORBOARD_EVENTS = "events.out.tfevents.*"
+
+
+def tensorboard_tag(key: str) -> str:
+    """log.jsonl key -> TensorBoard tag: ``train_loss`` -> ``train/loss``, ``grad_share_kd`` -> ``grad_share/kd``."""
+    for prefix in ("grad_share", "train", "val"):
+        if key.startswith(prefix + "_"):
+            return f"{prefix}/{key[len(prefix) + 1 :]}"
+    return key
+
+
+def log_tensorboard(run: Run, record: dict) -> None:
+    """One epoch's log line as TensorBoard scalars at step = epoch (nothing when train.tensorboard is off)."""
+    if not run.cfg.train.tensorboard:
+        return
+    if run.tensorboard is None:
+        from torch.utils.tensorboard import SummaryWriter  # loads tensorboard only when it is used
+
+        run.tensorboard = SummaryWriter(log_dir=str(run.out), purge_step=record["epoch"])
+    for key, value in record.items():
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            run.tensorboard.add_scalar(tensorboard_tag(key), value, record["epoch"])
+    run.tensorboard.flush()
+
+
+def close_tensorboard(run: Run) -> None:
+    if run.tensorboard is not None:
+        run.tensorboard.close()
+        run.tensorboard = None
 
 
 def write_summary(run: Run, progress: Progress, params: int, train_time: float) -> None:
@@ -391,6 +439,7 @@ def train(
         stats = run_epoch(run, progress, epoch, train_set, batch_transform, workers)
         if run.ctx.is_main:
             checkpoint_and_log(run, progress, epoch, stats, val_loader)
+    close_tensorboard(run)
     train_time = time.perf_counter() - run_start
     if run.ctx.is_main:
         write_summary(run, progress, params, train_time)

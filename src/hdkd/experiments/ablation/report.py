@@ -9,17 +9,22 @@ from pathlib import Path
 from typing import Optional
 
 from hdkd.errors import ConfigError, DataError
+from hdkd.experiments.ablation.latency import variant_latencies
 from hdkd.experiments.ablation.records import read_results
-from hdkd.experiments.ablation.summary import summarise_ablation
+from hdkd.experiments.ablation.summary import summarise_ablation, summarise_pareto
+from hdkd.experiments.ablation.variants import GROUPS
 from hdkd.io import atomic_write_text
 from hdkd.reporting.ablation import FIGURE_LINK, format_ablation_markdown, format_claims_across, plot_data_efficiency
+from hdkd.reporting.pareto import PARETO_FIGURE, plot_pareto
 
 __all__ = ["write_ablation_report", "write_claims_across", "claim_labels"]
 
 
 def write_ablation_report(results: str | Path, out_dir: Optional[str | Path] = None) -> dict[str, Path]:
-    """Read a results.jsonl, write ``ablation_report.md``, ``ablation_report.json`` and (when there are
-    data-efficiency points) ``ablation_data_efficiency.png`` into ``out_dir`` (default: beside the results)."""
+    """Read a results.jsonl, write ``ablation_report.md``, ``ablation_report.json``, (when there are
+    data-efficiency points) ``ablation_data_efficiency.png`` and (when there are peer records)
+    ``ablation_pareto.png`` into ``out_dir`` (default: beside the results). With peers, each peer's, HDKD's and the
+    student alone's CPU latency is measured here (``hdkd.experiments.ablation.latency``; a few seconds)."""
 
     results = Path(results)
     if not results.is_file():
@@ -30,6 +35,12 @@ def write_ablation_report(results: str | Path, out_dir: Optional[str | Path] = N
     out = Path(out_dir) if out_dir is not None else results.parent
     summary = summarise_ablation(records, source=str(results))
     paths = {}
+    pareto_png = out / PARETO_FIGURE
+    if any(name.startswith("peer_") for name in summary["variants"]):  # the peers' Pareto front, latency measured now
+        summary["pareto"] = summarise_pareto(summary, variant_latencies(records, GROUPS["peers"]))
+        paths["pareto_plot"] = plot_pareto(summary["pareto"], pareto_png)
+    else:
+        pareto_png.unlink(missing_ok=True)
     png = out / "ablation_data_efficiency.png"
     plotted = plot_data_efficiency(summary, png)
     if plotted is None:

@@ -4,7 +4,13 @@ A **variant** is a set of config overrides (dotted ``KEY=VALUE`` strings, exactl
 variant's value wins over the base config and over a preset's per-role value for the same key) plus the role whose
 model it evaluates: ``student`` (trained alone) or ``hdkd`` (distilled, so a teacher is trained first). Named
 **groups** select variants (``distillation``, ``lambda``, ``block``, ``dflt_depth``, ``stem``, ``data_efficiency``,
-``timm_teacher``, ``all``; ``frac_10`` ... ``frac_100`` select both arms of one training fraction).
+``timm_teacher``, ``all``; ``frac_10`` ... ``frac_100`` select both arms of one training fraction; outside ``all``:
+``speed``, ``loss_balance`` (lambda 0.001 ... 10 x soft/hard logit KD x raw/variance-normalised feature term) and
+``peers`` (timm models of similar size trained from scratch in the student role)).
+
+Issue 15: each record carries the run's mean gradient shares (``grad_shares``: the share of the gradient norm of the
+CE, KD and feature terms, averaged over the epochs); the console warns when a teacher is weaker on validation than
+the same seed's student alone (the teacher guard), and the report's teachers section says so too.
 
 Sharing. Every trained model lives in a folder named after a key of its resolved, result-relevant config:
 
@@ -67,6 +73,7 @@ from typing import Any, Callable, Optional, Sequence
 from hdkd.config import Config
 from hdkd.data import build_datasets
 from hdkd.data.loaders import make_loader, resolve_num_workers
+from hdkd.distillation.guard import compare_val_metrics
 from hdkd.errors import ConfigError
 from hdkd.evaluation.evaluate import evaluate_model
 from hdkd.evaluation.metrics import headline_metrics
@@ -79,6 +86,32 @@ from hdkd.training import train_or_reuse
 from hdkd.training.parallel import train_in_processes
 
 __all__ = ["run_ablation", "train_in_parallel"]
+
+
+def mean_grad_shares(history) -> dict[str, float]:
+    """Each loss term's gradient share averaged over the epochs that measured it (train.grad_share_every)."""
+    shares = {}
+    for term in ("ce", "kd", "feature"):
+        values = [r[f"grad_share_{term}"] for r in history if r.get(f"grad_share_{term}") is not None]
+        if values:
+            shares[term] = sum(values) / len(values)
+    return shares
+
+
+def check_teacher(teacher_info, run: PlannedRun, results_path: Path, log: Callable[[str], None], seen: set) -> None:
+    """The teacher guard of a grid: warn (once per teacher and seed) when the teacher is weaker on validation than
+    the same seed's student alone (when that is recorded already; the report compares them all)."""
+    if (run.teacher_key, run.seed) in seen:
+        return
+    seen.add((run.teacher_key, run.seed))
+    alone = [r for r in read_results(results_path) if r.get("variant") == "student_alone" and r.get("seed") == run.seed]
+    if teacher_info is None or not alone:
+        return
+    verdict = compare_val_metrics(
+        teacher_info["val_metrics"], alone[-1].get("val_metrics"), run.config.train.select_metric
+    )
+    if verdict["weaker"]:
+        log(f"  teacher {run.teacher_key} (seed {run.seed}): {verdict['message']}")
 
 
 class _DataCache:
@@ -161,6 +194,7 @@ def run_ablation(
     pending = plan.pending
     log(plan.describe())
     trained_by_workers: set[str] = set()
+    checked_teachers: set = set()
     if jobs > 1 and pending:
         decoded = set()
         for run in pending:  # decode every dataset once, here, before the workers read the on-disk cache
@@ -199,6 +233,7 @@ def run_ablation(
                 "train_time_s": t_result.train_time_s,
                 "config": run.teacher.to_dict(),
             }
+        check_teacher(teacher_info, run, results_path, log, checked_teachers)
         reused = (run.model_dir / "summary.json").is_file() and run.config.output not in trained_by_workers
         trained_by_workers.discard(run.config.output)
         result = train_or_reuse(run.config, data=data, resume=True)
@@ -250,6 +285,7 @@ def run_ablation(
             "params": result.params,
             "flops": assessed["flops"],
             "train_time_s": result.train_time_s,
+            "grad_shares": mean_grad_shares(result.history),
             "model_trained": not reused,
             "wall_time_s": time.perf_counter() - start,
             "checkpoint": str(result.best_checkpoint),
@@ -285,5 +321,7 @@ def run_ablation(
             test_and_record(i, run)
     if report:
         if results_path.is_file():
-            write_ablation_report(results_path, out)
+            paths = write_ablation_report(results_path, out)
+            for warning in json.loads(paths["json"].read_text()).get("teacher_warnings", []):
+                log(f"WARNING: {warning}")
     return results_path

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from hdkd.distillation.guard import WEAKER_TEACHER_COST
 from hdkd.evaluation.metrics import HEADLINE_METRICS
 from hdkd.experiments.ablation.variants import GROUPS, REPORT_GROUPS, SPEED_REFERENCES, VARIANTS
 from hdkd.reporting.ablation import TABLE_METRICS
@@ -224,6 +225,7 @@ def summarise_ablation(records: Sequence[Mapping[str, Any]], source: str = "") -
         "data_efficiency": curve,
         **summarise_teachers(chosen),
         "speed": summarise_speed(chosen, compare),
+        "loss_balance": summarise_loss_balance(chosen, compare),
     }
 
 
@@ -277,8 +279,22 @@ def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) ->
                 entry["variants"].append(name)
             entry["per_seed"][int(seed)] = info.get("val_metrics") or {}
     out: dict[str, Any] = {}
+    alone = chosen.get("student_alone", {})
+    warnings = []
     for key, entry in teachers.items():
         vals = entry.pop("per_seed")
+        ref_name = _student_reference(entry["variants"])
+        ref = chosen.get(ref_name, {})
+        metric = _select_metric(ref or alone)
+        weaker = [
+            s
+            for s in sorted(vals)
+            if s in ref
+            and vals[s].get(metric) is not None
+            and (ref[s].get("val_metrics") or {}).get(metric) is not None
+            and float(vals[s][metric]) < float(ref[s]["val_metrics"][metric])
+        ]
+        compared = [s for s in sorted(vals) if s in ref]
         out[key] = {
             **entry,
             "seeds": sorted(vals),
@@ -286,8 +302,19 @@ def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) ->
                 m: _stats([None if vals[s].get(m) is None else float(vals[s][m]) for s in sorted(vals)])
                 for m in TABLE_METRICS
             },
+            "weaker_than_student_alone": {
+                "metric": metric,
+                "reference": ref_name,
+                "seeds": weaker,
+                "compared_seeds": compared,
+            },
         }
-    alone = chosen.get("student_alone", {})
+        if weaker:
+            warnings.append(
+                f"the teacher {key} ({entry['model']}; distilled into {', '.join(entry['variants'])}) is weaker than "
+                f"the student alone ({ref_name}) on validation {metric} on seed(s) "
+                f"{', '.join(str(s) for s in weaker)} of {len(compared)}; {WEAKER_TEACHER_COST}"
+            )
     reference = (
         {
             m: _stats(
@@ -301,7 +328,108 @@ def summarise_teachers(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]]) ->
         if alone
         else None
     )
-    return {"teachers": out, "student_alone_val": reference}
+    return {"teachers": out, "student_alone_val": reference, "teacher_warnings": warnings}
+
+
+def _student_reference(variants: Sequence[str]) -> str:
+    """The student trained alone on the same data as a teacher's variants: ``frac_<p>_student`` for a teacher of
+    the ``frac_<p>_hdkd`` arm below 100 %, else ``student_alone``."""
+    fractions = {VARIANTS[v].fraction for v in variants if v in VARIANTS}
+    if len(fractions) == 1 and next(iter(fractions)) not in (None, 1.0):
+        fraction = next(iter(fractions))
+        for name, v in VARIANTS.items():
+            if v.arm == "student_alone" and v.fraction == fraction:
+                return name
+    return "student_alone"
+
+
+def _select_metric(records: Mapping[int, Mapping[str, Any]]) -> str:
+    """The selection metric the grid ran with (its records' train.select_metric; balanced accuracy by default)."""
+    for record in records.values():
+        metric = ((record.get("config") or {}).get("train") or {}).get("select_metric")
+        if metric:
+            return str(metric)
+    return "balanced_accuracy"
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    defined = [float(v) for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def summarise_loss_balance(chosen: Mapping[str, Mapping[int, Mapping[str, Any]]], compare) -> dict[str, Any]:
+    """The loss-balance group: per variant its settings, validation and test means, the paired difference to the
+    student alone, the mean gradient shares; and the recipe chosen on VALIDATION (the highest mean validation
+    selection metric among the distilled variants), with its test difference to the student alone and to HDKD."""
+    names = [n for n in GROUPS["loss_balance"] if n in chosen]
+    if not any(VARIANTS[n].group == "loss_balance" for n in names):
+        return {}
+    metric = _select_metric(chosen.get("student_alone") or next(iter(chosen.values())))
+    rows = {}
+    for name in names:
+        per_seed = chosen[name]
+        distill = ((next(iter(per_seed.values())).get("config") or {}).get("distill")) or {}
+        shares = {
+            t: _mean([(r.get("grad_shares") or {}).get(t) for r in per_seed.values()]) for t in ("ce", "kd", "feature")
+        }
+        rows[name] = {
+            "role": VARIANTS[name].role,
+            "kd": distill.get("kd") if VARIANTS[name].role == "hdkd" else None,
+            "lam": distill.get("lam") if VARIANTS[name].role == "hdkd" else None,
+            "feature_norm": distill.get("feature_norm", "none") if VARIANTS[name].role == "hdkd" else None,
+            "val": _stats([(r.get("val_metrics") or {}).get(metric) for r in per_seed.values()]),
+            "grad_shares": shares,
+            "minus_student_alone": compare(name, "student_alone")["differences"] if "student_alone" in chosen else None,
+        }
+    distilled = {n: r for n, r in rows.items() if r["role"] == "hdkd" and r["val"]["mean"] is not None}
+    best = max(distilled, key=lambda n: distilled[n]["val"]["mean"]) if distilled else None
+    return {
+        "select_metric": metric,
+        "variants": rows,
+        "best_on_validation": best,
+        "best_minus_student_alone": compare(best, "student_alone") if best and "student_alone" in chosen else None,
+        "best_minus_hdkd": compare(best, "hdkd") if best and "hdkd" in chosen and best != "hdkd" else None,
+    }
+
+
+def pareto_front(points: Mapping[str, tuple[Optional[float], Optional[float]]]) -> list[str]:
+    """Names on the front of (cost, score) points: no other point has cost <= and score >= with one strict."""
+    defined = {n: (c, v) for n, (c, v) in points.items() if c is not None and v is not None}
+    front = []
+    for name, (cost, score) in defined.items():
+        dominated = any(
+            c <= cost and v >= score and (c < cost or v > score) for other, (c, v) in defined.items() if other != name
+        )
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda n: defined[n][0])
+
+
+PARETO_METRIC = "balanced_accuracy"
+
+
+def summarise_pareto(summary: Mapping[str, Any], latency_ms: Mapping[str, Optional[float]]) -> dict[str, Any]:
+    """The peers next to HDKD and the student alone: test balanced accuracy against parameters and measured CPU
+    latency (batch 1, one thread), with the Pareto front of each."""
+    names = [n for n in GROUPS["peers"] if n in summary["variants"]]
+    points = {}
+    for name in names:
+        v = summary["variants"][name]
+        points[name] = {
+            "model": v["model"],
+            "params": v["params"],
+            "latency_ms": latency_ms.get(name),
+            PARETO_METRIC: v["metrics"][PARETO_METRIC],
+            "accuracy": v["metrics"]["accuracy"],
+        }
+    score = {n: p[PARETO_METRIC]["mean"] for n, p in points.items()}
+    return {
+        "metric": PARETO_METRIC,
+        "latency": "median CPU latency of one image (batch 1, one thread, eval mode, fp32)",
+        "points": points,
+        "front_params": pareto_front({n: (p["params"], score[n]) for n, p in points.items()}),
+        "front_latency": pareto_front({n: (p["latency_ms"], score[n]) for n, p in points.items()}),
+    }
 
 
 def _data_efficiency_claim(points: Mapping[str, Mapping[float, Mapping[int, Mapping[str, Any]]]]) -> dict[str, Any]:

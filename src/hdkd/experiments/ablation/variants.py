@@ -45,6 +45,41 @@ class Variant:
 _HDKD = ("distill.kd=soft", "distill.lam=10")  # the paper's method (HDKD_SPEC section 3 defaults)
 
 
+LOSS_BALANCE_LAMBDAS = (0.001, 0.01, 0.1, 1, 10)
+
+# timm models of similar size a user would pick instead of HDKD; each builds and trains at 32 px in the student role
+PEERS = {
+    "resnet18": "",
+    "efficientnet_b0": "",
+    "mobilevit_xs": "",
+    "edgenext_x_small": "",
+    "fastvit_t8": "",
+    "deit_tiny_patch16_224": " (at 32 px its 16 px patches leave a 2 x 2 token grid)",
+}
+
+
+def _loss_balance_variants() -> list[Variant]:
+    """lambda x {soft, hard logit KD} x {the paper's raw feature MSE, the variance-normalised one}.
+
+    Names: ``lam_<lambda>`` (soft, raw: ``lam_1`` and ``lam_10`` are the lambda group's own), ``lam_<lambda>_hard``,
+    ``lam_<lambda>_var``, ``lam_<lambda>_hard_var``. All distil from the shared teacher."""
+    out = []
+    for lam in LOSS_BALANCE_LAMBDAS:
+        for kd in ("soft", "hard"):
+            for norm in ("none", "variance"):
+                name = f"lam_{lam}" + ("_hard" if kd == "hard" else "") + ("_var" if norm == "variance" else "")
+                if name in ("lam_1", "lam_10"):
+                    continue  # already in the lambda group, with these settings
+                overrides = (f"distill.kd={kd}", f"distill.lam={lam}")
+                if norm == "variance":
+                    overrides += ("distill.feature_norm=variance",)
+                feature = "feature MSE / teacher-map variance" if norm == "variance" else "feature MSE (the paper's)"
+                out.append(
+                    Variant(name, "loss_balance", "hdkd", overrides, f"{kd} logit KD + lambda {lam} x {feature}")
+                )
+    return out
+
+
 def _registry() -> list[Variant]:
     v = [
         Variant(
@@ -150,6 +185,17 @@ def _registry() -> list[Variant]:
             changes_teacher=True,
         )
     ]
+    v += _loss_balance_variants()
+    v += [
+        Variant(
+            f"peer_{name}",
+            "peers",
+            "student",
+            (f"model.name={name}",),
+            f"timm {name} trained from scratch in the student role (same data, augmentation, epochs, selection)" + note,
+        )
+        for name, note in PEERS.items()
+    ]
     # speed settings: do they change accuracy beyond the seed-to-seed spread? (each against its fp32 / loader
     # reference, paired by seed; not part of `all`, the paper's grid)
     v += [
@@ -208,14 +254,32 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "data_efficiency": tuple(f"frac_{p}_{arm}" for p in (10, 25, 50, 100) for arm in ("student", "hdkd")),
     "timm_teacher": ("logit_soft", "teacher_resnet18"),
     "speed": ("student_alone", "hdkd", *SPEED_REFERENCES),
+    "loss_balance": (
+        "student_alone",
+        "logit_soft",
+        "logit_hard",
+        *(v.name for v in VARIANTS.values() if v.group == "loss_balance" or v.name in ("lam_1", "lam_10")),
+    ),
+    "peers": ("student_alone", "hdkd", *(f"peer_{name}" for name in PEERS)),
 }
 
-
-GROUPS["all"] = tuple(v for v in VARIANTS if v not in SPEED_REFERENCES)  # the paper's grid
+# the paper's grid: not the speed settings, the loss balance or the peers (issue 15), each a group of its own
+GROUPS["all"] = tuple(v.name for v in VARIANTS.values() if v.group not in ("speed", "loss_balance", "peers"))
 for _fraction in (10, 25, 50, 100):
     GROUPS[f"frac_{_fraction}"] = (f"frac_{_fraction}_student", f"frac_{_fraction}_hdkd")
 
-REPORT_GROUPS = ("distillation", "lambda", "block", "dflt_depth", "stem", "data_efficiency", "timm_teacher", "speed")
+REPORT_GROUPS = (
+    "distillation",
+    "lambda",
+    "block",
+    "dflt_depth",
+    "stem",
+    "data_efficiency",
+    "timm_teacher",
+    "speed",
+    "loss_balance",
+    "peers",
+)
 
 
 def describe_registry() -> str:

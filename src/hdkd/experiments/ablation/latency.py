@@ -1,0 +1,67 @@
+"""CPU latency of the models a grid tested, for the peers' Pareto front: batch 1, one thread, eval mode, fp32.
+
+Each variant's model is rebuilt from its record (its checkpoint when the file is still there, else its config:
+the architecture alone sets the latency) and timed with a small loop: ``warmup`` calls, then the median of
+``repeats`` samples of ``inner`` calls each. The torch thread count is set to 1 for the measurement and restored.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from hdkd.config import from_dict
+from hdkd.models import create_model_from_checkpoint
+from hdkd.models.from_config import build_model
+
+
+def _model_of(record: Mapping[str, Any]) -> tuple[torch.nn.Module, int, int]:
+    cfg = from_dict({k: v for k, v in record["config"].items()}, where=f"record of {record.get('variant')}")
+    cfg = cfg.resolved()
+    size = cfg.model.img_size
+    checkpoint = record.get("checkpoint")
+    if checkpoint and Path(checkpoint).is_file():
+        model = create_model_from_checkpoint(checkpoint)
+        in_chans = int(getattr(model, "in_chans", None) or cfg.model.in_chans or 3)
+        return model, size, in_chans
+    classes = len((record.get("class_counts") or {}).get("test") or {}) or 2
+    in_chans = int(cfg.model.in_chans or 3)
+    return build_model(cfg, classes, in_chans), size, in_chans
+
+
+def measure_latency_ms(model: torch.nn.Module, img_size: int, in_chans: int, repeats: int = 5, warmup: int = 3,
+                       inner: int = 5) -> float:  # fmt: skip
+    """Median milliseconds of one forward pass of one image on one CPU thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = model.eval().cpu()
+        x = torch.randn(1, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
+        samples = []
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(x)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for _ in range(inner):
+                    model(x)
+                samples.append((time.perf_counter() - start) / inner)
+    finally:
+        torch.set_num_threads(threads)
+    return 1e3 * statistics.median(samples)
+
+
+def variant_latencies(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> dict[str, Optional[float]]:
+    """``{variant: latency in ms}`` for each of ``variants`` with a record (its latest one)."""
+    latest = {r["variant"]: r for r in records if r.get("variant") in variants and isinstance(r.get("config"), dict)}
+    out = {}
+    for name in variants:
+        if name in latest:
+            model, size, chans = _model_of(latest[name])
+            out[name] = measure_latency_ms(model, size, chans)
+    return out
