@@ -18,85 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
-import timm
-import torch
 
 import hdkd.models  # noqa: F401  (registers the HDKD models with timm)
-from hdkd.deploy.export import DEFAULT_OPSET, export_graph, metadata, write_onnx
-from hdkd.evaluation.inference import ModelInfo
+from hdkd.deploy.onnx_benchmark import measure_onnx_latency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
-from timing import interleaved_medians, write_result_json  # noqa: E402
+from timing import write_result_json  # noqa: E402
 
 DEFAULT_MODELS = ["hdkd", "resnet18", "mobilenetv3_large_100", "efficientnet_b0"]
-
-
-def ort_session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def measure(
-    name: str, img_size: int, classes: int, thread_counts: list[int], repeats: int, warmup: int, folder: Path
-) -> dict:
-    torch.manual_seed(0)
-    model = (
-        timm.create_model(name, pretrained=False, num_classes=classes).eval()
-        if not name.startswith("hdkd")
-        else timm.create_model(name, num_classes=classes, img_size=img_size).eval()
-    )
-    info = ModelInfo(
-        model_name=name,
-        class_names=tuple(str(i) for i in range(classes)),
-        img_size=img_size,
-        in_chans=3,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-    )
-    path = folder / f"{name}.onnx"
-    try:
-        write_onnx(export_graph(model, info, DEFAULT_OPSET), metadata(info, "float32"), path)
-    except Exception as exc:  # a peer that does not export cleanly is reported, not fatal
-        return {"model": name, "exported": False, "error": str(exc).splitlines()[0]}
-    x = torch.randn(1, 3, img_size, img_size)
-    x_np = x.numpy()
-    with torch.inference_mode():
-        expected = model(x).numpy()
-    row = {
-        "model": name,
-        "exported": True,
-        "params": sum(p.numel() for p in model.parameters()),
-        "onnx_bytes": path.stat().st_size,
-        "opset": DEFAULT_OPSET,
-        "settings": {},
-    }
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        session = ort_session(path, threads)
-        row.setdefault("max_abs_diff", float(np.abs(session.run(None, {"images": x_np})[0] - expected).max()))
-        with torch.inference_mode():
-            medians = interleaved_medians(
-                {"torch_eager": lambda: model(x), "onnxruntime": lambda s=session: s.run(None, {"images": x_np})},
-                repeats,
-                warmup,
-            )
-        row["settings"][f"{threads}_threads"] = {
-            "threads": threads,
-            "torch_eager_ms": medians["torch_eager"] * 1e3,
-            "onnxruntime_ms": medians["onnxruntime"] * 1e3,
-            "ratio_onnxruntime_to_torch": medians["onnxruntime"] / medians["torch_eager"],
-        }
-        print(
-            f"{name:24s} {threads} thread(s): torch eager {medians['torch_eager'] * 1e3:7.2f} ms, "
-            f"onnxruntime {medians['onnxruntime'] * 1e3:7.2f} ms, ratio "
-            f"{medians['onnxruntime'] / medians['torch_eager']:.2f}",
-            flush=True,
-        )
-    return row
 
 
 def main() -> None:
@@ -113,7 +43,7 @@ def main() -> None:
     load_before = os.getloadavg()  # a busy machine inflates multi-thread timings most: say how busy it was
     with tempfile.TemporaryDirectory(prefix="hdkd-onnx-bench-") as tmp:
         rows = [
-            measure(name, args.img_size, args.classes, threads, args.repeats, args.warmup, Path(tmp))
+            measure_onnx_latency(name, args.img_size, args.classes, threads, args.repeats, args.warmup, Path(tmp))
             for name in args.models
         ]
     hdkd_row = next((r for r in rows if r["model"] == "hdkd" and r["exported"]), None)

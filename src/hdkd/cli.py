@@ -210,6 +210,17 @@ def cmd_benchmark(args) -> int:
     device = next((r["device"] for r in rows if r["status"] == "ok"), "cpu")
     paths = write_benchmark(rows, args.output, benchmark_meta(device))
     print(f"written: {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    if args.onnx:  # the same models exported as `hdkd export` does, ONNX Runtime against PyTorch eager, batch 1
+        from hdkd.deploy.onnx_benchmark import format_onnx_rows, onnx_latency_rows
+        from hdkd.io import atomic_write_text
+        from hdkd.runtime import available_cpus
+
+        names = [m for m in dict.fromkeys(m.split("+")[0] for m in models)]
+        threads = sorted({args.threads or 1, available_cpus()})
+        onnx_rows = onnx_latency_rows(names, args.img_size, args.num_classes, threads, args.repeats, args.warmup)
+        print(format_onnx_rows(onnx_rows))
+        written = atomic_write_text(Path(args.output) / "onnx_latency.json", json.dumps(onnx_rows, indent=2))
+        print(f"written: {written}")
     return 0
 
 
@@ -393,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument(
         "--fold-bn", action="store_true", help="also measure each HDKD model with BatchNorm folded (inference only)"
+    )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also export each model as `hdkd export` does and time ONNX Runtime against PyTorch eager (batch 1, "
+        "the --threads count and all CPUs); onnx_latency.json in --output",
     )
     p.add_argument(
         "--output", "-o", default="runs/benchmark", help="folder for benchmark.json, benchmark.md and benchmark.png"
