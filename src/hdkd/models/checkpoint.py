@@ -213,6 +213,10 @@ SUPPORTED_TIMM_MODELS = (
     "mobilenetv3_small_100",
     "mobilenetv3_large_100",
     "convnext_tiny",
+    # the peers the ablation trains in the student role (variants group "peers")
+    "mobilevit_xs",
+    "edgenext_x_small",
+    "deit_tiny_patch16_224",
 )
 _MAX_CLASSES = 100_000
 _MAX_PARAMS = 500_000_000  # far above any architecture here (the teacher has about 20 M)

@@ -30,7 +30,7 @@ STATE_FORMAT = "hdkd-train-state-v1"
 # what one training run writes into its folder (hdkd.training.trainer), and `hdkd evaluate`'s metrics beside them
 # (summary.json first: moved first, so a folder interrupted mid-move never looks like a finished run)
 RUN_FILES = ("summary.json", "config.yaml", "best.safetensors", "last.safetensors", STATE_FILE, "log.jsonl")
-RUN_PATTERNS = ("*_metrics.json",)
+RUN_PATTERNS = ("*_metrics.json", "events.out.tfevents.*")  # evaluate's metrics; TensorBoard events
 # the keys a state needs to be resumed (hdkd.training.trainer's save_state)
 STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "batch", "best_value", "best_epoch", "best_val", "history")
 _TEMP_PATTERN = ".*.tmp"  # hdkd.io.atomic_write's temp files: .<name>.<random>.tmp
