@@ -620,12 +620,18 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
 }
 
 
+def spatial_reduction(stem_stride: int, patch_size: int = 1) -> int:
+    """The one img_size rule of the HDKD models: the input shrinks by the stem stride, then 2 x 2 (stages 2 and 3
+    halve it), then the DFLT's patch size (1 for the teacher, which has no DFLT); img_size must be a multiple."""
+    return stem_stride * 4 * patch_size
+
+
 def img_size_multiple(model: ModelConfig) -> int:
-    """What model.img_size must be a multiple of: stem stride x 4 (stages 2 and 3 halve), x the DFLT patch size for
-    the students; 1 for timm models (they take any size)."""
+    """What model.img_size must be a multiple of for this model config (`spatial_reduction`); 1 for timm models
+    (they take any size)."""
     if not (model.name or "").startswith("hdkd"):
         return 1
-    return model.stem_stride * 4 * (model.dflt_patch_size if model.name != "hdkd_teacher" else 1)
+    return spatial_reduction(model.stem_stride, model.dflt_patch_size if model.name != "hdkd_teacher" else 1)
 
 
 def validate(cfg: Config, roles: Optional[Sequence[str]] = None) -> None:

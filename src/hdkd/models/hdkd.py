@@ -31,6 +31,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from hdkd.config import spatial_reduction
 from hdkd.models.fuse import Fusable, can_fold_after, can_fold_before, fold_bn_after, fold_bn_before
 
 __all__ = [
@@ -370,7 +371,7 @@ class HDKDNet(nn.Module):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride}")
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
-        self.reduction = stem_stride * 4 * patch_size
+        self.reduction = spatial_reduction(stem_stride, patch_size)
         if img_size % self.reduction:
             raise ValueError(
                 f"img_size {img_size} must be a multiple of {self.reduction} for this configuration "

@@ -17,6 +17,7 @@ from hdkd.config import (
     ModelConfig,
     default_of,
     from_dict,
+    img_size_multiple,
     merge,
     parse_override,
 )
@@ -136,7 +137,7 @@ def _check_architecture(cfg: Config, where: str) -> None:
     if not m.name.startswith("hdkd"):
         return
     dflt = m.name != "hdkd_teacher"
-    reduction = m.stem_stride * 4 * (m.dflt_patch_size if dflt else 1)
+    reduction = img_size_multiple(m)
     if m.img_size % reduction:
         raise ConfigError(
             f"{where}: model.img_size {m.img_size} must be a multiple of {reduction} for "
