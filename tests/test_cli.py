@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from hdkd.cli import main
+from hdkd.evaluation.inference import ModelInfo
 
 
 def _run(args, capsys):
@@ -33,6 +34,11 @@ def test_pipeline_end_to_end_on_embedded_data(tmp_path, capsys):
     assert (out / "confusion_matrices.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "training_curves.png").stat().st_size > 5000
     assert "| hdkd |" in stdout
+    for role in ("teacher", "student", "hdkd"):  # the temperature fitted on validation travels with each model
+        info = ModelInfo.from_checkpoint(out / role / "best.safetensors")
+        fitted = report["results"][role]["temperature_scaling"]["temperature"]
+        assert info.temperature == pytest.approx(fitted) and info.training_data == report["meta"]["dataset"]
+        assert info.metrics["accuracy"] == pytest.approx(report["results"][role]["metrics"]["accuracy"])
 
     # evaluate the distilled checkpoint on the same split: same metrics as the report
     code, stdout, err = _run(
