@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+from hdkd.commands import add_config_options
 from hdkd.commands import explain as explain_command
 from hdkd.commands import export as export_command
 from hdkd.commands import predict as predict_command
@@ -317,15 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="best.safetensors or last.safetensors from `hdkd train`")
     p.add_argument("--data", help="dataset (default: the embedded synthetic dataset)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="config file whose data section describes the dataset",
-    )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_options(p, "config file whose data section describes the dataset")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -426,20 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="near duplicate: pHash Hamming distance <= N of 256 bits (default: data.duplicate_threshold)",
     )
     p.add_argument("--exact-only", action="store_true", help="byte-identical duplicates only (decodes nothing)")
-    p.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="config file whose data section describes the dataset",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="data options, e.g. --set data.format=csv --set data.val_fraction=0.2",
+    add_config_options(
+        p,
+        "config file whose data section describes the dataset",
+        "data options, e.g. --set data.format=csv --set data.val_fraction=0.2",
     )
     p.set_defaults(func=cmd_audit)
 

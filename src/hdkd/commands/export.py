@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hdkd.commands import add_config_options
 from hdkd.errors import ConfigError
 
 FORMATS = ("onnx",)  # hdkd.deploy.export.FORMATS and DEFAULT_OPSET (a test keeps them equal); the command imports
@@ -61,15 +62,7 @@ def register(subparsers) -> None:
         metavar="REPORT_JSON",
         help="the pipeline's report.json: test metrics, intervals and temperature for the model card and the metadata",
     )
-    p.add_argument(
-        "--config",
-        "-c",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="config file for the data settings (split seed, validation fraction, ...), as for training",
-    )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    add_config_options(p, "config file for the data settings (split seed, validation fraction, ...), as for training")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration sample and the random check images")
     p.set_defaults(func=run)
 
