@@ -42,6 +42,7 @@ from hdkd.evaluation.inference import prepare_for_inference
 from hdkd.experiments.benchmark import matmul_timer
 from hdkd.models import count_flops
 from hdkd.models.hdkd import MBCSA, StemBlock
+from hdkd.runtime import native_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from distill_cost import train_flops_per_image  # noqa: E402
@@ -98,12 +99,18 @@ def interleave(timers: dict, repeats: int, warmup: int) -> dict[str, float]:
     return {k: (min(v) if k.startswith("matmul") else statistics.median(v)) for k, v in samples.items()}
 
 
-def _peak_timers() -> dict:
+def precisions() -> tuple[str, ...]:
+    """fp32, and bf16 where this CPU multiplies it natively: emulated bf16 is slower than fp32 and no target."""
+    if native_bf16(torch.device("cpu")):
+        return ("fp32", "bf16")
+    print("bf16: not measured, this CPU has no native bf16 (torch.cpu.get_capabilities())")
+    return ("fp32",)
+
+
+def _peak_timers(dtypes: tuple[str, ...] = ("fp32",)) -> dict:
     cpu = torch.device("cpu")
-    return {
-        f"matmul peak {d}": matmul_timer(PEAK_N, dt, cpu)
-        for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-    }
+    types = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    return {f"matmul peak {d}": matmul_timer(PEAK_N, types[d], cpu) for d in dtypes}
 
 
 def _base(name: str) -> str:
@@ -189,9 +196,10 @@ def _step(student, teacher, fold_current: bool, batch: int, size: int, amp: str,
 
 
 def run_step(args, baseline) -> dict:
-    timers, losses = _peak_timers(), {}
-    for amp in ("none", "bf16"):
-        precision = "fp32" if amp == "none" else "bf16"
+    measured = precisions()
+    timers, losses = _peak_timers(measured), {}
+    for precision in measured:
+        amp = "none" if precision == "fp32" else "bf16"
         if baseline is not None:
             teacher = _fold_baseline(_before(baseline, "hdkd_teacher", args.size))
             step, losses[f"{precision} (before)"] = _step(
@@ -203,7 +211,7 @@ def run_step(args, baseline) -> dict:
             student, teacher = _current("hdkd", args.size), _current("hdkd_teacher", args.size).eval()
             timers[name], losses[name] = _step(student, teacher, True, args.batch, args.size, amp, channels_last)
     seconds = interleave(timers, args.repeats, args.warmup)
-    peak = {d: 2.0 * PEAK_N**3 / seconds[f"matmul peak {d}"] / 1e9 for d in ("fp32", "bf16")}
+    peak = {d: 2.0 * PEAK_N**3 / seconds[f"matmul peak {d}"] / 1e9 for d in measured}
     flops = train_flops_per_image(args.size)
     rows = []
     for name in timers:

@@ -35,6 +35,8 @@ def write_result_json(path, results: dict, device=None) -> None:
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2 / AVX512 / AMX...: what the kernels use
     }
     if device is not None:
         device = torch.device(device)
@@ -55,3 +57,16 @@ def training_step(criterion, model, optimizer, images, labels, device, amp: str 
     out.total.backward()
     optimizer.step()
     return out
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor string."""
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -201,6 +201,11 @@ def _same_predictions(a: Path, b: Path) -> None:
     assert (a / "predictions.csv").read_text() == (b / "predictions.csv").read_text()
 
 
+def _same_export(a: Path, b: Path) -> None:
+    assert (a / "model.onnx").read_bytes() == (b / "model.onnx").read_bytes()
+    assert (a / "model.md").read_text() == (b / "model.md").read_text()
+
+
 # --------------------------------------------------------------------------------------------- the commands
 
 
@@ -266,6 +271,13 @@ COMMANDS = [
         lambda inp, out: ["explain", str(inp["model"]), *map(str, inp["images"]), "--device", "cpu", "-o", str(out)],
         ("explanations.json",),
         _same_explanations,
+        kills=2,
+    ),
+    Command(
+        "export",
+        lambda inp, out: ["export", str(inp["model"]), "-o", str(out / "model.onnx")],
+        ("model.md", "model.onnx"),  # the model is written last: beside its card or not at all
+        _same_export,
         kills=2,
     ),
 ]
@@ -431,3 +443,70 @@ def test_sigkill_of_serve_writes_nothing_and_it_restarts_on_the_same_port(inputs
     finally:
         _kill_group(proc)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing written where it ran
+
+
+# ------------------------------------------------------------------------------ Ctrl-C with worker processes
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_parallel_pipeline_stops_every_worker_cleanly_and_resume_completes(inputs, tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group) while `pipeline --jobs 2` trains HDKD in one worker
+    and the other waits for work: one line and exit 130, no traceback from the main process or either worker, no
+    process left, nothing half-written; then ``--resume`` ends with the uninterrupted run's models."""
+
+    def args(out: Path) -> list[str]:
+        longer = ("--set", "data.max_per_class=64", "--set", "train.max_steps_per_epoch=12")  # HDKD trains a while
+        return ["pipeline", *TINY, *longer, "--epochs", "1", "--bootstrap", "20", "--jobs", "2", "-o", str(out)]
+
+    straight, victim = tmp_path / "straight", tmp_path / "interrupted"
+    _run(args(straight), tmp_path)
+    proc = _hdkd(args(victim), tmp_path)
+    deadline = time.monotonic() + 300
+    while not (victim / "hdkd" / "last_state.pt").exists():  # the teacher and the student alone have finished
+        assert proc.poll() is None and time.monotonic() < deadline, "the workers never saved a training state"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+        err = err.decode(errors="replace")
+        assert proc.returncode == 130, err[-3000:]
+        assert "Traceback" not in err and "interrupted" in err, err[-3000:]
+        for _ in range(100):  # the workers exit with the main process (it joins them)
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("a worker outlived the interrupted pipeline")
+    finally:
+        _kill_group(proc)
+    _check_files(victim)
+    assert not (victim / "report.json").exists()
+
+    _run([*args(victim), "--resume"], tmp_path)
+    _check_files(victim)
+    _same_pipeline(straight, victim)
+
+
+def test_export_killed_after_its_card_leaves_no_model_and_no_earlier_model_beside_the_new_card(inputs, tmp_path):
+    """The model is written last, after its card, and an earlier export's files are removed first: killed right
+    after the card, the folder holds the new card and no model, never a model without its card or an old model
+    beside a new card. The rerun gives the uninterrupted export."""
+    straight, victim = tmp_path / "straight", tmp_path / "victim"
+    args = next(c for c in COMMANDS if c.name == "export").args
+    _run(args(inputs, straight), tmp_path)
+    _run(args(inputs, victim), tmp_path)  # an earlier export into the same place
+    (tmp_path / "killer.py").write_text(KILL_AFTER_WRITE)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "killer.py"), *args(inputs, victim)],
+        cwd=tmp_path,
+        env={**_env(), "KILL_AFTER_NAME": "model.md", "KILL_AFTER_COUNT": "1"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    _check_files(victim)
+    assert (victim / "model.md").is_file() and not (victim / "model.onnx").exists()
+    _run(args(inputs, victim), tmp_path)
+    _same_export(straight, victim)

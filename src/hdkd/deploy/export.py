@@ -50,7 +50,7 @@ from hdkd.deploy.quantize import (
 from hdkd.errors import CheckpointError, ConfigError, DataError
 from hdkd.evaluation.inference import ModelInfo, TorchClassifier, read_model_image, softmax, to_input
 from hdkd.evaluation.metrics import HEADLINE_METRICS, classification_metrics, headline_metrics
-from hdkd.io import atomic_write, atomic_write_text
+from hdkd.io import atomic_write, atomic_write_text, remove_stale
 from hdkd.models import count_params
 from hdkd.reporting.model_card import render_model_card
 from hdkd.version import __version__
@@ -144,14 +144,23 @@ def export_onnx(
             )
         data = final.read_bytes()
 
-    paths = {"model": atomic_write(output, lambda f: f.write(data))}
-    if int8_report is not None:
-        paths["int8_report"] = atomic_write_text(
-            output.with_suffix(".int8.json"), json.dumps(int8_report, indent=2) + "\n"
-        )
     card = model_card_facts(checkpoint, output, torch_model, info, opset, check, pipeline, int8_report, len(data))
-    paths["model_card"] = atomic_write_text(output.with_suffix(".md"), render_model_card(card))
+    paths = write_outputs(output, data, int8_report, render_model_card(card))
     return {"paths": paths, "info": info, "check": check, "int8": int8_report, "size_bytes": len(data), "card": card}
+
+
+def write_outputs(output: Path, data: bytes, int8_report: Optional[dict], card: str) -> dict[str, Path]:
+    """Write the model last, after its card and int8 report, once everything is computed: an ``.onnx`` beside its
+    card is always one export's whole output, and a kill midway leaves no model (an earlier export's model and
+    companions are removed first, so they never sit beside this export's card)."""
+    report_path, card_path = output.with_suffix(".int8.json"), output.with_suffix(".md")
+    remove_stale(output.parent, [output.name, report_path.name, card_path.name])
+    paths = {}
+    if int8_report is not None:
+        paths["int8_report"] = atomic_write_text(report_path, json.dumps(int8_report, indent=2) + "\n")
+    paths["model_card"] = atomic_write_text(card_path, card)
+    paths["model"] = atomic_write(output, lambda f: f.write(data))
+    return paths
 
 
 def _check_options(output, opset, int8, calibration, calibration_images, tolerance, latency_repeats) -> None:
