@@ -118,8 +118,9 @@ def _base(name: str) -> str:
     return name.split(" ")[0].split("+")[0]
 
 
-def latency_entries(size: int, baseline) -> dict[str, tuple[torch.nn.Module, bool]]:
-    """name -> (model, channels_last input)."""
+def latency_entries(size: int, baseline, compile: bool = False) -> dict[str, tuple[torch.nn.Module, bool]]:
+    """name -> (model, channels_last input). The inference path (and with ``compile`` its torch.compile'd form) is
+    applied to the peers too: it is only BN folding and a layout, which any CNN gets as well."""
     entries = {}
     for name in ("hdkd", "hdkd_teacher"):
         if baseline is not None:
@@ -127,16 +128,39 @@ def latency_entries(size: int, baseline) -> dict[str, tuple[torch.nn.Module, boo
         entries[name] = (_current(name, size).eval(), False)
         entries[f"{name}+cl"] = (_current(name, size).eval().to(memory_format=CL), True)
         entries[f"{name} inference path"] = (prepare_for_inference(_current(name, size)), False)
+        if compile:
+            compiled = prepare_for_inference(_current(name, size), compile=True)
+            entries[f"{name} inference path compiled"] = (compiled, False)
     for name in ("resnet18", "resnet50", "efficientnet_b3"):
         torch.manual_seed(0)
         entries[name] = (timm.create_model(name, num_classes=CLASSES).eval(), False)
         entries[f"{name}+cl"] = (copy.deepcopy(entries[name][0]).to(memory_format=CL), True)
+        if name != "efficientnet_b3":
+            entries[f"{name} inference path"] = (prepare_for_inference(copy.deepcopy(entries[name][0])), False)
+            if compile:
+                compiled = prepare_for_inference(copy.deepcopy(entries[name][0]), compile=True)
+                entries[f"{name} inference path compiled"] = (compiled, False)
     return entries
+
+
+def compile_seconds(timers: dict) -> dict[str, float]:
+    """The first call of each compiled entry (its compile) minus one later call."""
+    out = {}
+    for name, fn in timers.items():
+        if name.endswith("compiled"):
+            start = time.perf_counter()
+            fn()
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            fn()
+            out[name] = first - (time.perf_counter() - start)
+            print(f"{name}: compiled in {out[name]:.1f} s", flush=True)
+    return out
 
 
 def run_latency(args, baseline) -> dict:
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
-    entries = latency_entries(args.size, baseline)
+    entries = latency_entries(args.size, baseline, args.compile)
     flops, per_base = {}, {}
     timers = _peak_timers()
     for name, (model, channels_last) in entries.items():
@@ -151,6 +175,7 @@ def run_latency(args, baseline) -> dict:
                 model(inp)
 
         timers[name] = forward
+    compiles = compile_seconds(timers)
     seconds = interleave(timers, args.repeats, args.warmup)
     peak = 2.0 * PEAK_N**3 / seconds["matmul peak fp32"] / 1e9
     rows = []
@@ -163,6 +188,7 @@ def run_latency(args, baseline) -> dict:
                 "gflops_per_image": flops[name] / 1e9,
                 "gflops_per_s": flops[name] / seconds[name] / 1e9,
                 "fraction_of_fp32_peak": flops[name] / seconds[name] / 1e9 / peak,
+                "compile_s": compiles.get(name),
             }
         )
     by = {r["model"]: r for r in rows}
@@ -170,9 +196,13 @@ def run_latency(args, baseline) -> dict:
         ref = "resnet18" if _base(r["model"]) in ("hdkd", "resnet18") else "resnet50"
         r[f"latency_vs_{ref}"] = r["latency_ms"] / by[ref]["latency_ms"]
         r["latency_vs_efficientnet_b3"] = r["latency_ms"] / by["efficientnet_b3"]["latency_ms"]
+        mode = r["model"][len(_base(r["model"])) :]  # "", "+cl", " inference path", " inference path compiled"
+        if mode and f"{ref}{mode}" in by:  # against the peer run the same way
+            r[f"latency_vs_{ref}_same_mode"] = r["latency_ms"] / by[f"{ref}{mode}"]["latency_ms"]
         print(
             f"{r['model']:<32} {r['latency_ms']:8.1f} ms  {r['gflops_per_s']:6.1f} GFLOP/s "
             f"({100 * r['fraction_of_fp32_peak']:4.1f}% of fp32 peak)  x{r[f'latency_vs_{ref}']:.2f} vs {ref}"
+            + (f", x{r[same]:.2f} vs {ref}{mode}" if (same := f"latency_vs_{ref}_same_mode") in r else "")
         )
     peaks = {k.split()[-1]: 2.0 * PEAK_N**3 / v / 1e9 for k, v in seconds.items() if k.startswith("matmul")}
     return {"peak_gflops": peaks, "rows": rows}
@@ -256,12 +286,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--baseline", type=Path, help="a previous src/hdkd/models/hdkd.py, measured as '(before)'")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--compile", action="store_true", help="also torch.compile'd inference paths (latency)")
     args = parser.parse_args()
     baseline = load_baseline(args.baseline) if args.baseline else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.part} at {args.size} px", flush=True)
     result = run_latency(args, baseline) if args.part == "latency" else run_step(args, baseline)
     if args.json:
         settings = {"part": args.part, "repeats": args.repeats, "warmup": args.warmup, "baseline": str(args.baseline)}
+        settings["compile"] = args.compile
         write_result_json(args.json, {**settings, **result}, "cpu")
 
 

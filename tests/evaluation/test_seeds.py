@@ -6,9 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import t
 
 from hdkd.cli import main
-from hdkd.evaluation.seeds import SEED_METRICS, summarise_seeds
+from hdkd.evaluation.seeds import HALF_WIDTH_GOAL, SEED_METRICS, seeds_for_half_width, summarise_seeds, t_quantile
+from hdkd.experiments.ablation.summary import paired_difference
+from hdkd.reporting.ablation import _diff_line
 from hdkd.reporting.seeds import format_seeds_markdown, write_seeds_summary
 
 
@@ -114,3 +117,29 @@ def test_pipeline_seeds_end_to_end(tmp_path, capsys):
     assert code == 0 and "bootstrap" not in json.loads((tmp_path / "m0.json").read_text())
     assert main(["evaluate", str(ckpt), "--bootstrap", "-1"]) == 2
     capsys.readouterr()
+
+
+def test_seeds_for_half_width_is_the_fewest_seeds_whose_t_interval_fits():
+    def half(n, std):
+        return t.ppf(0.975, n - 1) * std / np.sqrt(n)
+
+    for std in (0.0, 0.005, 0.018, 0.0474, 0.09):
+        n = seeds_for_half_width(std)
+        assert half(n, std) <= HALF_WIDTH_GOAL
+        assert n == 2 or half(n - 1, std) > HALF_WIDTH_GOAL
+    # section 10's Brain Tumor MRI spread (1.8 points): 9 seeds, the "about 10" of issue 15
+    assert seeds_for_half_width(0.018) == 9
+    assert seeds_for_half_width(0.5, most=50) is None
+    assert t_quantile(9) == pytest.approx(2.262157, abs=1e-6)
+
+
+def test_paired_difference_reports_its_half_width_and_the_seeds_the_goal_needs():
+    a = {s: {"metrics": {"accuracy": 0.70 + d}} for s, d in enumerate((0.00, 0.04, -0.02, 0.03))}
+    b = {s: {"metrics": {"accuracy": 0.70}} for s in range(4)}
+    d = paired_difference(a, b, "accuracy")
+    diffs = np.array([0.00, 0.04, -0.02, 0.03])
+    expected = t_quantile(3) * diffs.std(ddof=1) / 2
+    assert d["half_width"] == pytest.approx(expected)
+    assert d["ci95"] == pytest.approx([diffs.mean() - expected, diffs.mean() + expected])
+    assert d["seeds_for_goal"] == seeds_for_half_width(diffs.std(ddof=1)) > 4
+    assert f"would need {d['seeds_for_goal']} seeds" in _diff_line(d)

@@ -8,6 +8,7 @@ that metric's mean and std, and ``n`` says how many runs were used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from hdkd.evaluation.metrics import HEADLINE_METRICS
 
-__all__ = ["SEED_METRICS", "summarise_seeds"]
+__all__ = ["HALF_WIDTH_GOAL", "SEED_METRICS", "seeds_for_half_width", "summarise_seeds", "t_quantile"]
 
 SEED_METRICS = HEADLINE_METRICS
 
@@ -56,3 +57,22 @@ def summarise_seeds(
         "reports": {str(k): v for k, v in (reports or {}).items()},
         "models": out,
     }
+
+
+def t_quantile(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom: a two-sided 95 % interval's factor."""
+    from scipy.stats import t  # scipy comes with scikit-learn; imported only when an interval is computed
+
+    return float(t.ppf(0.975, df))
+
+
+HALF_WIDTH_GOAL = 0.015  # issue 15: a paired difference's 95 % interval at most ±1.5 points on each side
+
+
+def seeds_for_half_width(std: float, goal: float = HALF_WIDTH_GOAL, most: int = 200) -> Optional[int]:
+    """The fewest paired seeds n (>= 2) whose 95 % t interval, t(n-1) std / sqrt(n), is at most ``goal`` wide on
+    each side at this spread; None beyond ``most``. What a user plans a seed-repeated comparison with."""
+    for n in range(2, most + 1):
+        if t_quantile(n - 1) * std / math.sqrt(n) <= goal:
+            return n
+    return None

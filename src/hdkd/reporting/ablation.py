@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from hdkd.evaluation.seeds import HALF_WIDTH_GOAL
 from hdkd.io import atomic_write
 from hdkd.reporting.pareto import format_pareto_markdown
 from hdkd.reporting.tables import METRIC_LABELS, md_escape
@@ -33,6 +34,9 @@ def _diff_line(d: Mapping[str, Any]) -> str:
     text = f"{_fmt(d, True, signed=True)} points (n = {d['n']})"
     if d.get("ci95"):
         text += f", 95% CI [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+    if d.get("half_width") is not None and d["half_width"] > HALF_WIDTH_GOAL:
+        needed = d.get("seeds_for_goal")
+        text += f" (±{100 * HALF_WIDTH_GOAL:.1f} points would need {needed or 'over 200'} seeds at this spread)"
     return f"{text}: {d['verdict']}"
 
 

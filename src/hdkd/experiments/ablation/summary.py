@@ -23,6 +23,7 @@ import numpy as np
 
 from hdkd.distillation.guard import WEAKER_TEACHER_COST
 from hdkd.evaluation.metrics import HEADLINE_METRICS
+from hdkd.evaluation.seeds import seeds_for_half_width, t_quantile
 from hdkd.experiments.ablation.variants import GROUPS, REPORT_GROUPS, SPEED_REFERENCES, VARIANTS
 from hdkd.reporting.ablation import TABLE_METRICS
 
@@ -74,12 +75,6 @@ def _metric(record: Mapping[str, Any], key: str) -> Optional[float]:
     return None if value is None else float(value)
 
 
-def _t_quantile(df: int) -> float:
-    from scipy.stats import t  # scipy comes with scikit-learn
-
-    return float(t.ppf(0.975, df))
-
-
 def paired_difference(
     a: Mapping[int, Mapping[str, Any]], b: Mapping[int, Mapping[str, Any]], metric: str
 ) -> dict[str, Any]:
@@ -105,8 +100,9 @@ def paired_difference(
         out["verdict"] = "not testable: fewer than 2 paired seeds (no spread)"
         return out
     std = float(diffs.std(ddof=1))
-    half = _t_quantile(len(seeds) - 1) * std / math.sqrt(len(seeds))
-    out.update(std=std, ci95=[out["mean"] - half, out["mean"] + half])
+    half = t_quantile(len(seeds) - 1) * std / math.sqrt(len(seeds))
+    out.update(std=std, ci95=[out["mean"] - half, out["mean"] + half], half_width=half)
+    out["seeds_for_goal"] = seeds_for_half_width(std)
     if out["ci95"][0] > 0:
         out["verdict"] = "supported (95% CI above 0)"
     elif out["ci95"][1] < 0:
