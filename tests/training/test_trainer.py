@@ -78,10 +78,16 @@ def test_short_training_on_real_brain_mri_beats_chance(tmp_path, brain_mri):
     assert result.best_val["accuracy"] > 0.5, result.history
 
 
-def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypatch):
+def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypatch, request):
     """train.compile wraps the student (and teacher) for the training passes only: same weights as an uncompiled
     run (dynamo's `eager` backend: tracing without code generation, so the test stays fast), and checkpoints keep
     the model's own keys (no `_orig_mod.` prefix) so they load anywhere."""
+    # On one thread eager runs unstrided 1x1 convs as a matrix product (hdkd.models.hdkd._conv_leaves_onednn) while
+    # a compiled graph sees plain convs: equal up to rounding only. Two threads, whatever an earlier test left, put
+    # both on the same kernels, so the weights must agree exactly.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     common = ("train.epochs=1", "train.deterministic=true", "train.max_steps_per_epoch=3")
     teacher = train(_cfg(tmp_path / "t", "teacher", *common))
     import hdkd.training.trainer as trainer_module
