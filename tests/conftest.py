@@ -29,3 +29,14 @@ def brain_mri():
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session decodes into its own cache, never the user's ~/.cache/hdkd."""
     monkeypatch.setenv("HDKD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "hdkd-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that runs a command in-process with --threads (as `hdkd benchmark` sets torch's thread count for the
+    process it owns) must not leave the next tests on another thread count: some kernels depend on it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,6 @@ that metric's mean and std, and ``n`` says how many runs were used.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -72,7 +71,8 @@ HALF_WIDTH_GOAL = 0.015  # issue 15: a paired difference's 95 % interval at most
 def seeds_for_half_width(std: float, goal: float = HALF_WIDTH_GOAL, most: int = 200) -> Optional[int]:
     """The fewest paired seeds n (>= 2) whose 95 % t interval, t(n-1) std / sqrt(n), is at most ``goal`` wide on
     each side at this spread; None beyond ``most``. What a user plans a seed-repeated comparison with."""
-    for n in range(2, most + 1):
-        if t_quantile(n - 1) * std / math.sqrt(n) <= goal:
-            return n
-    return None
+    from scipy.stats import t
+
+    n = np.arange(2, most + 1)
+    fits = np.flatnonzero(t.ppf(0.975, n - 1) * std / np.sqrt(n) <= goal)
+    return int(n[fits[0]]) if fits.size else None
