@@ -15,7 +15,9 @@ hdkd.py`), the same models built from that file, with the same weights, are meas
 `(before)` entries; its teacher is BN-folded as the current one is.
 
 Samples are interleaved (every entry once per repeat, the matmul peaks included); medians reported (for the
-matmul peaks the best sample, a roof).
+matmul peaks the best sample, a roof). `--memory reuse` (the default, what hdkd's inference path does) keeps freed
+activations in the process for every entry, peers included (`hdkd.runtime.reuse_freed_memory`); `--memory glibc`
+leaves glibc's defaults, which return them to the OS and page-fault them back on every call.
 
     git show 8fd2392:src/hdkd/models/hdkd.py > /tmp/hdkd_before.py
     OMP_NUM_THREADS=1 python benchmarks/speed_targets.py latency --baseline /tmp/hdkd_before.py \
@@ -42,7 +44,7 @@ from hdkd.evaluation.inference import prepare_for_inference
 from hdkd.experiments.benchmark import matmul_timer
 from hdkd.models import count_flops
 from hdkd.models.hdkd import MBCSA, StemBlock
-from hdkd.runtime import native_bf16
+from hdkd.runtime import native_bf16, reuse_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from distill_cost import train_flops_per_image  # noqa: E402
@@ -127,18 +129,19 @@ def latency_entries(size: int, baseline, compile: bool = False) -> dict[str, tup
             entries[f"{name} (before)"] = (_before(baseline, name, size).eval(), False)
         entries[name] = (_current(name, size).eval(), False)
         entries[f"{name}+cl"] = (_current(name, size).eval().to(memory_format=CL), True)
-        entries[f"{name} inference path"] = (prepare_for_inference(_current(name, size)), False)
+        entries[f"{name} inference path"] = (prepare_for_inference(_current(name, size), reuse_memory=False), False)
         if compile:
-            compiled = prepare_for_inference(_current(name, size), compile=True)
+            compiled = prepare_for_inference(_current(name, size), compile=True, reuse_memory=False)
             entries[f"{name} inference path compiled"] = (compiled, False)
     for name in ("resnet18", "resnet50", "efficientnet_b3"):
         torch.manual_seed(0)
         entries[name] = (timm.create_model(name, num_classes=CLASSES).eval(), False)
         entries[f"{name}+cl"] = (copy.deepcopy(entries[name][0]).to(memory_format=CL), True)
         if name != "efficientnet_b3":
-            entries[f"{name} inference path"] = (prepare_for_inference(copy.deepcopy(entries[name][0])), False)
+            path = prepare_for_inference(copy.deepcopy(entries[name][0]), reuse_memory=False)
+            entries[f"{name} inference path"] = (path, False)
             if compile:
-                compiled = prepare_for_inference(copy.deepcopy(entries[name][0]), compile=True)
+                compiled = prepare_for_inference(copy.deepcopy(entries[name][0]), compile=True, reuse_memory=False)
                 entries[f"{name} inference path compiled"] = (compiled, False)
     return entries
 
@@ -287,13 +290,21 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a previous src/hdkd/models/hdkd.py, measured as '(before)'")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd inference paths (latency)")
+    parser.add_argument(
+        "--memory", choices=["reuse", "glibc"], default="reuse", help="keep freed activations (default) or not"
+    )
     args = parser.parse_args()
+    reused = reuse_freed_memory() if args.memory == "reuse" else False
     baseline = load_baseline(args.baseline) if args.baseline else None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.part} at {args.size} px", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.part} at {args.size} px, "
+        f"freed memory {'reused' if reused else 'returned to the OS (glibc defaults)'}",
+        flush=True,
+    )
     result = run_latency(args, baseline) if args.part == "latency" else run_step(args, baseline)
     if args.json:
         settings = {"part": args.part, "repeats": args.repeats, "warmup": args.warmup, "baseline": str(args.baseline)}
-        settings["compile"] = args.compile
+        settings.update(compile=args.compile, memory=args.memory, freed_memory_reused=reused)
         write_result_json(args.json, {**settings, **result}, "cpu")
 
 

@@ -56,6 +56,8 @@ def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, pa
     ref_grads = _grads(reference.train(), x.double(), y)
 
     monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: path != "conv2d")
+    if path == "onednn":  # every DFLT linear on oneDNN, however few tokens a 32 px input has
+        monkeypatch.setattr(MODEL_MODULE, "_ONEDNN_LINEAR_MIN_ROWS", 1)
     if path == "matmul":  # the fallback where PyTorch has no oneDNN
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     model = _with_stats(name, 0)
@@ -68,6 +70,41 @@ def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, pa
     floor = 1e-4 * torch.sqrt(sum((g**2).sum() for g in ref_grads.values())).item()
     for k, g in grads.items():
         assert _rel(g, ref_grads[k], floor) <= 1e-3, k
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (2, 9, 12), (3, 2, 5, 12)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_equals_linear_with_gradients(shape, bias):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    w = torch.randn(10, 12, generator=g, dtype=torch.float64)
+    b = torch.randn(10, generator=g, dtype=torch.float64) if bias else None
+    grad_out = torch.randn(*shape[:-1], 10, generator=g, dtype=torch.float64)
+    leaves = [t.float().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+    ref_leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+    out = MODEL_MODULE.onednn_linear(*leaves, *(() if bias else (None,)))
+    ref = F.linear(*ref_leaves, *(() if bias else (None,)))
+    assert out.shape == ref.shape
+    assert (out.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    grads = torch.autograd.grad(out, leaves, grad_out.float())
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out)
+    for got, want in zip(grads, ref_grads):
+        assert _rel(got, want, 1e-12) <= 1e-5
+
+
+def test_linear_runs_on_onednn_only_for_many_fp32_rows(monkeypatch):
+    calls = []
+    monkeypatch.setattr(MODEL_MODULE, "onednn_linear", lambda *a: calls.append(a[0].shape) or F.linear(*a))
+    layer = MODEL_MODULE.Linear(8, 4)
+    layer(torch.randn(2, 9, 8))  # 18 rows: oneDNN
+    layer(torch.randn(3, 8))  # a head's few rows: BLAS
+    layer.double()(torch.randn(2, 9, 8, dtype=torch.float64))  # not fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer.float()(torch.randn(2, 9, 8))  # bf16 linears are on oneDNN already
+    assert calls == [torch.Size([2, 9, 8])]
+    traced = torch.jit.trace(MODEL_MODULE.Linear(8, 4), torch.randn(2, 9, 8), check_trace=False)
+    assert "aten::linear" in str(traced.graph)  # tracing (ONNX export) sees a plain linear
+    assert len(calls) == 1, calls
 
 
 def test_pointwise_matmul_equals_conv_in_both_formats():

@@ -30,6 +30,7 @@ from hdkd.data.transforms import eval_transform, mean_std
 from hdkd.errors import CheckpointError
 from hdkd.models import create_model_from_checkpoint, read_checkpoint_metadata
 from hdkd.models.fuse import fold_batchnorm
+from hdkd.runtime import reuse_freed_memory
 from hdkd.version import __version__
 
 METADATA_PREFIX = "hdkd."
@@ -172,19 +173,27 @@ class Classifier(ABC):
 
 
 def prepare_for_inference(
-    model: nn.Module, fold_bn: bool = True, channels_last: Optional[bool] = None, compile: bool = False
+    model: nn.Module,
+    fold_bn: bool = True,
+    channels_last: Optional[bool] = None,
+    compile: bool = False,
+    reuse_memory: bool = True,
 ) -> nn.Module:
     """The model as inference runs it, in eval mode with no gradients; the same outputs up to float rounding.
 
     ``fold_bn`` folds the BatchNorms into the convs (on a copy; `hdkd.models.fuse.fold_batchnorm`); ``channels_last``
     (default: when the model is on the CPU, where it is PyTorch's fastest convolution layout) stores the weights
     NHWC, so every feature map is computed NHWC whatever the input's layout; ``compile`` wraps it in torch.compile
-    (pays a compile on the first batch of each input shape). Without ``fold_bn`` the model itself is changed."""
+    (pays a compile on the first batch of each input shape); ``reuse_memory`` (on the CPU) keeps freed activations
+    in the process for the next call (`hdkd.runtime.reuse_freed_memory`, process-wide). Without ``fold_bn`` the model
+    itself is changed."""
     model = fold_batchnorm(model) if fold_bn else model
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu and reuse_memory:
+        reuse_freed_memory()
     if on_cpu if channels_last is None else channels_last:
         model = model.to(memory_format=torch.channels_last)
     return torch.compile(model) if compile else model

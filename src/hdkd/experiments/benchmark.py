@@ -20,8 +20,8 @@ A name ending in `+foldbn` (e.g. `hdkd_teacher+foldbn`) is that model with its B
 
 Each row also gives the achieved GFLOP/s of each timing (training counted as 3 x the forward FLOPs: forward,
 and backward to inputs and to weights) and its fraction of this machine's matrix-multiply peak, measured in the
-same interleaved run (`matmul_timer`, n x n @ n x n at the benchmark's precision, its best sample: a roof;
-`peak_size=0` skips it).
+same interleaved run (`matmul_timer`, n x n @ n x n at the benchmark's precision on the faster of BLAS and oneDNN,
+its best sample: a roof; `peak_size=0` skips it).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from hdkd.io import atomic_write, atomic_write_text
 from hdkd.models import count_flops, count_params
 from hdkd.models.factory import create_model
 from hdkd.models.fuse import fold_batchnorm
-from hdkd.runtime import autocast, resolve_device
+from hdkd.models.hdkd import onednn_linear
+from hdkd.runtime import autocast, resolve_device, reuse_freed_memory
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -81,19 +82,31 @@ def _sync(device: torch.device) -> None:
 
 
 def matmul_timer(n: int, dtype: torch.dtype, device: torch.device, inner: int = 1) -> Callable[[], float]:
-    """A callable timing `inner` back-to-back n x n @ n x n products (2 n^3 FLOPs each); seconds per product."""
+    """A callable timing `inner` back-to-back n x n @ n x n products (2 n^3 FLOPs each); seconds per product.
+
+    On the CPU each sample is the faster of PyTorch's two GEMM libraries: `torch.matmul` (BLAS: MKL in PyPI's
+    wheels) and oneDNN, which the models' convolutions run on (a 1x1 convolution over a channels_last (1, n, n, 1)
+    map is the same n x n x n product). MKL runs its AVX2 code on AMD CPUs, about half of what oneDNN reaches
+    there with AVX-512 (docs/RESULTS.md section 13), so a BLAS-only roof would sit below what the models achieve."""
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
+    products = [lambda: torch.matmul(a, b, out=out)]
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        b_t = b.t().contiguous()  # onednn_linear(a, w) is a @ w.T
+        products.append(lambda: onednn_linear(a, b_t))
 
-    def run() -> float:
+    def timed(product: Callable[[], Any]) -> float:
         _sync(device)
         start = time.perf_counter()
         for _ in range(inner):
-            torch.matmul(a, b, out=out)
+            product()
         _sync(device)
         return (time.perf_counter() - start) / inner
+
+    def run() -> float:
+        return min(timed(product) for product in products)
 
     return run
 
@@ -197,8 +210,11 @@ def run_benchmark(
     min_sample_s: float = 0.02,
     progress: Optional[Callable[[str], None]] = None,
     peak_size: int = 2048,
+    reuse_memory: bool = True,
 ) -> list[dict]:
     """Measure `models` (timm names) at `img_size`; one result dict per (model, batch size), see module docstring.
+    With `reuse_memory` every model runs with freed activations kept in the process, as hdkd's inference path runs
+    (`hdkd.runtime.reuse_freed_memory`; process-wide).
 
     Returned rows: model, status ("ok" or "skipped"), and for "ok" rows img_size, batch, device, amp, params,
     flops (per image, one forward), latency_ms (batch 1), infer_images_per_s and train_images_per_s (batch
@@ -211,6 +227,8 @@ def run_benchmark(
     if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError("repeats >= 1, warmup >= 0 and batch sizes >= 1 are required")
     device = resolve_device(str(device), option="--device")
+    if reuse_memory and device.type == "cpu":
+        reuse_freed_memory()
     say = progress or (lambda msg: None)
     results: dict[str, list[dict]] = {}
     static: dict[str, dict] = {}

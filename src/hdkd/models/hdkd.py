@@ -45,6 +45,7 @@ __all__ = [
     "StemBlock",
     "DFLTBlock",
     "PointwiseConv",
+    "Linear",
 ]
 
 
@@ -79,6 +80,47 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     if bias is not None:
         y = y + bias[:, None]
     return y.view(b, -1, h, wd)
+
+
+def _linear_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Where an fp32 CPU linear map over many rows (the DFLT's tokens) is faster on oneDNN than on PyTorch's BLAS:
+    ATen sends fp32 `F.linear` to MKL's GEMM, which on AMD CPUs runs its AVX2 code even where AVX-512 is there (about
+    100 against oneDNN's 208 GFLOP/s on one Zen 5 thread, docs/RESULTS.md section 13). Not for a few rows (the heads,
+    CBAM's pooled descriptors: oneDNN's call overhead dominates), under autocast (bf16 linears already run on oneDNN),
+    or while tracing, exporting or compiling (those see a plain linear)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() >= 2
+        and x.numel() >= _ONEDNN_LINEAR_MIN_ROWS * x.shape[-1]
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+_ONEDNN_LINEAR_MIN_ROWS = 16
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` as oneDNN's 1x1 convolution on a channels_last (1, C, rows, 1) view of the rows:
+    the same product, no copy of a contiguous input or of the output, gradients through ATen's convolution."""
+    in_features, out_features = x.shape[-1], weight.shape[0]
+    rows = x.reshape(1, -1, 1, in_features).permute(0, 3, 1, 2)  # NHWC memory = the (rows, C) matrix
+    y = torch.mkldnn_convolution(rows, weight.view(out_features, in_features, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
+    return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (its parameters, initialisation and state-dict keys) whose fp32 CPU product over many rows runs on
+    oneDNN (see `_linear_on_onednn`)."""
+
+    def forward(self, x):
+        if _linear_on_onednn(x, self.weight):
+            return onednn_linear(x, self.weight, self.bias)
+        return super().forward(x)
 
 
 class PointwiseConv(nn.Conv2d):
@@ -281,7 +323,7 @@ class PatchEmbed(nn.Module):
         self.patch_size = patch_size
         patch_dim = in_chs * patch_size * patch_size
         self.norm_in = nn.LayerNorm(patch_dim)
-        self.proj = nn.Linear(patch_dim, embed_dim)
+        self.proj = Linear(patch_dim, embed_dim)
         self.norm_out = nn.LayerNorm(embed_dim)
 
     def forward(self, x):
@@ -298,8 +340,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         inner = num_heads * head_dim
-        self.qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.proj = nn.Linear(inner, dim)
+        self.qkv = Linear(dim, inner * 3, bias=False)
+        self.proj = Linear(inner, dim)
 
     def forward(self, x):
         b, n, _ = x.shape
@@ -311,9 +353,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
