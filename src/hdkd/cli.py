@@ -48,7 +48,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         choices=("auto", "none", "bf16"),
         help="bf16 autocast (train.amp; default auto: bf16 where the CPU or GPU has native bf16)",
     )
-    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train in channels_last (train.channels_last; default auto: on the CPU, not on CUDA)",
+    )
     p.add_argument(
         "--compile",
         action="store_true",

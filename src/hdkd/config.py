@@ -14,7 +14,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -110,7 +110,9 @@ class TrainConfig:
     # auto: bf16 autocast where the hardware multiplies bf16 natively (CPUs with AMX or AVX512-BF16, GPUs with bf16),
     # fp32 elsewhere; bf16 matched fp32's accuracy within the seed spread on real data (docs/RESULTS.md section 9)
     amp: str = "auto"  # auto | none | bf16
-    channels_last: bool = False
+    # auto: channels_last on the CPU, where the fp32 training step ran 1.08 to 1.37 x faster in it on three CPUs at 32
+    # to 224 px (one loss: 0.96 x at 224 px on an Intel CPU), NCHW on CUDA (not measured); docs/RESULTS.md section 13
+    channels_last: Union[bool, str] = "auto"  # auto | true | false
     compile: bool = False  # torch.compile the trained model and the frozen teacher (first steps pay the compile)
     compile_mode: Optional[str] = None  # None | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     compile_backend: str = "inductor"  # any of torch.compiler.list_backends()
@@ -199,8 +201,11 @@ RESULT_NEUTRAL: tuple[tuple[str, ...], ...] = (
     ("train", "grad_share_every"),
 )
 # Settings that compute the same function up to float rounding: compared (and hashed into ablation keys) at one fixed
-# value whatever they are (fold_teacher_bn: false, its value when the first ablation records were written).
-SAME_UP_TO_ROUNDING: dict[tuple[str, ...], Any] = {("distill", "fold_teacher_bn"): False}
+# value whatever they are (their values when the first ablation records were written; a memory format is a layout).
+SAME_UP_TO_ROUNDING: dict[tuple[str, ...], Any] = {
+    ("distill", "fold_teacher_bn"): False,
+    ("train", "channels_last"): False,
+}
 # Options added after runs and records existed. A saved config without one ran with its default, so at its default it
 # is left out of ablation keys and never makes a saved run look different.
 ADDED_LATER: tuple[tuple[str, ...], ...] = (
@@ -611,6 +616,7 @@ _RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "seed"): _SEED,
     ("train", "device"): _DEVICE,
     ("train", "amp"): _in(AMP_CHOICES),
+    ("train", "channels_last"): ((lambda v: v == "auto" or isinstance(v, bool)), "auto, true or false"),
     ("train", "compile_mode"): _in((None,) + COMPILE_MODES),
     ("train", "select_metric"): _in(tuple(SELECT_METRICS)),
     ("train", "max_steps_per_epoch"): _at_least(1, allow_none=True),

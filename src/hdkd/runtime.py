@@ -96,6 +96,16 @@ def resolve_amp(option: str, device: torch.device) -> str:
     return option
 
 
+def resolve_channels_last(option: bool | str, device: torch.device) -> bool:
+    """train.channels_last as run on ``device``: "auto" is channels_last on the CPU (faster there in the
+    measurements, docs/RESULTS.md section 13), NCHW elsewhere."""
+    if option == "auto":
+        return device.type == "cpu"
+    if not isinstance(option, bool):
+        raise ConfigError(f"train.channels_last: unknown {option!r}; choose auto, true or false")
+    return option
+
+
 def autocast(device: torch.device, amp: str):
     if resolve_amp(amp, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

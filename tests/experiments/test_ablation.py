@@ -393,6 +393,9 @@ def test_options_added_later_keep_the_keys_of_finished_runs():
     assert config_key(cfg) == config_key(older)
     older["distill"]["fold_teacher_bn"] = False  # folding the teacher's BNs is exact: one setting either way
     assert config_key(cfg) == config_key(older)
+    for layout in (False, True, "auto"):  # a memory format is a layout: the records made in NCHW stay done
+        older["train"]["channels_last"] = layout
+        assert config_key(cfg) == config_key(older)
     cfg.data.augment_on = "device"
     assert config_key(cfg) != config_key(older)
 

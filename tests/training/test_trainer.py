@@ -231,6 +231,33 @@ def test_auto_amp_trains_exactly_as_the_precision_it_resolves_to(tmp_path, monke
     assert build_config("student").train.amp == "auto"
 
 
+def test_auto_channels_last_trains_exactly_as_channels_last_on_the_cpu(tmp_path):
+    """train.channels_last=auto is the default; on the CPU it is bit-identical to channels_last=true, and
+    summary.json says which layout ran."""
+    steps = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.deterministic=true", "train.amp=none"]
+    auto = train(_cfg(tmp_path / "auto", "student", *steps))
+    explicit = train(_cfg(tmp_path / "explicit", "student", *steps, "train.channels_last=true"))
+    nchw = train(_cfg(tmp_path / "nchw", "student", *steps, "train.channels_last=false"))
+    a, b = load_file(auto.last_checkpoint), load_file(explicit.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    layouts = [json.loads((tmp_path / run / "student" / "summary.json").read_text())["channels_last"]
+               for run in ("auto", "nchw")]  # fmt: skip
+    assert layouts == [True, False] and nchw.best_val["balanced_accuracy"] >= 0
+    assert build_config("student").train.channels_last == "auto"
+
+
+def test_channels_last_resolves_to_the_cpu_only_and_refuses_other_values(tmp_path):
+    from hdkd.errors import ConfigError
+    from hdkd.runtime import resolve_channels_last
+
+    assert resolve_channels_last("auto", torch.device("cpu")) is True
+    assert resolve_channels_last("auto", torch.device("cuda")) is False
+    assert resolve_channels_last(False, torch.device("cpu")) is False
+    with pytest.raises(ConfigError, match="train.channels_last: expected auto, true or false, got 'nhwc'"):
+        train(_cfg(tmp_path, "student", "train.channels_last=nhwc"))
+    assert not (tmp_path / "student").exists()
+
+
 def test_unknown_amp_is_refused_before_any_output(tmp_path):
     from hdkd.errors import ConfigError
 

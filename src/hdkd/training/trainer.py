@@ -40,7 +40,14 @@ from hdkd.io import atomic_write_text
 from hdkd.models import count_params, save_checkpoint
 from hdkd.models.checkpoint import atomic_torch_save
 from hdkd.models.from_config import build_model, model_args
-from hdkd.runtime import check_compile_options, compile_model, resolve_amp, resolve_device, seed_everything
+from hdkd.runtime import (
+    check_compile_options,
+    compile_model,
+    resolve_amp,
+    resolve_channels_last,
+    resolve_device,
+    seed_everything,
+)
 from hdkd.training.distributed import (
     DistContext,
     GlobalBatchSampler,
@@ -140,6 +147,7 @@ class Run:
     device: torch.device
     amp: str
     augment_on: str
+    channels_last: bool
     data: DataSplits
     core: nn.Module  # the plain model: validated and saved (`model` may wrap it in DDP and torch.compile)
     model: nn.Module
@@ -190,22 +198,26 @@ def set_up(cfg: Config, data: Optional[DataSplits]) -> Run:
     if cfg.train.sync_bn and device.type != "cuda":
         raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU implementation)")
     augment_on, amp = resolve_augment_on(cfg.data.augment_on, device), resolve_amp(cfg.train.amp, device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, device)
     if data is None:
         data = build_datasets(cfg.data, cfg.model.img_size, cfg.model.in_chans)
     if data.train is None or data.val is None:
         raise ConfigError("data: training needs a train and a validation split (set data.val_fraction > 0)")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     model = build_model(cfg, data.num_classes, data.in_chans).to(device)
-    if cfg.train.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfg, data, device).to(device)
-    if cfg.train.channels_last:  # the frozen teacher's weights in the layout of its inputs (else oneDNN reorders)
+    if channels_last:  # the frozen teacher's weights in the layout of its inputs (else oneDNN reorders)
         criterion = criterion.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs)
     identity = run_identity(cfg, model_args(cfg, data.num_classes, data.in_chans), data)
     out = Path(cfg.output)
-    return Run(cfg, ctx, device, amp, augment_on, data, model, model, criterion, optimizer, scheduler, out, identity)
+    return Run(
+        cfg, ctx, device, amp, augment_on, channels_last, data, model, model, criterion, optimizer, scheduler, out,
+        identity,
+    )  # fmt: skip
 
 
 def resume_progress(run: Run, resume: bool, missing_ok: bool = False) -> Optional[Progress]:
@@ -305,7 +317,7 @@ def run_epoch(run: Run, progress: Progress, epoch: int, train_set, batch_transfo
         run.optimizer,
         run.device,
         run.amp,
-        cfg.train.channels_last,
+        run.channels_last,
         cfg.train.progress and run.ctx.is_main,
         cfg.train.max_steps_per_epoch,
         desc=f"{cfg.role} {epoch + 1}/{cfg.train.epochs}",
@@ -323,7 +335,7 @@ def checkpoint_and_log(run: Run, progress: Progress, epoch: int, stats: dict, va
     """Validate the epoch's model, keep it as best.safetensors when the selection metric improved, write
     last.safetensors, the resume state and the log line (rank 0 only)."""
     cfg, select = run.cfg, run.cfg.train.select_metric
-    y, probs, val_loss = predict(run.core, val_loader, run.device, run.amp, cfg.train.channels_last)
+    y, probs, val_loss = predict(run.core, val_loader, run.device, run.amp, run.channels_last)
     val = classification_metrics(y, probs, run.data.class_names)
     value = selection_score(select, _select_value(val, select))  # lower-is-better metrics negated
     record = {"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_accuracy": val["accuracy"],
@@ -398,6 +410,7 @@ def write_summary(run: Run, progress: Progress, params: int, train_time: float) 
         "world_size": run.ctx.world_size,
         "amp": run.amp,
         "augment_on": run.augment_on,
+        "channels_last": run.channels_last,
     }
     atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
 
