@@ -52,7 +52,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="train in channels_last (train.channels_last; default auto: on the CPU, not on CUDA)",
+        help="train in channels_last (train.channels_last; default auto: for fp32 on the CPU)",
     )
     p.add_argument(
         "--compile",

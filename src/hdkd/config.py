@@ -110,8 +110,9 @@ class TrainConfig:
     # auto: bf16 autocast where the hardware multiplies bf16 natively (CPUs with AMX or AVX512-BF16, GPUs with bf16),
     # fp32 elsewhere; bf16 matched fp32's accuracy within the seed spread on real data (docs/RESULTS.md section 9)
     amp: str = "auto"  # auto | none | bf16
-    # auto: channels_last on the CPU, where the fp32 training step ran 1.08 to 1.37 x faster in it on three CPUs at 32
-    # to 224 px (one loss: 0.96 x at 224 px on an Intel CPU), NCHW on CUDA (not measured); docs/RESULTS.md section 13
+    # auto: channels_last for fp32 on the CPU, where the training step ran 1.08 to 1.46 x faster in it on three CPUs
+    # (one loss: 0.96 x at 224 px on an Intel CPU); NCHW under bf16 (slower in channels_last at 64 and 224 px on two
+    # CPUs) and on CUDA (not measured); docs/RESULTS.md section 13
     channels_last: Union[bool, str] = "auto"  # auto | true | false
     compile: bool = False  # torch.compile the trained model and the frozen teacher (first steps pay the compile)
     compile_mode: Optional[str] = None  # None | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs

@@ -96,11 +96,12 @@ def resolve_amp(option: str, device: torch.device) -> str:
     return option
 
 
-def resolve_channels_last(option: bool | str, device: torch.device) -> bool:
-    """train.channels_last as run on ``device``: "auto" is channels_last on the CPU (faster there in the
-    measurements, docs/RESULTS.md section 13), NCHW elsewhere."""
+def resolve_channels_last(option: bool | str, device: torch.device, amp: str = "none") -> bool:
+    """train.channels_last as run on ``device`` at precision ``amp`` (resolved): "auto" is channels_last for fp32 on
+    the CPU, where it was faster on every CPU measured; NCHW under bf16 (slower in channels_last at 64 and 224 px on
+    two CPUs) and on CUDA (not measured). docs/RESULTS.md section 13."""
     if option == "auto":
-        return device.type == "cpu"
+        return device.type == "cpu" and amp == "none"
     if not isinstance(option, bool):
         raise ConfigError(f"train.channels_last: unknown {option!r}; choose auto, true or false")
     return option

@@ -232,7 +232,7 @@ def test_auto_amp_trains_exactly_as_the_precision_it_resolves_to(tmp_path, monke
 
 
 def test_auto_channels_last_trains_exactly_as_channels_last_on_the_cpu(tmp_path):
-    """train.channels_last=auto is the default; on the CPU it is bit-identical to channels_last=true, and
+    """train.channels_last=auto is the default; for fp32 on the CPU it is bit-identical to channels_last=true, and
     summary.json says which layout ran."""
     steps = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.deterministic=true", "train.amp=none"]
     auto = train(_cfg(tmp_path / "auto", "student", *steps))
@@ -251,6 +251,7 @@ def test_channels_last_resolves_to_the_cpu_only_and_refuses_other_values(tmp_pat
     from hdkd.runtime import resolve_channels_last
 
     assert resolve_channels_last("auto", torch.device("cpu")) is True
+    assert resolve_channels_last("auto", torch.device("cpu"), "bf16") is False  # slower under bf16 where measured
     assert resolve_channels_last("auto", torch.device("cuda")) is False
     assert resolve_channels_last(False, torch.device("cpu")) is False
     with pytest.raises(ConfigError, match="train.channels_last: expected auto, true or false, got 'nhwc'"):

@@ -198,7 +198,7 @@ def set_up(cfg: Config, data: Optional[DataSplits]) -> Run:
     if cfg.train.sync_bn and device.type != "cuda":
         raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU implementation)")
     augment_on, amp = resolve_augment_on(cfg.data.augment_on, device), resolve_amp(cfg.train.amp, device)
-    channels_last = resolve_channels_last(cfg.train.channels_last, device)
+    channels_last = resolve_channels_last(cfg.train.channels_last, device, amp)
     if data is None:
         data = build_datasets(cfg.data, cfg.model.img_size, cfg.model.in_chans)
     if data.train is None or data.val is None:
