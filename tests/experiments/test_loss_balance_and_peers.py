@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hdkd.config import build_config
+from hdkd.experiments.ablation.latency import measure_latencies_ms
 from hdkd.experiments.ablation.plan import model_config, teacher_config, teacher_key, variant_config
 from hdkd.experiments.ablation.records import read_results
 from hdkd.experiments.ablation.report import write_ablation_report
@@ -185,3 +186,14 @@ def test_the_paper_recipe_preset_is_the_paper_s_distillation_settings():
     assert (d.kd, d.alpha, d.tau, d.kd_reduction, d.lam, d.beta, d.feature_stages, d.feature_norm) == (
         "soft", 0.5, 1.0, "deit", 10.0, 1.0, [1, 2, 3], "none")  # fmt: skip
     assert d == DistillConfig()  # today's defaults are the paper's recipe
+
+
+def test_latencies_are_measured_together_and_rank_models_by_their_work():
+    torch.manual_seed(0)
+    small = torch.nn.Conv2d(3, 8, 3, padding=1)
+    large = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1))
+    threads = torch.get_num_threads()
+    latency = measure_latencies_ms({"small": (small, 32, 3), "large": (large, 32, 3)}, repeats=3, warmup=1, inner=2)
+    assert set(latency) == {"small", "large"} and all(v > 0 for v in latency.values())
+    assert latency["large"] > latency["small"]  # about 140 x the multiply-adds
+    assert torch.get_num_threads() == threads  # one thread for the measurement, then restored

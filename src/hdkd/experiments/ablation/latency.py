@@ -1,10 +1,11 @@
 """CPU latency of the models a grid tested, for the peers' Pareto front: batch 1, one thread, eval mode, fp32.
 
 Each variant's model is rebuilt from its record (its checkpoint when the file is still there, else its config:
-the architecture alone sets the latency) and timed with a small loop: ``warmup`` calls, then the fastest of
-``repeats`` samples of ``inner`` calls each (other processes on a shared machine only ever add time; a median of 5
-put two models of the same architecture 2 x apart under load). The torch thread count is set to 1 for the
-measurement and restored.
+the architecture alone sets the latency) and timed with a small loop: ``warmup`` calls, then ``repeats`` samples of
+``inner`` calls each, the models taking turns sample by sample, and each model's fastest sample kept (other
+processes on a shared machine only ever add time; measured one after the other with a median of 5, two models of
+the same architecture came out 2 x apart under load). The torch thread count is set to 1 for the measurement and
+restored.
 """
 
 from __future__ import annotations
@@ -35,34 +36,35 @@ def _model_of(record: Mapping[str, Any]) -> tuple[torch.nn.Module, int, int]:
     return build_model(cfg, classes, in_chans), size, in_chans
 
 
-def measure_latency_ms(model: torch.nn.Module, img_size: int, in_chans: int, repeats: int = 9, warmup: int = 3,
-                       inner: int = 5) -> float:  # fmt: skip
-    """Milliseconds of one forward pass of one image on one CPU thread (the fastest sample's mean over its calls)."""
+def measure_latencies_ms(models: Mapping[str, tuple[torch.nn.Module, int, int]], repeats: int = 9, warmup: int = 3,
+                         inner: int = 5) -> dict[str, float]:  # fmt: skip
+    """``{name: milliseconds of one forward pass of one image on one CPU thread}`` for ``{name: (model, img_size,
+    in_chans)}``: the models take turns, sample by sample, so that a busy machine slows them alike, and each keeps
+    its fastest sample (the mean over its ``inner`` calls)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    samples: dict[str, list[float]] = {name: [] for name in models}
     try:
-        model = model.eval().cpu()
-        x = torch.randn(1, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
-        samples = []
+        runs = {}
+        for name, (model, size, chans) in models.items():
+            x = torch.randn(1, chans, size, size, generator=torch.Generator().manual_seed(0))
+            runs[name] = (model.eval().cpu(), x)
         with torch.no_grad():
-            for _ in range(warmup):
-                model(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                for _ in range(inner):
+            for model, x in runs.values():
+                for _ in range(warmup):
                     model(x)
-                samples.append((time.perf_counter() - start) / inner)
+            for _ in range(repeats):
+                for name, (model, x) in runs.items():
+                    start = time.perf_counter()
+                    for _ in range(inner):
+                        model(x)
+                    samples[name].append((time.perf_counter() - start) / inner)
     finally:
         torch.set_num_threads(threads)
-    return 1e3 * min(samples)
+    return {name: 1e3 * min(values) for name, values in samples.items()}
 
 
 def variant_latencies(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> dict[str, Optional[float]]:
-    """``{variant: latency in ms}`` for each of ``variants`` with a record (its latest one)."""
+    """``{variant: latency in ms}`` for each of ``variants`` with a record (its latest one), measured together."""
     latest = {r["variant"]: r for r in records if r.get("variant") in variants and isinstance(r.get("config"), dict)}
-    out = {}
-    for name in variants:
-        if name in latest:
-            model, size, chans = _model_of(latest[name])
-            out[name] = measure_latency_ms(model, size, chans)
-    return out
+    return measure_latencies_ms({name: _model_of(latest[name]) for name in variants if name in latest})
