@@ -149,7 +149,9 @@ def test_preprocessing_and_predictions_equal_the_evaluation_data_path(checkpoint
     with torch.no_grad():
         inputs = torch.stack([dataset[i][0] for i in range(len(dataset))])
         evaluated = torch.softmax(classifier.model(inputs), dim=1).numpy()
-    np.testing.assert_allclose(np.stack([r.probabilities for r in table.rows]), evaluated, atol=1e-6)
+    # batches of 4 against one of 6: oneDNN's GEMM blocking depends on the row count, so the same image's logits may
+    # differ in the last float digits (1.7e-6 seen in a probability)
+    np.testing.assert_allclose(np.stack([r.probabilities for r in table.rows]), evaluated, atol=1e-5)
     assert [table.predicted(r) for r in table.rows] == [CLASSES[i] for i in evaluated.argmax(1)]
 
 
