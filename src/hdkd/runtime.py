@@ -46,10 +46,10 @@ def reuse_freed_memory() -> bool:
     """Make glibc's malloc keep freed activations for the next call instead of handing them back to the OS.
 
     With glibc's defaults, blocks of a few MB (one 384-channel 56 x 56 map is 4.8 MB) are returned to the kernel
-    when freed and page-faulted back, zeroed, on the next forward pass: about 16,000 page faults per batch-1
-    student forward at 224 px, which more than doubled its latency on a loaded 2-core machine (docs/RESULTS.md
-    section 13). Raising the mmap and trim thresholds keeps them in the heap; the process then holds its peak working
-    set. Process-wide and idempotent; True where applied (Linux with glibc), False elsewhere."""
+    when freed and page-faulted back, zeroed, on the next forward pass: 4,300 page faults per batch-1 call of the
+    student's inference path at 224 px in a fresh process, 1.24 x its latency (benchmarks/freed_memory.py,
+    docs/RESULTS.md section 13). Raising the mmap and trim thresholds keeps them in the heap; the process then holds
+    its peak working set. Process-wide and idempotent; True where applied (Linux with glibc), False elsewhere."""
     global _freed_memory_reused
     if _freed_memory_reused:
         return True
