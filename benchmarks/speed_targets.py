@@ -71,8 +71,13 @@ def _current(name: str, size: int) -> torch.nn.Module:
 
 def _before(baseline, name: str, size: int) -> torch.nn.Module:
     """The baseline's model with the current model's weights (the state-dict keys are the same)."""
-    kwargs = dict(depths=(6, 6, 9), head="linear") if name == "hdkd_teacher" else dict(head="dflt", distilled=True)
-    model = baseline.HDKDNet(num_classes=CLASSES, img_size=size, **kwargs)
+    teacher = name == "hdkd_teacher"
+    if hasattr(baseline, "HDKDTeacher"):  # an hdkd.py with one class per model (since session 5)
+        model_class, kwargs = (baseline.HDKDTeacher, (6, 6, 9)) if teacher else (baseline.HDKDDistilled, (2, 2, 3))
+        model = model_class(num_classes=CLASSES, img_size=size, depths=kwargs)
+    else:  # 8fd2392's HDKDNet with a head argument
+        kwargs = dict(depths=(6, 6, 9), head="linear") if teacher else dict(head="dflt", distilled=True)
+        model = baseline.HDKDNet(num_classes=CLASSES, img_size=size, **kwargs)
     model.load_state_dict(_current(name, size).state_dict())
     return model
 

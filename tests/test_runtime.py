@@ -10,8 +10,8 @@ from hdkd.runtime import reuse_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# 24 live 4.8 MB maps (one 384-channel 56 x 56 activation each), freed together, eight times over: a forward pass's
-# pattern. glibc adapts its thresholds to what the process freed before, so both arms first pin them at glibc's
+# 24 live 4.8 MB maps (one 384-channel 56 x 56 activation each), or 3 live 77 MB ones (a 16-image batch of them,
+# above glibc's largest mmap threshold), freed together, eight times over: a forward pass's pattern. glibc adapts its thresholds to what the process freed before, so both arms first pin them at glibc's
 # starting values (128 KiB), the worst case; reuse_freed_memory must then override them. Prints the page faults of
 # the last four rounds (the heap settles in the first four).
 _ROUNDS = """
@@ -20,8 +20,9 @@ from hdkd.runtime import reuse_freed_memory
 libc = ctypes.CDLL(None)
 assert libc.mallopt(-3, 128 * 1024) == 1 and libc.mallopt(-1, 128 * 1024) == 1  # M_MMAP_ / M_TRIM_THRESHOLD
 applied = reuse_freed_memory() if sys.argv[1] == "reuse" else None
+count, numel = int(sys.argv[2]), int(sys.argv[3])
 def one_round():
-    maps = [torch.empty(384 * 56 * 56).fill_(1.0) for _ in range(24)]
+    maps = [torch.empty(numel).fill_(1.0) for _ in range(count)]
     del maps
 for _ in range(4):
     one_round()
@@ -32,18 +33,19 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(mode: str) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _ROUNDS, mode], capture_output=True, text=True, check=True)
-    applied, faults = out.stdout.split()
+def _faults(mode: str, count: int, numel: int) -> tuple[str, int]:
+    args = [sys.executable, "-c", _ROUNDS, mode, str(count), str(numel)]
+    applied, faults = subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
     return applied, int(faults)
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
-def test_reused_memory_is_not_page_faulted_back_on_every_call():
-    default_applied, default_faults = _faults("glibc")
-    applied, faults = _faults("reuse")
+@pytest.mark.parametrize("count, numel", [(24, 384 * 56 * 56), (3, 16 * 384 * 56 * 56)])
+def test_reused_memory_is_not_page_faulted_back_on_every_call(count, numel):
+    default_applied, default_faults = _faults("glibc", count, numel)
+    applied, faults = _faults("reuse", count, numel)
     assert default_applied == "None" and applied == "True"
-    pages_per_round = 24 * 384 * 56 * 56 * 4 // 4096
+    pages_per_round = count * numel * 4 // 4096
     assert default_faults > 2 * pages_per_round  # glibc's starting thresholds: mapped, freed, faulted back
     assert faults < pages_per_round // 4
 

@@ -58,6 +58,7 @@ def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, pa
     monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: path != "conv2d")
     if path == "onednn":  # every DFLT linear on oneDNN, however few tokens a 32 px input has
         monkeypatch.setattr(MODEL_MODULE, "_ONEDNN_LINEAR_MIN_ROWS", 1)
+        monkeypatch.setattr(MODEL_MODULE, "_ONEDNN_BACKWARD_MIN_ROWS", 16)  # the patch embedding's 16 rows
     if path == "matmul":  # the fallback where PyTorch has no oneDNN
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     model = _with_stats(name, 0)
@@ -72,9 +73,10 @@ def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, pa
         assert _rel(g, ref_grads[k], floor) <= 1e-3, k
 
 
-@pytest.mark.parametrize("shape", [(7, 12), (2, 9, 12), (3, 2, 5, 12)])
+@pytest.mark.parametrize("shape", [(7, 12), (17, 12), (2, 9, 12), (4, 8, 12), (3, 2, 5, 12)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_onednn_linear_equals_linear_with_gradients(shape, bias):
+@pytest.mark.parametrize("function", ["onednn_linear", "onednn_linear_with_grad"])
+def test_onednn_linear_equals_linear_with_gradients(shape, bias, function):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(*shape, generator=g, dtype=torch.float64)
     w = torch.randn(10, 12, generator=g, dtype=torch.float64)
@@ -82,7 +84,7 @@ def test_onednn_linear_equals_linear_with_gradients(shape, bias):
     grad_out = torch.randn(*shape[:-1], 10, generator=g, dtype=torch.float64)
     leaves = [t.float().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
     ref_leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
-    out = MODEL_MODULE.onednn_linear(*leaves, *(() if bias else (None,)))
+    out = getattr(MODEL_MODULE, function)(*leaves, *(() if bias else (None,)))
     ref = F.linear(*ref_leaves, *(() if bias else (None,)))
     assert out.shape == ref.shape
     assert (out.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
@@ -102,9 +104,18 @@ def test_linear_runs_on_onednn_only_for_many_fp32_rows(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer.float()(torch.randn(2, 9, 8))  # bf16 linears are on oneDNN already
     assert calls == [torch.Size([2, 9, 8])]
+    with_grad = []
+    monkeypatch.setattr(
+        MODEL_MODULE, "onednn_linear_with_grad", lambda *a: with_grad.append(a[0].shape) or F.linear(*a)
+    )
+    layer(torch.randn(16, 8, 8))  # 128 rows, the weight needs a gradient: the backward on oneDNN too
+    with torch.no_grad():
+        layer(torch.randn(16, 8, 8))  # no gradient: the batch-1 view
+    layer(torch.randn(2, 9, 8))  # too few rows for it
+    assert with_grad == [torch.Size([16, 8, 8])] and len(calls) == 3, (with_grad, calls)
     traced = torch.jit.trace(MODEL_MODULE.Linear(8, 4), torch.randn(2, 9, 8), check_trace=False)
     assert "aten::linear" in str(traced.graph)  # tracing (ONNX export) sees a plain linear
-    assert len(calls) == 1, calls
+    assert len(calls) == 3 and len(with_grad) == 1, calls
 
 
 def test_pointwise_matmul_equals_conv_in_both_formats():

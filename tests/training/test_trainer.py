@@ -308,3 +308,22 @@ def test_grad_share_every_must_not_be_negative(tmp_path):
 
     with pytest.raises(ConfigError, match="train.grad_share_every"):
         train(_cfg(tmp_path, "student", "train.grad_share_every=-1"))
+
+
+def test_cpu_training_keeps_freed_memory_unless_switched_off(tmp_path, monkeypatch):
+    """train.reuse_memory (default true) applies hdkd.runtime.reuse_freed_memory before a CPU run; false leaves
+    glibc's policy alone. It changes no result, so it is not part of what identifies a run."""
+    from hdkd.config import RESULT_NEUTRAL
+    from hdkd.errors import ConfigError
+    from hdkd.training import trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "reuse_freed_memory", lambda: calls.append(1) or True)
+    steps = ["train.epochs=1", "train.max_steps_per_epoch=1"]
+    train(_cfg(tmp_path / "on", "student", *steps))
+    assert calls == [1]
+    train(_cfg(tmp_path / "off", "student", *steps, "train.reuse_memory=false"))
+    assert calls == [1]
+    assert build_config("student").train.reuse_memory is True and ("train", "reuse_memory") in RESULT_NEUTRAL
+    with pytest.raises(ConfigError, match="train.reuse_memory"):
+        train(_cfg(tmp_path / "bad", "student", "train.reuse_memory=sometimes"))

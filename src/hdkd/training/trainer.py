@@ -46,6 +46,7 @@ from hdkd.runtime import (
     resolve_amp,
     resolve_channels_last,
     resolve_device,
+    reuse_freed_memory,
     seed_everything,
 )
 from hdkd.training.distributed import (
@@ -199,6 +200,8 @@ def set_up(cfg: Config, data: Optional[DataSplits]) -> Run:
         raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU implementation)")
     augment_on, amp = resolve_augment_on(cfg.data.augment_on, device), resolve_amp(cfg.train.amp, device)
     channels_last = resolve_channels_last(cfg.train.channels_last, device, amp)
+    if device.type == "cpu" and cfg.train.reuse_memory:
+        reuse_freed_memory()
     if data is None:
         data = build_datasets(cfg.data, cfg.model.img_size, cfg.model.in_chans)
     if data.train is None or data.val is None:
