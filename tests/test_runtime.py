@@ -11,9 +11,10 @@ from hdkd.runtime import reuse_freed_memory
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # 24 live 4.8 MB maps (one 384-channel 56 x 56 activation each), or 3 live 77 MB ones (a 16-image batch of them,
-# above glibc's largest mmap threshold), freed together, eight times over: a forward pass's pattern. glibc adapts its thresholds to what the process freed before, so both arms first pin them at glibc's
-# starting values (128 KiB), the worst case; reuse_freed_memory must then override them. Prints the page faults of
-# the last four rounds (the heap settles in the first four).
+# above glibc's largest mmap threshold), freed together, eight times over: a forward pass's pattern. glibc adapts
+# its thresholds to what the process freed before, so both arms first pin them at glibc's starting values (128 KiB),
+# the worst case; reuse_freed_memory must then override them. Prints the page faults of the last four rounds (the
+# heap settles in the first four).
 _ROUNDS = """
 import ctypes, resource, sys, torch
 from hdkd.runtime import reuse_freed_memory

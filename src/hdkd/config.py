@@ -111,11 +111,11 @@ class TrainConfig:
     # fp32 elsewhere; bf16 matched fp32's accuracy within the seed spread on real data (docs/RESULTS.md section 9)
     amp: str = "auto"  # auto | none | bf16
     # auto: channels_last for fp32 on the CPU, where the training step ran 1.08 to 1.46 x faster in it on three CPUs
-    # (one loss: 0.96 x at 224 px on an Intel CPU); NCHW under bf16 (slower in channels_last at 64 and 224 px on two
-    # CPUs) and on CUDA (not measured); docs/RESULTS.md section 13
+    # (one loss: 0.96 x at 224 px on an Intel CPU; level at 224 px once freed memory is reused); NCHW under bf16
+    # (slower in channels_last at 64 and 224 px on two CPUs) and on CUDA (not measured); docs/RESULTS.md section 13
     channels_last: Union[bool, str] = "auto"  # auto | true | false
     # on the CPU, keep freed activations in the process instead of page-faulting them back on every step
-    # (hdkd.runtime.reuse_freed_memory; the fp32 step at 224 px, batch 16, 2.2 x faster; docs/RESULTS.md section 13)
+    # (hdkd.runtime.reuse_freed_memory; the fp32 step at 224 px, batch 16, 1.9-2.3 x faster; docs/RESULTS.md section 13)
     reuse_memory: bool = True
     compile: bool = False  # torch.compile the trained model and the frozen teacher (first steps pay the compile)
     compile_mode: Optional[str] = None  # None | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs

@@ -51,7 +51,7 @@ def reuse_freed_memory() -> bool:
     docs/RESULTS.md section 13). Raising the mmap and trim thresholds keeps them in the heap; the process then holds
     its peak working set. Blocks above glibc's largest mmap threshold (32 MB: a 16-image batch of those maps is 77 MB)
     are always mapped afresh, so mmap is switched off (M_MMAP_MAX 0) and they come from the heap too: the fp32 HDKD
-    training step at 224 px, batch 16, was 2.2 x faster for 17 % more peak memory. Process-wide and idempotent;
+    training step at 224 px, batch 16, was 1.9-2.3 x faster for 17-20 % more peak memory. Process-wide and idempotent;
     True where applied (Linux with glibc), False elsewhere."""
     global _freed_memory_reused
     if _freed_memory_reused:

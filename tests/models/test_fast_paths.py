@@ -3,6 +3,7 @@ compute the authors' model: against a float64 reference, in both memory formats,
 outputs and for training gradients; and the authors' checkpoints reproduce in channels_last and on the inference
 path (BN folded, channels_last, no autograd)."""
 
+import copy
 import json
 import sys
 
@@ -182,3 +183,43 @@ def test_tracing_sees_plain_convolutions(monkeypatch):
     with torch.no_grad():
         graph = str(torch.jit.trace(model, torch.zeros(1, 3, 32, 32)).inlined_graph)
     assert "mkldnn_convolution" not in graph and "aten::_convolution" in graph
+
+
+def test_cpu_autocast_attention_is_softmax_attention_written_out(monkeypatch):
+    """Under CPU bf16 autocast the DFLT attention runs softmax(q k^T / sqrt(d)) v written out (the fused bf16 CPU
+    kernel is slower there); values and gradients match float64 SDPA within bf16 rounding, and fp32 keeps SDPA."""
+    torch.manual_seed(0)
+    attn = MODEL_MODULE.Attention(16, 2, 8)
+    x = torch.randn(3, 6, 16)
+    ref_attn = copy.deepcopy(attn).double()
+    ref = ref_attn(x.double().requires_grad_())
+    ref_grads = torch.autograd.grad(ref.sum(), list(ref_attn.parameters()))
+    fused = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(MODEL_MODULE.F, "scaled_dot_product_attention", lambda *a: fused.append(1) or sdpa(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x)
+    grads = torch.autograd.grad(out.float().sum(), list(attn.parameters()))
+    assert not fused and out.dtype == torch.bfloat16
+    assert (out.double() - ref).abs().max() <= 3e-2 * ref.abs().max()
+    for g, r in zip(grads, ref_grads):
+        assert _rel(g, r, 1e-6) <= 5e-2
+    attn(x)
+    assert fused == [1]  # fp32: the fused kernel, as the fixtures were checked with
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cbam_means_equal_mean_and_hand_back_a_broadcast_gradient(channels_last):
+    """CBAM's average descriptors are sums divided afterwards: mean's values, and a backward that does not write a
+    full-size copy (mean's divides one, in NCHW order, which made channels_last training mix layouts)."""
+    x = torch.randn(2, 6, 5, 5, generator=torch.Generator().manual_seed(0))
+    x = (x.contiguous(memory_format=CL) if channels_last else x).requires_grad_()
+    for ours, mean, broadcast_dims in (
+        (MODEL_MODULE.channel_mean, lambda t: t.mean(1, keepdim=True), (1,)),
+        (MODEL_MODULE.spatial_mean, lambda t: t.mean((2, 3)), (2, 3)),
+    ):
+        out = ours(x)
+        assert torch.allclose(out, mean(x), rtol=1e-6, atol=1e-7)
+        (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+        assert all(grad.stride(d) == 0 for d in broadcast_dims), grad.stride()
+        assert torch.allclose(grad, torch.autograd.grad(mean(x), x, torch.ones_like(out))[0])

@@ -168,6 +168,19 @@ def _needs_grad(x: torch.Tensor) -> bool:
     return x.requires_grad and torch.is_grad_enabled()
 
 
+def channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over channels, (B, 1, H, W), as a sum divided afterwards: the same values as `mean`, but its backward
+    hands back a broadcast view of the small gradient, where mean's divides a full-size copy, in NCHW order even for
+    a channels_last input (which then made every later backward op mix layouts: CBAM's forward plus backward was
+    1.5 x slower in channels_last at 56 x 56, batch 16, one Zen 5 thread; docs/RESULTS.md section 13)."""
+    return x.sum(1, keepdim=True) / x.shape[1]
+
+
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """Global average pool, (B, C), as a sum divided afterwards (see `channel_mean`)."""
+    return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+
+
 def channel_max(x: torch.Tensor) -> torch.Tensor:
     """Max over channels, (B, 1, H, W). amax is the fast forward, but its backward (mask, tie count, divide) is
     several times slower than max-with-indices, which also routes a tie's gradient to one input as the authors'
@@ -248,7 +261,7 @@ class ChannelAttention(nn.Module):
         self.fc2 = nn.Conv2d(chs // reduction, chs, 1, bias=False)
 
     def forward(self, x):
-        pooled = torch.cat([x.mean((2, 3)), spatial_max(x)])  # (2B, C): both descriptors through one MLP call
+        pooled = torch.cat([spatial_mean(x), spatial_max(x)])  # (2B, C): both descriptors through one MLP call
         hidden = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
         avg, mx = F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias).chunk(2)
         return x * torch.sigmoid(avg + mx)[:, :, None, None]
@@ -261,7 +274,7 @@ class SpatialAttention(nn.Module):
 
     def gate(self, x):
         """The (B, 1, H, W) attention map that multiplies x."""
-        desc = torch.cat([x.mean(1, keepdim=True), channel_max(x)], dim=1)
+        desc = torch.cat([channel_mean(x), channel_max(x)], dim=1)
         return torch.sigmoid(self.conv(desc))
 
     def forward(self, x):
@@ -371,8 +384,17 @@ class Attention(nn.Module):
     def forward(self, x):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as the authors' softmax attention
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            x = softmax_attention(q, k, v)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as the authors' softmax attention
         return self.proj(x.transpose(1, 2).reshape(b, n, -1))
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v written out: what SDPA computes, for CPU autocast, where PyTorch's fused bf16 CPU
+    kernel was 2-7 x slower forward plus backward at the DFLT's few tokens (6-198 per image, one Zen 5 thread)."""
+    return torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1) @ v
 
 
 class Mlp(nn.Module):
