@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import hdkd
 import hdkd.models  # noqa: F401 - registers the models with timm
+import hdkd.runtime
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, however this file is loaded
 from timing import training_step, write_result_json  # noqa: E402
@@ -110,7 +111,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--only", nargs="+", help="settings whose name starts with one of these (e.g. 'student eval')")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--memory", choices=["reuse", "glibc"], default="reuse", help="keep freed memory or not")
     args = parser.parse_args()
+    if args.memory == "reuse":  # as CPU training and the inference path do (train.reuse_memory)
+        hdkd.runtime.reuse_freed_memory()
     results = []
     for size in args.sizes:
         for precision in args.precisions:

@@ -1,6 +1,7 @@
 """`hdkd ablate`: the variant registry's resolved configs, shared teachers, results.jsonl, resuming, and the report."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -564,3 +565,7 @@ def test_data_efficiency_figure_plots_each_headline_metric(tmp_path):
     assert width > 3 * height  # three panels side by side
     assert plot_data_efficiency({"data_efficiency": {}}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    one_fraction = summarise_ablation([r for r in records if r["fraction_of_base"] == 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned of a singular x axis with one fraction
+        assert plot_data_efficiency(one_fraction, tmp_path / "one.png").exists()

@@ -315,6 +315,8 @@ def plot_data_efficiency(summary: Mapping[str, Any], path: str | Path) -> Option
             )
         ax.set_xscale("log")
         ax.set_xticks(ticks)
+        if len(ticks) == 1:  # one fraction (e.g. a paired-seed grid): a range around it, not a singular axis
+            ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
         ax.set_xticklabels([f"{t:g}%" + (f"\n{min(images[t])} images" if len(images[t]) == 1 else "") for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("fraction of the training set")
