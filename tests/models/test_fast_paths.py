@@ -74,7 +74,7 @@ def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, pa
         assert _rel(g, ref_grads[k], floor) <= 1e-3, k
 
 
-@pytest.mark.parametrize("shape", [(7, 12), (17, 12), (2, 9, 12), (4, 8, 12), (3, 2, 5, 12)])
+@pytest.mark.parametrize("shape", [(7, 12), (17, 12), (67, 12), (2, 9, 12), (4, 8, 12), (3, 2, 5, 12)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("function", ["onednn_linear", "onednn_linear_with_grad"])
 def test_onednn_linear_equals_linear_with_gradients(shape, bias, function):

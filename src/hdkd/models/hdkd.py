@@ -120,8 +120,8 @@ def onednn_linear_with_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     either at the training step's shapes on one Zen 5 thread (192-816 rows; docs/RESULTS.md section 13)."""
     in_features, out_features = x.shape[-1], weight.shape[0]
     rows = x.numel() // in_features
-    n = next((d for d in range(16, rows + 1) if rows % d == 0), None)
-    if n is None:  # fewer than 16 rows: no such view
+    n = next((d for d in range(16, min(rows, 64) + 1) if rows % d == 0), None)
+    if n is None:  # fewer than 16 rows, or no divisor in 16-64 (a short search on the hot path): the batch-1 view
         return onednn_linear(x, weight, bias)
     view = x.reshape(n, rows // n, 1, in_features).permute(0, 3, 1, 2)
     y = F.conv2d(view, weight.view(out_features, in_features, 1, 1), bias)
