@@ -63,6 +63,9 @@ def _hdkd(args, cwd) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: nothing it started outlives the test
+        # as from a terminal: a suite started in the background (`cmd &` in a script) ignores SIGINT, and its
+        # children would inherit that and never see the Ctrl-C the tests send
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
