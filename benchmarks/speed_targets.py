@@ -6,9 +6,9 @@ prepare_for_inference`: BN folded, channels_last), beside timm peers (resnet18 f
 efficientnet_b3, of the teacher's FLOPs, for the teacher), each also in channels_last.
 
 `step`: the HDKD training step (`hdkd.HDKDLoss` with the frozen BN-folded teacher, backward, AdamW) at --size and
---batch in fp32 and bf16 autocast, eager, NCHW and channels_last; its GFLOP/s (3 x student forward + teacher
-forward FLOPs per image, as benchmarks/distill_cost.py) as a fraction of the fp32 / bf16 matmul peak, and the
-bf16 / fp32 ratio.
+--batch in fp32 and bf16 autocast, eager, NCHW and channels_last (the baseline too); its GFLOP/s (3 x student
+forward + teacher forward FLOPs per image, as benchmarks/distill_cost.py) as a fraction of the fp32 / bf16 matmul
+peak, and the bf16 / fp32 ratio.
 
 With --baseline FILE (a previous version of src/hdkd/models/hdkd.py, e.g. from `git show REV:src/hdkd/models/
 hdkd.py`), the same models built from that file, with the same weights, are measured in the same run as
@@ -239,12 +239,11 @@ def run_step(args, baseline) -> dict:
     timers, losses = _peak_timers(measured), {}
     for precision in measured:
         amp = "none" if precision == "fp32" else "bf16"
-        if baseline is not None:
+        for channels_last in (False, True) if baseline is not None else ():
+            name = precision + ("+cl" if channels_last else "") + " (before)"
             teacher = _fold_baseline(_before(baseline, "hdkd_teacher", args.size))
-            step, losses[f"{precision} (before)"] = _step(
-                _before(baseline, "hdkd", args.size), teacher, False, args.batch, args.size, amp, False
-            )
-            timers[f"{precision} (before)"] = step
+            student = _before(baseline, "hdkd", args.size)
+            timers[name], losses[name] = _step(student, teacher, False, args.batch, args.size, amp, channels_last)
         for channels_last in (False, True):
             name = precision + ("+cl" if channels_last else "")
             student, teacher = _current("hdkd", args.size), _current("hdkd_teacher", args.size).eval()
@@ -278,9 +277,10 @@ def run_step(args, baseline) -> dict:
         r["speedup_vs_fp32_same_format"] = fp32["step_s"] / r["step_s"] if fp32 else None
         r["speedup_vs_fp32_nchw"] = by["fp32"]["step_s"] / r["step_s"]
         print(
-            f"{args.size}px b{args.batch} {r['setting']:<14} {r['step_s'] * 1e3:9.1f} ms  {r['gflops_per_s']:6.1f} "
+            f"{args.size}px b{args.batch} {r['setting']:<18} {r['step_s'] * 1e3:9.1f} ms  {r['gflops_per_s']:6.1f} "
             f"GFLOP/s = {100 * r['fraction_of_peak']:4.1f}% of {r['peak_dtype']} peak "
-            f"({100 * r['fraction_of_fp32_peak']:4.1f}% of fp32)  x{r['speedup_vs_fp32_nchw']:.2f} vs fp32  "
+            f"({100 * r['fraction_of_fp32_peak']:4.1f}% of fp32)  x{r['speedup_vs_fp32_nchw']:.2f} vs fp32, "
+            f"x{r['speedup_vs_fp32_same_format']:.2f} vs fp32 same layout  "
             f"loss {r['first_loss']:.4f}"
         )
     return {"peak_gflops": peak, "train_flops_per_image": flops, "rows": rows}

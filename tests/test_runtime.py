@@ -1,12 +1,13 @@
 """hdkd.runtime's process settings: freed activations kept for the next call (glibc's malloc thresholds)."""
 
+import builtins
 import platform
 import subprocess
 import sys
 
 import pytest
 
-from hdkd.runtime import reuse_freed_memory
+from hdkd.runtime import cpu_vendor, reuse_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -53,3 +54,15 @@ def test_reused_memory_is_not_page_faulted_back_on_every_call(count, numel):
 
 def test_reuse_freed_memory_is_idempotent():
     assert reuse_freed_memory() == reuse_freed_memory() == GLIBC
+
+
+def test_cpu_vendor_reads_the_vendor_line(monkeypatch, tmp_path):
+    real_open = builtins.open
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n")
+    monkeypatch.setattr(
+        builtins, "open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k)
+    )
+    assert cpu_vendor.__wrapped__() == "AuthenticAMD"
+    fake.unlink()  # no /proc/cpuinfo (macOS, Windows): unknown, not an error
+    assert cpu_vendor.__wrapped__() == ""

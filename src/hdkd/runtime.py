@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import platform
 import random
@@ -89,6 +90,19 @@ def native_bf16(device: torch.device) -> bool:
         caps = torch.cpu.get_capabilities()
         return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
     return False
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"); "" where it does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def resolve_amp(option: str, device: torch.device) -> str:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from hdkd import HDKDLoss, load_checkpoint
 from hdkd.evaluation.inference import prepare_for_inference
+from hdkd.models.hdkd import MBCSA, StemBlock
 
 MODEL_MODULE = sys.modules["hdkd.models.hdkd"]  # `hdkd.models.hdkd` the attribute is the registered function
 CL = torch.channels_last
@@ -57,7 +58,8 @@ def test_fast_paths_match_float64_reference(monkeypatch, name, channels_last, pa
     ref_grads = _grads(reference.train(), x.double(), y)
 
     monkeypatch.setattr(MODEL_MODULE, "_conv_leaves_onednn", lambda t: path != "conv2d")
-    if path == "onednn":  # every DFLT linear on oneDNN, however few tokens a 32 px input has
+    if path == "onednn":  # every DFLT linear on oneDNN, however few tokens a 32 px input has, on any CPU
+        monkeypatch.setattr(MODEL_MODULE, "_MKL_IS_NATIVE", False)
         monkeypatch.setattr(MODEL_MODULE, "_ONEDNN_LINEAR_MIN_ROWS", 1)
         monkeypatch.setattr(MODEL_MODULE, "_ONEDNN_BACKWARD_MIN_ROWS", 16)  # the patch embedding's 16 rows
     if path == "matmul":  # the fallback where PyTorch has no oneDNN
@@ -96,6 +98,7 @@ def test_onednn_linear_equals_linear_with_gradients(shape, bias, function):
 
 
 def test_linear_runs_on_onednn_only_for_many_fp32_rows(monkeypatch):
+    monkeypatch.setattr(MODEL_MODULE, "_MKL_IS_NATIVE", False)  # a CPU where MKL's GEMM is the slower one
     calls = []
     monkeypatch.setattr(MODEL_MODULE, "onednn_linear", lambda *a: calls.append(a[0].shape) or F.linear(*a))
     layer = MODEL_MODULE.Linear(8, 4)
@@ -116,6 +119,11 @@ def test_linear_runs_on_onednn_only_for_many_fp32_rows(monkeypatch):
     assert with_grad == [torch.Size([16, 8, 8])] and len(calls) == 3, (with_grad, calls)
     traced = torch.jit.trace(MODEL_MODULE.Linear(8, 4), torch.randn(2, 9, 8), check_trace=False)
     assert "aten::linear" in str(traced.graph)  # tracing (ONNX export) sees a plain linear
+    assert len(calls) == 3 and len(with_grad) == 1, calls
+    monkeypatch.setattr(MODEL_MODULE, "_MKL_IS_NATIVE", True)  # an Intel CPU: MKL for every linear
+    layer(torch.randn(16, 8, 8))
+    with torch.no_grad():
+        layer(torch.randn(2, 9, 8))
     assert len(calls) == 3 and len(with_grad) == 1, calls
 
 
@@ -183,6 +191,69 @@ def test_tracing_sees_plain_convolutions(monkeypatch):
     with torch.no_grad():
         graph = str(torch.jit.trace(model, torch.zeros(1, 3, 32, 32)).inlined_graph)
     assert "mkldnn_convolution" not in graph and "aten::_convolution" in graph
+    assert "_convolution_pointwise" not in graph  # nor the frozen blocks' fused convolutions
+
+
+@pytest.mark.skipif(MODEL_MODULE._ONEDNN_POINTWISE is None, reason="this PyTorch has no oneDNN pointwise conv")
+@pytest.mark.parametrize("name", ["hdkd_teacher", "hdkd"])
+def test_frozen_blocks_fuse_batchnorm_and_gelu_into_onednn_convolutions(monkeypatch, name):
+    """In eval mode without autograd every conv of the stages is one oneDNN call with its BNs folded in and its
+    GELU as a post-op; the logits and stage maps equal the modules run one by one, and the maps come back in the
+    input's layout. With autograd (Grad-CAM) or in training the modules run as written."""
+    fused = []
+    pointwise = MODEL_MODULE._ONEDNN_POINTWISE
+    monkeypatch.setattr(MODEL_MODULE, "_ONEDNN_POINTWISE", lambda *a: fused.append(a[7]) or pointwise(*a))
+    model = _with_stats(name, 1).eval()
+    stems, blocks = (sum(isinstance(m, kind) for m in model.modules()) for kind in (StemBlock, MBCSA))
+    convs = stems + 3 * blocks  # conv -> BN -> GELU; conv_expand and conv_dw with GELU, conv_project without
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for inputs in (x, x.contiguous(memory_format=CL)):
+        fused.clear()
+        with torch.no_grad():
+            logits, maps = model(inputs, return_stages=True)
+        assert len(fused) == convs and fused.count("gelu") == convs - blocks
+        assert all(MODEL_MODULE.is_channels_last(m) == MODEL_MODULE.is_channels_last(inputs) for m in maps)
+        monkeypatch.setattr(MODEL_MODULE, "_frozen_on_onednn", lambda *a: False)
+        with torch.no_grad():
+            ref_logits, ref_maps = model(inputs, return_stages=True)
+        monkeypatch.undo()
+        monkeypatch.setattr(MODEL_MODULE, "_ONEDNN_POINTWISE", lambda *a: fused.append(a[7]) or pointwise(*a))
+        assert (logits - ref_logits).abs().max() <= 1e-5 * ref_logits.abs().max()
+        for got, want in zip(maps, ref_maps):
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    fused.clear()
+    model(x).sum().backward()  # eval mode, autograd on
+    model.train()(x)
+    assert fused == []
+
+
+@pytest.mark.skipif(MODEL_MODULE._ONEDNN_POINTWISE is None, reason="this PyTorch has no oneDNN pointwise conv")
+def test_frozen_blocks_fuse_under_bf16_autocast(monkeypatch):
+    """The frozen teacher of a bf16 training step: fused convolutions in bf16, logits within bf16 rounding of the
+    modules run one by one under the same autocast."""
+    fused = []
+    pointwise = MODEL_MODULE._ONEDNN_POINTWISE
+    monkeypatch.setattr(MODEL_MODULE, "_ONEDNN_POINTWISE", lambda *a: fused.append(a[0].dtype) or pointwise(*a))
+    model = _with_stats("hdkd_teacher", 1).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x).float()
+        monkeypatch.setattr(MODEL_MODULE, "_frozen_on_onednn", lambda *a: False)
+        ref = model(x).float()
+    assert fused and set(fused) == {torch.bfloat16}
+    assert (logits - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_gelu_on_channels_last_maps_is_gelu():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 5, 4, generator=g).contiguous(memory_format=CL).requires_grad_()
+    grad_out = torch.randn(2, 6, 5, 4, generator=g)
+    x64 = x.detach().double().requires_grad_()
+    out, ref = MODEL_MODULE.GELU()(x), F.gelu(x64)
+    assert out.is_contiguous(memory_format=CL) and (out.double() - ref).abs().max() < 1e-6
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    (ref_grad,) = torch.autograd.grad(ref, x64, grad_out.double())
+    assert (grad.double() - ref_grad).abs().max() < 1e-6
 
 
 def test_cpu_autocast_attention_is_softmax_attention_written_out(monkeypatch):
@@ -223,3 +294,19 @@ def test_cbam_means_equal_mean_and_hand_back_a_broadcast_gradient(channels_last)
         (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
         assert all(grad.stride(d) == 0 for d in broadcast_dims), grad.stride()
         assert torch.allclose(grad, torch.autograd.grad(mean(x), x, torch.ones_like(out))[0])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_max_gradient_is_torch_max_in_the_inputs_layout(channels_last):
+    """Gradients go to the arg-max as torch.max routes them (ties included: one input gets it all), and come back
+    in the input's layout (torch.max's own backward returns NCHW, which made channels_last backward ops mix)."""
+    x = torch.randn(2, 5, 3, 4, generator=torch.Generator().manual_seed(4))
+    x[0, 1], x[0, 3] = x[0].max(0).values + 1, x[0].max(0).values + 1  # ties in every position of image 0
+    if channels_last:
+        x = x.contiguous(memory_format=CL)
+    x = x.requires_grad_()
+    grad_out = torch.randn(2, 1, 3, 4)
+    (grad,) = torch.autograd.grad(MODEL_MODULE.channel_max(x), x, grad_out)
+    (ref,) = torch.autograd.grad(x.max(1, keepdim=True).values, x, grad_out)
+    assert torch.equal(grad, ref)
+    assert MODEL_MODULE.is_channels_last(grad) == channels_last

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 import torch
@@ -88,6 +89,9 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypa
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     request.addfinalizer(lambda: torch.set_num_threads(threads))
+    # Likewise the eager frozen teacher runs BN-fused oneDNN convolutions (hdkd.models.hdkd._frozen_on_onednn) where
+    # a compiled graph sees the modules: the modules in both, here.
+    monkeypatch.setattr(sys.modules["hdkd.models.hdkd"], "_frozen_on_onednn", lambda *a: False)
     common = ("train.epochs=1", "train.deterministic=true", "train.max_steps_per_epoch=3")
     teacher = train(_cfg(tmp_path / "t", "teacher", *common))
     import hdkd.training.trainer as trainer_module

@@ -25,6 +25,7 @@ NOT restore batch statistics (the BNs are gone); use the original model for that
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,7 @@ __all__ = [
     "can_fold_before",
     "fold_bn_after",
     "fold_bn_before",
+    "folded_conv_params",
 ]
 
 
@@ -107,6 +109,33 @@ def fold_bn_before(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
     w = conv.weight.detach().double()  # (out, in, kh, kw)
     bias = _conv_bias64(conv) + (w * b.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
     _set_weight_bias(conv, w * a.view(1, -1, 1, 1), bias)
+
+
+def _eval_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) in the BN's own dtype with eval-mode bn(x) == a * x + b: `_bn_affine` without the float64 round trip,
+    for folding on every call."""
+    a = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        a = a * bn.weight
+    b = -bn.running_mean * a
+    return a, (b + bn.bias if bn.bias is not None else b)
+
+
+def folded_conv_params(
+    conv: nn.Conv2d, after: Optional[nn.Module] = None, before: Optional[nn.Module] = None
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The weight and bias of conv with an eval-mode BatchNorm `after` it and one `before` it (a pre-norm; only where
+    `can_fold_before`) folded in, computed afresh without changing the modules: what a frozen model's forward uses
+    to run conv + BN as one convolution. A BN given as None or nn.Identity (already folded) is skipped."""
+    weight, bias = conv.weight, conv.bias
+    if isinstance(before, nn.BatchNorm2d):
+        a, b = _eval_affine(before)
+        shift = (weight * b.view(1, -1, 1, 1)).sum((1, 2, 3))
+        weight, bias = weight * a.view(1, -1, 1, 1), shift if bias is None else bias + shift
+    if isinstance(after, nn.BatchNorm2d):
+        a, b = _eval_affine(after)
+        weight, bias = weight * a.view(-1, 1, 1, 1), b if bias is None else a * bias + b
+    return weight, bias
 
 
 @torch.no_grad()

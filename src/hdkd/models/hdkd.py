@@ -16,6 +16,11 @@ unstrided 1x1 convs stay on oneDNN where PyTorch would send them to its slow NCH
 (`channel_max`, `spatial_max`), and the patch embedding reads a channels_last map without a copy. The models run
 fastest in channels_last (`model.to(memory_format=torch.channels_last)`), which
 `hdkd.evaluation.inference.prepare_for_inference` uses.
+
+A frozen model (eval mode, no autograd, fp32 on the CPU) runs its stages in channels_last, each convolution with
+its BatchNorms folded in on the call and its GELU as oneDNN's post-op (`fused_conv`): the same function without the
+separate passes that BN and GELU cost in eager mode. Training, autograd (Grad-CAM), tracing and compiling see the
+modules as written.
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from hdkd.config import spatial_reduction
-from hdkd.models.fuse import Fusable, can_fold_after, can_fold_before, fold_bn_after, fold_bn_before
+from hdkd.models.fuse import (
+    Fusable,
+    can_fold_after,
+    can_fold_before,
+    fold_bn_after,
+    fold_bn_before,
+    folded_conv_params,
+)
+from hdkd.runtime import cpu_vendor
 
 __all__ = [
     "HDKDNet",
@@ -85,13 +98,15 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
 def _linear_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Where an fp32 CPU linear map over many rows (the DFLT's tokens) is faster on oneDNN than on PyTorch's BLAS:
     ATen sends fp32 `F.linear` to MKL's GEMM, which on AMD CPUs runs its AVX2 code even where AVX-512 is there (about
-    100 against oneDNN's 208 GFLOP/s on one Zen 5 thread, docs/RESULTS.md section 13). Not for a few rows (the heads,
+    100 against oneDNN's 208 GFLOP/s on one Zen 5 thread, docs/RESULTS.md section 13); on Intel CPUs MKL is the
+    faster one (1.13-1.17 x at batch 1, level in training, one thread), so not there. Not for a few rows (the heads,
     CBAM's pooled descriptors: oneDNN's call overhead dominates), under autocast (bf16 linears already run on oneDNN),
     or while tracing, exporting or compiling (those see a plain linear)."""
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
         return False
     return (
-        x.device.type == "cpu"
+        not _MKL_IS_NATIVE
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() >= 2
@@ -102,6 +117,7 @@ def _linear_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 _ONEDNN_LINEAR_MIN_ROWS = 16
+_MKL_IS_NATIVE = cpu_vendor() == "GenuineIntel"
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -164,6 +180,69 @@ class PointwiseConv(nn.Conv2d):
         return super().forward(x)
 
 
+def _frozen_on_onednn(x: torch.Tensor, block: nn.Module) -> bool:
+    """Where a block in eval mode runs each conv with its BatchNorms folded in on the fly and its GELU as oneDNN's
+    post-op (`fused_conv`): fp32 or bf16 autocast on the CPU with no autograd (the BNs' running statistics in use,
+    every BN able to fold). Not while tracing, exporting or compiling (those see the plain modules, and compile
+    fuses on its own)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return (
+        not block.training
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and (_cpu_bf16_autocast() if torch.is_autocast_enabled("cpu") else x.dtype == torch.float32)
+        and _ONEDNN_POINTWISE is not None
+        and torch.backends.mkldnn.is_available()
+        and all(m.running_mean is not None for m in block.modules() if isinstance(m, nn.BatchNorm2d))
+    )
+
+
+_ONEDNN_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)  # oneDNN conv + post-op (ATen)
+
+
+def _cpu_bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def fused_conv(
+    x: torch.Tensor, conv: nn.Conv2d, after: nn.Module, before: Optional[nn.Module] = None, gelu: bool = False
+) -> torch.Tensor:
+    """before -> conv -> after (eval-mode BatchNorms or Identity) -> optional exact GELU, as one oneDNN convolution
+    with the BNs folded into its weights on this call: the same function as the modules in sequence (within float
+    rounding), without the separate passes over the map that the BNs and the GELU cost in eager mode (GELU alone was
+    2.3 x slower than the convolution it follows, 1x1 conv 96 -> 384 at 56 x 56, one Intel thread)."""
+    weight, bias = folded_conv_params(conv, after, before)
+    if _cpu_bf16_autocast():  # what autocast does for a convolution: bf16 operands, a bf16 result
+        x, weight = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        bias = None if bias is None else bias.to(torch.bfloat16)
+    if is_channels_last(x):  # a weight in the other layout would be reordered by oneDNN on every call anyway
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    return _ONEDNN_POINTWISE(
+        x,
+        weight,
+        bias,
+        conv.padding,
+        conv.stride,
+        conv.dilation,
+        conv.groups,
+        "gelu" if gelu else "none",
+        [],
+        "none" if gelu else "",
+    )
+
+
+class GELU(nn.GELU):
+    """nn.GELU that applies itself to a channels_last map through its NHWC view: the same function, but PyTorch's
+    GELU on a channels_last tensor takes a slower path (forward 2.6 x, forward plus backward 1.6 x, bf16 2.3 x slower
+    than on the same memory viewed as a contiguous NHWC tensor, 384 x 56 x 56 maps, one Intel thread)."""
+
+    def forward(self, x):
+        if is_channels_last(x):
+            return F.gelu(x.permute(0, 2, 3, 1), approximate=self.approximate).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
 def _needs_grad(x: torch.Tensor) -> bool:
     return x.requires_grad and torch.is_grad_enabled()
 
@@ -181,11 +260,32 @@ def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
 
 
+class _ChannelMax(torch.autograd.Function):
+    """torch.max over channels with the gradient routed to the arg-max, as torch.max's own backward does, but
+    scattered into a zero tensor of the input's layout: torch.max's backward scatters into an NCHW one, so in
+    channels_last every gradient summed with it mixed layouts (such an add was 12 x slower in bf16, 3.7 x in fp32,
+    than one of matching layouts, 32 x 384 x 16 x 16, one Intel thread)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        values, index = x.max(1, keepdim=True)
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.channels_last = x.shape, is_channels_last(x)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        zeros = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=layout).zero_()
+        return zeros.scatter_(1, index, grad)
+
+
 def channel_max(x: torch.Tensor) -> torch.Tensor:
     """Max over channels, (B, 1, H, W). amax is the fast forward, but its backward (mask, tie count, divide) is
     several times slower than max-with-indices, which also routes a tie's gradient to one input as the authors'
-    torch.max does; so the indices are computed only when a gradient will need them."""
-    return x.max(1, keepdim=True).values if _needs_grad(x) else x.amax(1, keepdim=True)
+    torch.max does; so the indices are computed only when a gradient will need them (`_ChannelMax`)."""
+    return _ChannelMax.apply(x) if _needs_grad(x) else x.amax(1, keepdim=True)
 
 
 def spatial_max(x: torch.Tensor) -> torch.Tensor:
@@ -236,9 +336,11 @@ class StemBlock(nn.Module, Fusable):
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
-        self.act = nn.GELU()
+        self.act = GELU()
 
     def forward(self, x):
+        if _frozen_on_onednn(x, self):
+            return fused_conv(x, self.conv, self.bn, gelu=True)
         return self.act(self.bn(self.conv(x)))
 
     def fuse(self) -> None:
@@ -275,6 +377,8 @@ class SpatialAttention(nn.Module):
     def gate(self, x):
         """The (B, 1, H, W) attention map that multiplies x."""
         desc = torch.cat([channel_mean(x), channel_max(x)], dim=1)
+        if is_channels_last(x):  # the 2-channel map in the layout of the model's weights (cat makes it NCHW)
+            desc = desc.contiguous(memory_format=torch.channels_last)
         return torch.sigmoid(self.conv(desc))
 
     def forward(self, x):
@@ -324,13 +428,17 @@ class MBCSA(nn.Module, Fusable):
         self.bn_expand = nn.BatchNorm2d(hidden)
         self.conv_dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False)
         self.bn_dw = nn.BatchNorm2d(hidden)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.attn = CBAM(hidden) if attn == "cbam" else SqueezeExcite(hidden, int(in_chs * 0.25))
         self.conv_project = PointwiseConv(hidden, out_chs)
         self.bn_project = nn.BatchNorm2d(out_chs)
 
     def forward(self, x):
         shortcut = x if self.proj is None else self.proj(self.pool(x))
+        if _frozen_on_onednn(x, self):
+            x = fused_conv(x, self.conv_expand, self.bn_expand, before=self.pre_norm, gelu=True)
+            x = fused_conv(x, self.conv_dw, self.bn_dw, gelu=True)
+            return shortcut + fused_conv(self.attn(x), self.conv_project, self.bn_project)
         x = self.act(self.bn_expand(self.conv_expand(self.pre_norm(x))))
         x = self.act(self.bn_dw(self.conv_dw(x)))
         x = self.bn_project(self.conv_project(self.attn(x)))
@@ -423,6 +531,13 @@ class DFLTBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------- models
+def _layout_of(stage_map: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """A stage map handed back in the memory format of the model's input (see `HDKDNet._frozen_layout`)."""
+    if is_channels_last(stage_map) and inputs.dim() == 4 and not is_channels_last(inputs):
+        return stage_map.contiguous()
+    return stage_map
+
+
 def _check_global_pool(global_pool: Optional[str], allowed: str, model: str) -> str:
     if global_pool is None or global_pool == allowed:
         return allowed
@@ -515,7 +630,15 @@ class HDKDNet(nn.Module):
             return checkpoint_module(module, x)
         return module(x)
 
+    def _frozen_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A frozen model on oneDNN runs in channels_last whatever its input's layout (the fused convolutions were
+        1.2 x faster on channels_last maps); the 3-channel input is the only copy."""
+        if x.dim() == 4 and not is_channels_last(x) and _frozen_on_onednn(x, self):
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def forward_stages(self, x) -> list[torch.Tensor]:
+        x = self._frozen_layout(x)
         maps = []
         for stage in self.stages:
             x = self._run(stage, x)
@@ -537,10 +660,11 @@ class HDKDNet(nn.Module):
         take, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         stages = self.stages[: max_index + 1] if (stop_early or intermediates_only) else self.stages
+        inputs, x = x, self._frozen_layout(x)
         for i, stage in enumerate(stages):
             x = self._run(stage, x)
             if i in take:
-                intermediates.append(x)
+                intermediates.append(_layout_of(x, inputs))
         if intermediates_only:
             return intermediates
         return self._forward_tail(x), intermediates
@@ -560,7 +684,7 @@ class HDKDNet(nn.Module):
         through `forward` so that wrappers such as DistributedDataParallel see the call."""
         maps = self.forward_stages(x)
         logits = self.forward_head(self._forward_tail(maps[-1]))
-        return (logits, maps) if return_stages else logits
+        return (logits, [_layout_of(m, x) for m in maps]) if return_stages else logits
 
 
 class HDKDTeacher(HDKDNet):

@@ -9,11 +9,14 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 
 def _onednn_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """aten.mkldnn_convolution, which `hdkd.models.hdkd.PointwiseConv` calls directly, counted as a convolution."""
+    """oneDNN convolutions that the HDKD blocks call directly (`PointwiseConv`'s aten.mkldnn_convolution, the frozen
+    blocks' conv with BN and GELU fused, mkldnn._convolution_pointwise), counted as the convolution they are."""
     return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
 _CUSTOM_FLOPS = {torch.ops.aten.mkldnn_convolution: _onednn_conv_flops}
+if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+    _CUSTOM_FLOPS[torch.ops.mkldnn._convolution_pointwise] = _onednn_conv_flops
 
 
 def count_params(model: nn.Module) -> int:
