@@ -22,6 +22,7 @@ from hdkd.reporting.tables import (
     format_gflops,
     format_params,
     pct,
+    per_class_rows,
 )
 
 # Keys of the returned dict -> file names inside out_dir.
@@ -242,25 +243,6 @@ PER_CLASS_HEADER = [
     "PR-AUC (OvR)",
     "Support",
 ]
-
-
-def per_class_rows(m: Mapping[str, Any]) -> list[list[str]]:
-    rows = []
-    for name in m["class_names"]:
-        pc = m["per_class"][name]
-        rows.append(
-            [
-                str(name),
-                pct(pc["precision"]),
-                pct(pc["recall"]),
-                pct(pc["specificity"]),
-                pct(pc["f1"]),
-                dec(pc.get("auc")),
-                dec(pc.get("pr_auc")),
-                str(pc["support"]),
-            ]
-        )
-    return rows
 
 
 CALIBRATION_HEADER = ["Model", "T (fitted on validation)", "Validation NLL", "Test ECE (%)", "Test Brier", "Test NLL"]

@@ -48,6 +48,27 @@ def _with_ci(value: Any, ci: Optional[Mapping[str, Any]], key: str, percent: boo
     return text
 
 
+def per_class_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
+    """One row per class (in the metrics' class order): name, precision, recall, specificity, F1 (%), AUC, PR-AUC,
+    support; the same rows in the console, Markdown and HTML reports."""
+    rows = []
+    for name in metrics["class_names"]:
+        pc = metrics["per_class"][name]
+        rows.append(
+            [
+                str(name),
+                pct(pc["precision"]),
+                pct(pc["recall"]),
+                pct(pc["specificity"]),
+                pct(pc["f1"]),
+                dec(pc.get("auc")),
+                dec(pc.get("pr_auc")),
+                str(pc["support"]),
+            ]
+        )
+    return rows
+
+
 def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     """Plain-text report of one ``classification_metrics`` dict: headline metrics, per-class table, confusion matrix.
 
@@ -88,21 +109,7 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
         lines.append(f"Note: {metrics['auc_note']}")
 
     lines += ["", "Per class (%; AUC and PR-AUC one-vs-rest, as fractions):"]
-    rows = []
-    for name in names:
-        pc = metrics["per_class"][name]
-        rows.append(
-            [
-                name,
-                pct(pc["precision"]),
-                pct(pc["recall"]),
-                pct(pc["specificity"]),
-                pct(pc["f1"]),
-                dec(pc.get("auc")),
-                dec(pc.get("pr_auc")),
-                str(pc["support"]),
-            ]
-        )
+    rows = per_class_rows(metrics)
     lines += _text_table(["class", "precision", "recall", "specificity", "F1", "AUC", "PR-AUC", "support"], rows)
 
     lines += ["", "Confusion matrix (rows = true class, columns = predicted class):"]
