@@ -99,3 +99,20 @@ def test_benchmark_fraction_of_matmul_peak_and_channels_last_entries():
         assert cl[f"{key}_fraction_of_peak"] == pytest.approx(cl[f"{key}_gflops"] / cl["peak_gflops"])
     assert folded["train_fraction_of_peak"] is None  # inference only
     assert "% of matmul peak" in format_table(rows)
+
+
+def test_conv_postop_collects_every_fused_conv_and_its_variants_agree():
+    """benchmarks/conv_postop.py times the frozen student's own convolutions: one per stem block and three per MBCSA
+    block (17 at any size), each variant giving the model's output."""
+    postop = _load_script("conv_postop")
+    if postop.HDKD_MODULE._ONEDNN_POINTWISE is None or not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN pointwise convolution in this build")
+    torch.manual_seed(0)
+    calls = postop.collect_calls("hdkd", 32)
+    assert len(calls) == 17 and sum(c["gelu"] for c in calls) == 12
+    assert postop.describe(calls[0]) == "3x3+gelu 3->64 s2 @32x32"
+    with torch.no_grad():
+        for call in calls[:6]:
+            outputs = {name: fn() for name, fn in postop.variants(call).items()}
+            for out in outputs.values():
+                torch.testing.assert_close(out, outputs["fused"], rtol=1e-5, atol=1e-5)

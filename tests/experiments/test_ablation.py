@@ -401,7 +401,11 @@ def test_options_added_later_keep_the_keys_of_finished_runs():
     assert config_key(cfg) != config_key(older)
 
 
-COMMITTED_GRIDS = {"brain_mri_32": "ablation_cpu_brain_mri.yaml", "dermamnist_32": "ablation_dermamnist.yaml"}
+COMMITTED_GRIDS = {  # folder in docs/ablation -> the presets of its command, in order
+    "brain_mri_32": ["ablation_cpu_brain_mri.yaml"],
+    "dermamnist_32": ["ablation_dermamnist.yaml"],
+    "dermamnist_32_20ep_paired": ["ablation_dermamnist.yaml", "ablation_dermamnist_20ep.yaml"],
+}
 
 
 @pytest.mark.parametrize("folder", sorted(COMMITTED_GRIDS))
@@ -414,7 +418,7 @@ def test_committed_grid_records_keep_their_keys_under_todays_preset(folder, tmp_
     data = records[0]["config"]["data"]
     cfg = build_config(
         None,
-        [str(REPO / "configs" / COMMITTED_GRIDS[folder])],
+        [str(REPO / "configs" / preset) for preset in COMMITTED_GRIDS[folder]],
         [],
         data={"path": data["path"], "num_workers": data["num_workers"]},
     )
