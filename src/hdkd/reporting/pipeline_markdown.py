@@ -19,13 +19,13 @@ from hdkd.reporting.pipeline_view import (
     inline_spans,
     is_count_table,
     model_facts,
-    per_class_rows,
     stamp_spans,
     summary_spans,
 )
 from hdkd.reporting.tables import (
     format_comparison_table,
     md_escape,
+    per_class_rows,
 )
 
 

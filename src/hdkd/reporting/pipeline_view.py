@@ -22,7 +22,6 @@ from hdkd.reporting.tables import (
     format_gflops,
     format_params,
     pct,
-    per_class_rows,
 )
 
 # Keys of the returned dict -> file names inside out_dir.
