@@ -188,6 +188,25 @@ def test_the_paper_recipe_preset_is_the_paper_s_distillation_settings():
     assert d == DistillConfig()  # today's defaults are the paper's recipe
 
 
+def test_teachers_and_students_alone_do_not_follow_the_distillation_default(monkeypatch):
+    """Their distill section is unused; pinned, so a new default neither retrains them nor moves a grid's keys."""
+    import dataclasses
+
+    from hdkd.config import DistillConfig
+    from hdkd.experiments.ablation import plan
+
+    def keys():
+        cfg = build_config(None, overrides=["distill.lam=3", "distill.kd=hard"])
+        student = model_config(variant_config(cfg, "student_alone", 0), "student")
+        return teacher_key(teacher_config(variant_config(cfg, "hdkd", 0))), plan.config_key(student), student.distill
+
+    before = keys()
+    assert (before[2].lam, before[2].kd) == (10.0, "soft")
+    changed = dataclasses.make_dataclass("ChangedDefaults", [("lam", float, 0.1)], bases=(DistillConfig,))
+    monkeypatch.setattr(plan, "DistillConfig", changed)
+    assert keys()[:2] == before[:2]
+
+
 def test_latencies_are_measured_together_and_rank_models_by_their_work():
     torch.manual_seed(0)
     small = torch.nn.Conv2d(3, 8, 3, padding=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hdkd.reporting import pipeline_view as view
-from hdkd.reporting.tables import comparison_rows, per_class_rows
+from hdkd.reporting.tables import PER_CLASS_HEADER, comparison_rows, per_class_rows
 
 __all__ = ["render_html"]
 
@@ -119,7 +119,7 @@ def _model_html(label: str, r: Mapping[str, Any]) -> str:
     return (
         f"<details open><summary>{_esc(label)}</summary>"
         f'<ul class="facts">{"".join(facts)}</ul>'
-        f"<p>Per class on the test split:</p>{_table(view.PER_CLASS_HEADER, per_class_rows(m))}"
+        f"<p>Per class on the test split:</p>{_table(PER_CLASS_HEADER, per_class_rows(m))}"
         "<p>Confusion matrix on the test split (rows = true class, columns = predicted class):</p>"
         f"{cm_table}"
         "</details>"

@@ -9,7 +9,6 @@ from hdkd.reporting.pipeline_view import (
     CALIBRATION_HEADER,
     CALIBRATION_NOTE,
     FIGURE_TITLES,
-    PER_CLASS_HEADER,
     REPORT_FILES,
     STAMP_KEYS,
     calibration_rows,
@@ -23,6 +22,7 @@ from hdkd.reporting.pipeline_view import (
     summary_spans,
 )
 from hdkd.reporting.tables import (
+    PER_CLASS_HEADER,
     format_comparison_table,
     md_escape,
     per_class_rows,

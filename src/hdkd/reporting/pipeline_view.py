@@ -232,18 +232,6 @@ def summary_spans(results: Mapping[str, Mapping[str, Any]], summary: Mapping[str
     return join_spans(sentences, " ")
 
 
-PER_CLASS_HEADER = [
-    "Class",
-    "Precision (%)",
-    "Recall / sensitivity (%)",
-    "Specificity (%)",
-    "F1 (%)",
-    "AUC (OvR)",
-    "PR-AUC (OvR)",
-    "Support",
-]
-
-
 CALIBRATION_HEADER = ["Model", "T (fitted on validation)", "Validation NLL", "Test ECE (%)", "Test Brier", "Test NLL"]
 
 

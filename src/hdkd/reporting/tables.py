@@ -48,6 +48,19 @@ def _with_ci(value: Any, ci: Optional[Mapping[str, Any]], key: str, percent: boo
     return text
 
 
+# The per-class table's columns in the Markdown and HTML reports, in per_class_rows' order.
+PER_CLASS_HEADER = [
+    "Class",
+    "Precision (%)",
+    "Recall / sensitivity (%)",
+    "Specificity (%)",
+    "F1 (%)",
+    "AUC (OvR)",
+    "PR-AUC (OvR)",
+    "Support",
+]
+
+
 def per_class_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     """One row per class (in the metrics' class order): name, precision, recall, specificity, F1 (%), AUC, PR-AUC,
     support; the same rows in the console, Markdown and HTML reports."""

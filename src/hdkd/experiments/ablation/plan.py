@@ -102,11 +102,18 @@ def config_key(cfg: Config | dict[str, Any], extra: Any = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def unused_distill() -> DistillConfig:
+    """The distill section a teacher or a student trained alone carries (it trains with cross-entropy only): pinned
+    to the paper's settings rather than ``DistillConfig()``, so their keys, and the committed grids' records, do not
+    move if a distillation default changes (issue 15, point 6)."""
+    return DistillConfig(lam=10.0)
+
+
 def teacher_config(vcfg: Config) -> Config:
     """The teacher a variant config distils from, resolved, with what cannot change its training normalised."""
     tcfg = vcfg.for_role("teacher")
     defaults = ModelConfig()
-    tcfg.distill = DistillConfig()  # the teacher trains with cross-entropy only
+    tcfg.distill = unused_distill()
     reset = ("dflt_depth", "dflt_heads", "dflt_patch_size")  # the teacher has a linear head, no DFLT
     if not tcfg.model.name.startswith("hdkd"):  # a timm teacher takes none of the HDKD architecture options
         reset += ("block", "stem_stride", "depths", "widths")
@@ -127,7 +134,7 @@ def model_config(vcfg: Config, role: str, teacher_checkpoint: Optional[str] = No
     if role == "hdkd":
         mcfg.distill.teacher = teacher_checkpoint
     else:
-        mcfg.distill = DistillConfig()
+        mcfg.distill = unused_distill()
     mcfg.roles = {}
     return mcfg
 
