@@ -405,6 +405,11 @@ COMMITTED_GRIDS = {  # folder in docs/ablation -> the presets of its command, in
     "brain_mri_32": ["ablation_cpu_brain_mri.yaml"],
     "dermamnist_32": ["ablation_dermamnist.yaml"],
     "dermamnist_32_20ep_paired": ["ablation_dermamnist.yaml", "ablation_dermamnist_20ep.yaml"],
+    "dermamnist_32_teacher30_pilot": [
+        "ablation_dermamnist.yaml",
+        "ablation_dermamnist_20ep.yaml",
+        "ablation_dermamnist_teacher30.yaml",
+    ],
 }
 
 
