@@ -9,7 +9,14 @@ import pytest
 from scipy.stats import t
 
 from hdkd.cli import main
-from hdkd.evaluation.seeds import HALF_WIDTH_GOAL, SEED_METRICS, seeds_for_half_width, summarise_seeds, t_quantile
+from hdkd.evaluation.seeds import (
+    HALF_WIDTH_GOAL,
+    SEED_METRICS,
+    seeds_for_half_width,
+    signed_rank_p,
+    summarise_seeds,
+    t_quantile,
+)
 from hdkd.experiments.ablation.summary import paired_difference
 from hdkd.reporting.ablation import _diff_line
 from hdkd.reporting.seeds import format_seeds_markdown, write_seeds_summary
@@ -143,3 +150,28 @@ def test_paired_difference_reports_its_half_width_and_the_seeds_the_goal_needs()
     assert d["ci95"] == pytest.approx([diffs.mean() - expected, diffs.mean() + expected])
     assert d["seeds_for_goal"] == seeds_for_half_width(diffs.std(ddof=1)) > 4
     assert f"would need {d['seeds_for_goal']} seeds" in _diff_line(d)
+
+
+def test_signed_rank_p_is_the_exact_wilcoxon_p_and_ignores_how_far_one_run_fell():
+    # 8 positive differences, no ties: every sign pattern is equally likely under the null, so the exact two-sided
+    # p is 2 / 2**8
+    assert signed_rank_p([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]) == pytest.approx(2 / 256)
+    # one difference flipped to the smallest rank: the patterns at least as extreme are 2 (all positive, the
+    # smallest negative) on each side
+    assert signed_rank_p([-0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]) == pytest.approx(4 / 256)
+    # a collapse moves the mean below 0 but not the ranks: the p-value is that of any largest-rank negative
+    collapsed = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, -0.90]
+    assert np.mean(collapsed) < 0
+    assert signed_rank_p(collapsed) == pytest.approx(signed_rank_p([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, -0.09]))
+    assert signed_rank_p([0.0, 0.0, 0.0]) is None
+
+
+def test_paired_difference_adds_median_sign_count_and_signed_rank_p_to_its_line():
+    diffs = (0.02, 0.03, -0.12, 0.01, 0.04)
+    a = {s: {"metrics": {"balanced_accuracy": 0.40 + d}} for s, d in enumerate(diffs)}
+    b = {s: {"metrics": {"balanced_accuracy": 0.40}} for s in range(5)}
+    d = paired_difference(a, b, "balanced_accuracy")
+    assert d["a_higher"] == 4 and d["median"] == pytest.approx(0.02)
+    assert d["signed_rank_p"] == pytest.approx(signed_rank_p(np.array(diffs)))
+    line = _diff_line(d)
+    assert line.index("inconclusive") < line.index("above 0 on 4 of 5 seeds, median +2.00, signed-rank p = ")

@@ -23,7 +23,7 @@ import numpy as np
 
 from hdkd.distillation.guard import WEAKER_TEACHER_COST
 from hdkd.evaluation.metrics import HEADLINE_METRICS
-from hdkd.evaluation.seeds import seeds_for_half_width, t_quantile
+from hdkd.evaluation.seeds import seeds_for_half_width, signed_rank_p, t_quantile
 from hdkd.experiments.ablation.variants import GROUPS, REPORT_GROUPS, SPEED_REFERENCES, VARIANTS
 from hdkd.reporting.ablation import TABLE_METRICS
 
@@ -78,7 +78,9 @@ def _metric(record: Mapping[str, Any], key: str) -> Optional[float]:
 def paired_difference(
     a: Mapping[int, Mapping[str, Any]], b: Mapping[int, Mapping[str, Any]], metric: str
 ) -> dict[str, Any]:
-    """Mean ± sample std of ``metric(a) - metric(b)`` over the seeds both have; 95 % t interval and a verdict."""
+    """Mean ± sample std of ``metric(a) - metric(b)`` over the seeds both have; 95 % t interval and a verdict (on
+    the interval), and, as a check robust to one collapsed run, the median, the seeds where a is higher and
+    Wilcoxon's signed-rank p."""
     seeds = sorted(
         s for s in set(a) & set(b) if _metric(a[s], metric) is not None and _metric(b[s], metric) is not None
     )
@@ -99,6 +101,11 @@ def paired_difference(
     if len(seeds) < 2:
         out["verdict"] = "not testable: fewer than 2 paired seeds (no spread)"
         return out
+    out.update(
+        median=float(np.median(diffs)),
+        a_higher=int(np.sum(diffs > 0)),
+        signed_rank_p=signed_rank_p(diffs),
+    )
     std = float(diffs.std(ddof=1))
     half = t_quantile(len(seeds) - 1) * std / math.sqrt(len(seeds))
     out.update(std=std, ci95=[out["mean"] - half, out["mean"] + half], half_width=half)
