@@ -240,7 +240,10 @@ def test_frozen_blocks_fuse_under_bf16_autocast(monkeypatch):
         logits = model(x).float()
         monkeypatch.setattr(MODEL_MODULE, "_frozen_on_onednn", lambda *a: False)
         ref = model(x).float()
-    assert fused and set(fused) == {torch.bfloat16}
+    if MODEL_MODULE._ONEDNN_BF16:
+        assert fused and set(fused) == {torch.bfloat16}
+    else:  # a CPU without oneDNN bf16 convolutions (AVX2 only): the plain modules, which autocast runs as it can
+        assert not fused
     assert (logits - ref).abs().max() <= 0.05 * ref.abs().max()
 
 

@@ -46,7 +46,7 @@ from hdkd.io import atomic_write, atomic_write_text
 from hdkd.models import count_flops, count_params
 from hdkd.models.factory import create_model
 from hdkd.models.fuse import fold_batchnorm
-from hdkd.models.hdkd import onednn_linear
+from hdkd.models.hdkd import onednn_linear, onednn_supports
 from hdkd.runtime import autocast, resolve_device, reuse_freed_memory
 
 __all__ = [
@@ -93,7 +93,7 @@ def matmul_timer(n: int, dtype: torch.dtype, device: torch.device, inner: int = 
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     products = [lambda: torch.matmul(a, b, out=out)]
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+    if device.type == "cpu" and onednn_supports(dtype):
         b_t = b.t().contiguous()  # onednn_linear(a, w) is a @ w.T
         products.append(lambda: onednn_linear(a, b_t))
 
