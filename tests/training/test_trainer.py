@@ -118,7 +118,9 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(tmp_path, monkeypa
         runs[compiled] = train(cfg)
     plain, compiled = load_file(runs[False].last_checkpoint), load_file(runs[True].last_checkpoint)
     assert plain.keys() == compiled.keys() and not any("_orig_mod" in k for k in compiled)
-    assert all(torch.allclose(plain[k], compiled[k], atol=1e-6) for k in plain)
+    # inductor's kernels reassociate fp32 sums: 1.0e-4 apart after these steps on an AVX2-only Zen 3 (weights up to
+    # 3.9), within 1e-6 on the AVX-512 CPUs of earlier sessions
+    assert all(torch.allclose(plain[k], compiled[k], atol=2e-4) for k in plain)
     assert runs[True].history[0]["train_loss"] == pytest.approx(runs[False].history[0]["train_loss"], rel=1e-6)
     assert compiled_models == ["HDKDDistilled", "HDKDTeacher"]  # the student, then the frozen teacher
 
