@@ -171,7 +171,7 @@ def test_paired_difference_adds_median_sign_count_and_signed_rank_p_to_its_line(
     a = {s: {"metrics": {"balanced_accuracy": 0.40 + d}} for s, d in enumerate(diffs)}
     b = {s: {"metrics": {"balanced_accuracy": 0.40}} for s in range(5)}
     d = paired_difference(a, b, "balanced_accuracy")
-    assert d["a_higher"] == 4 and d["median"] == pytest.approx(0.02)
+    assert d["above_zero"] == 4 and d["median"] == pytest.approx(0.02)
     assert d["signed_rank_p"] == pytest.approx(signed_rank_p(np.array(diffs)))
     line = _diff_line(d)
     assert line.index("inconclusive") < line.index("above 0 on 4 of 5 seeds, median +2.00, signed-rank p = ")

@@ -191,9 +191,12 @@ def _frozen_on_onednn(x: torch.Tensor, block: nn.Module) -> bool:
         not block.training
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and (_cpu_bf16_autocast() and _ONEDNN_BF16 if torch.is_autocast_enabled("cpu") else x.dtype == torch.float32)
+        and (
+            _cpu_bf16_autocast() and onednn_supports(torch.bfloat16)
+            if torch.is_autocast_enabled("cpu")
+            else x.dtype == torch.float32 and onednn_supports(torch.float32)
+        )
         and _ONEDNN_POINTWISE is not None
-        and torch.backends.mkldnn.is_available()
         and all(m.running_mean is not None for m in block.modules() if isinstance(m, nn.BatchNorm2d))
     )
 
@@ -201,7 +204,8 @@ def _frozen_on_onednn(x: torch.Tensor, block: nn.Module) -> bool:
 _ONEDNN_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)  # oneDNN conv + post-op (ATen)
 # oneDNN's bf16 convolution needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; elsewhere (e.g. AVX2-only Zen 3) it raises,
 # so bf16 autocast keeps the plain modules there
-_ONEDNN_BF16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+_BF16_CHECK = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+_ONEDNN_BF16 = bool(_BF16_CHECK is not None and _BF16_CHECK())
 
 
 def onednn_supports(dtype: torch.dtype) -> bool:

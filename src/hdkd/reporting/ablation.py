@@ -38,8 +38,8 @@ def _diff_line(d: Mapping[str, Any]) -> str:
         needed = d.get("seeds_for_goal")
         text += f" (±{100 * HALF_WIDTH_GOAL:.1f} points would need {needed or 'over 200'} seeds at this spread)"
     text = f"{text}: {d['verdict']}"
-    if d.get("a_higher") is not None and d.get("median") is not None:
-        text += f"; above 0 on {d['a_higher']} of {d['n']} seeds, median {100 * d['median']:+.2f}"
+    if d.get("above_zero") is not None and d.get("median") is not None:
+        text += f"; above 0 on {d['above_zero']} of {d['n']} seeds, median {100 * d['median']:+.2f}"
         if d.get("signed_rank_p") is not None:
             p = d["signed_rank_p"]
             text += ", signed-rank p < 0.001" if p < 0.001 else f", signed-rank p = {p:.3f}"

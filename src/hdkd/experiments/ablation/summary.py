@@ -103,7 +103,7 @@ def paired_difference(
         return out
     out.update(
         median=float(np.median(diffs)),
-        a_higher=int(np.sum(diffs > 0)),
+        above_zero=int(np.sum(diffs > 0)),
         signed_rank_p=signed_rank_p(diffs),
     )
     std = float(diffs.std(ddof=1))
