@@ -268,8 +268,9 @@ def cmd_ablate(args) -> int:
     if args.list:
         print(describe_registry())
         return 0
-    if args.labels and not args.report:
-        raise ConfigError("--labels: only with --report")
+    for option, given in (("--labels", args.labels), ("--remeasure-latency", args.remeasure_latency)):
+        if given and not args.report:
+            raise ConfigError(f"{option}: only with --report")
     if args.report:
         if len(args.report) > 1 and not args.output:
             raise ConfigError("--report with several results files: give -o DIR for the claims across them")
@@ -278,7 +279,8 @@ def cmd_ablate(args) -> int:
         elif args.labels:
             raise ConfigError("--labels: only with several results files (they name the rows of the claims table)")
         for results in args.report:  # several: each report beside its results file, the comparison into -o
-            paths = write_ablation_report(results, args.output if len(args.report) == 1 else None)
+            out = args.output if len(args.report) == 1 else None
+            paths = write_ablation_report(results, out, remeasure_latency=args.remeasure_latency)
             print(f"report: {', '.join(str(p) for p in paths.values())}")
         if len(args.report) > 1:
             paths = write_claims_across(args.report, args.output, args.labels)
@@ -486,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME",
         help="with --report: a name per results file for the claims table (default: its folder's name)",
+    )
+    p.add_argument(
+        "--remeasure-latency",
+        action="store_true",
+        help="with --report: measure the peers' CPU latency again on this machine instead of reusing the "
+        "measurement kept in ablation_latency.json beside the report",
     )
     p.set_defaults(func=cmd_ablate)
 

@@ -93,16 +93,33 @@ def native_bf16(device: torch.device) -> bool:
 
 
 @functools.cache
-def cpu_vendor() -> str:
-    """The CPU's vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"); "" where it does not say."""
+def _first_cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo; {} where there is no such file (macOS, Windows)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return info
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"); "" where it does not say."""
+    return _first_cpu_info().get("vendor_id", "")
+
+
+def cpu_name() -> str:
+    """The CPU as a timing should name it: its model name with family and model numbers (a VM often says only
+    "AMD EPYC", and the numbers tell Zen 3 from Zen 4), else what `platform` knows."""
+    info = _first_cpu_info()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    numbers = [f"{key} {info[key]}" for key in ("cpu family", "model") if key in info]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
 
 
 def resolve_amp(option: str, device: torch.device) -> str:

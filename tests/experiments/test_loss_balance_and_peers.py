@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from hdkd.cli import main
 from hdkd.config import build_config
-from hdkd.experiments.ablation.latency import measure_latencies_ms
+from hdkd.errors import DataError
+from hdkd.experiments.ablation.latency import LATENCY_FILE, measure_latencies_ms
 from hdkd.experiments.ablation.plan import model_config, teacher_config, teacher_key, variant_config
 from hdkd.experiments.ablation.records import read_results
 from hdkd.experiments.ablation.report import write_ablation_report
@@ -16,6 +18,7 @@ from hdkd.experiments.ablation.summary import pareto_front, summarise_ablation
 from hdkd.experiments.ablation.variants import GROUPS, PEERS, VARIANTS, resolve_variants
 from hdkd.models.from_config import build_model
 from hdkd.reporting.ablation import format_ablation_markdown
+from hdkd.runtime import cpu_name
 
 TINY = [
     "model.img_size=32",
@@ -140,21 +143,71 @@ def test_pareto_front_by_hand():
     assert pareto_front(points) == ["a", "b", "d", "f"]  # c is dominated by b; ties stay; e has no cost
 
 
-def test_pareto_section_and_figure_with_peers(tmp_path, monkeypatch):
+def _peer_results(tmp_path, monkeypatch, latency):
+    """A results file with two peers beside HDKD and the student alone; latency measurement replaced by ``latency``
+    (counting the measurements in ``latency["calls"]``)."""
     test = {"student_alone": 0.60, "hdkd": 0.65, "peer_resnet18": 0.70, "peer_mobilevit_xs": 0.55}
     records = _records({k: 0.5 for k in test}, test, teacher_val=0.9)
     for r in records:
         r["params"] = {"peer_resnet18": 11_000_000, "peer_mobilevit_xs": 2_000_000}.get(r["variant"], 3_600_000)
+        r["config"]["model"] = {"name": r["model"], "img_size": 32}
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    latency = {"student_alone": 2.0, "hdkd": 2.1, "peer_resnet18": 1.0, "peer_mobilevit_xs": 3.0}
-    monkeypatch.setattr("hdkd.experiments.ablation.report.variant_latencies", lambda recs, names: latency)
-    paths = write_ablation_report(tmp_path / "results.jsonl")
+
+    def measure(models):
+        latency["calls"] += 1
+        return {name: latency[name] for name in models}
+
+    monkeypatch.setattr("hdkd.experiments.ablation.latency._model_of", lambda record: record["variant"])
+    monkeypatch.setattr("hdkd.experiments.ablation.latency.measure_latencies_ms", measure)
+    return tmp_path / "results.jsonl", records
+
+
+def test_pareto_section_and_figure_with_peers(tmp_path, monkeypatch):
+    latency = {"student_alone": 2.0, "hdkd": 2.1, "peer_resnet18": 1.0, "peer_mobilevit_xs": 3.0, "calls": 0}
+    results, _ = _peer_results(tmp_path, monkeypatch, latency)
+    paths = write_ablation_report(results)
     summary = json.loads(paths["json"].read_text())
     assert summary["pareto"]["front_latency"] == ["peer_resnet18"]  # fastest and most accurate
     assert summary["pareto"]["front_params"] == ["peer_mobilevit_xs", "hdkd", "peer_resnet18"]
     md = paths["markdown"].read_text()
     assert "## Peers: accuracy against size and CPU latency" in md and "ablation_pareto.png" in md
+    assert f"measured on {cpu_name()} with torch {torch.__version__}" in md  # where the latencies come from
     assert paths["pareto_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rebuilt_report_keeps_the_measured_latencies_until_an_architecture_changes(tmp_path, monkeypatch):
+    latency = {"student_alone": 2.0, "hdkd": 2.1, "peer_resnet18": 1.0, "peer_mobilevit_xs": 3.0, "calls": 0}
+    results, records = _peer_results(tmp_path, monkeypatch, latency)
+    write_ablation_report(results)
+    kept = json.loads((tmp_path / LATENCY_FILE).read_text())
+    assert kept["machine"] == cpu_name() and kept["models"]["peer_resnet18"]["latency_ms"] == 1.0
+    latency.update(peer_resnet18=9.0, calls=latency["calls"])  # a busy machine would now measure resnet18 slower
+    summary = json.loads(write_ablation_report(results)["json"].read_text())
+    assert latency["calls"] == 1 and summary["pareto"]["front_latency"] == ["peer_resnet18"]  # reused, not moved
+    assert summary["pareto"]["latency"].endswith(kept["measured_at"])
+    write_ablation_report(results, remeasure_latency=True)  # asked for: measured again, and kept
+    assert latency["calls"] == 2 and json.loads((tmp_path / LATENCY_FILE).read_text())["models"]["peer_resnet18"][
+        "latency_ms"] == 9.0  # fmt: skip
+    for r in records:  # the same variants at another resolution are other models: measured again
+        r["config"]["model"]["img_size"] = 64
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_ablation_report(results)
+    assert latency["calls"] == 3
+
+
+def test_a_damaged_latency_record_is_an_error_naming_it_and_writes_no_report(tmp_path, monkeypatch, capsys):
+    latency = {"student_alone": 2.0, "hdkd": 2.1, "peer_resnet18": 1.0, "peer_mobilevit_xs": 3.0, "calls": 0}
+    results, _ = _peer_results(tmp_path, monkeypatch, latency)
+    (tmp_path / LATENCY_FILE).write_text('{"models": {"hdkd": {"latency_ms": "fast"}}}')
+    with pytest.raises(DataError, match=f"{LATENCY_FILE}: not a latency record.*--remeasure-latency"):
+        write_ablation_report(results)
+    assert latency["calls"] == 0 and not (tmp_path / "ablation_report.md").exists()
+    assert main(["ablate", "--report", str(results)]) == 2  # the CLI: one line, no traceback
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert main(["ablate", "--remeasure-latency", "--seeds", "0"]) == 2  # only with --report
+    assert "--remeasure-latency: only with --report" in capsys.readouterr().err
+    assert main(["ablate", "--report", str(results), "--remeasure-latency"]) == 0  # the way out the message names
+    assert latency["calls"] == 1 and (tmp_path / "ablation_report.md").is_file()
 
 
 def test_a_tiny_grid_records_gradient_shares_and_measures_the_peers(tmp_path, monkeypatch):

@@ -6,10 +6,16 @@ the architecture alone sets the latency) and timed with a small loop: ``warmup``
 processes on a shared machine only ever add time; measured one after the other with a median of 5, two models of
 the same architecture came out 2 x apart under load). The torch thread count is set to 1 for the measurement and
 restored.
+
+The measurement is kept in ``ablation_latency.json`` beside the report, with the machine and the time, and a later
+report reuses it while every model's architecture is unchanged: a report rebuilt on another machine, or on a busy
+one, does not silently move the Pareto front. ``--remeasure-latency`` measures again.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,8 +24,14 @@ from typing import Any, Optional
 import torch
 
 from hdkd.config import from_dict
+from hdkd.errors import DataError
+from hdkd.io import atomic_write_text
 from hdkd.models import create_model_from_checkpoint
 from hdkd.models.from_config import build_model
+from hdkd.runtime import cpu_name
+
+LATENCY_FILE = "ablation_latency.json"
+HOW = "CPU latency of one image, the fastest of 9 samples (batch 1, one thread, eval mode, fp32)"
 
 
 def _model_of(record: Mapping[str, Any]) -> tuple[torch.nn.Module, int, int]:
@@ -64,7 +76,55 @@ def measure_latencies_ms(models: Mapping[str, tuple[torch.nn.Module, int, int]],
     return {name: 1e3 * min(values) for name, values in samples.items()}
 
 
-def variant_latencies(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> dict[str, Optional[float]]:
-    """``{variant: latency in ms}`` for each of ``variants`` with a record (its latest one), measured together."""
+def _latest(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> dict[str, Mapping[str, Any]]:
     latest = {r["variant"]: r for r in records if r.get("variant") in variants and isinstance(r.get("config"), dict)}
-    return measure_latencies_ms({name: _model_of(latest[name]) for name in variants if name in latest})
+    return {name: latest[name] for name in variants if name in latest}
+
+
+def _architecture(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What sets a record's latency: its model section (name, size, widths, ...); a change of it re-measures."""
+    return dict(record["config"].get("model") or {})
+
+
+def _read_kept(path: Path) -> Optional[dict[str, Any]]:
+    if not path.is_file():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+        if not all(isinstance(m["latency_ms"], float) and isinstance(m["architecture"], dict)
+                   for m in kept["models"].values()):  # fmt: skip
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DataError(
+            f"{path}: not a latency record of `hdkd ablate` (expected models with architecture and latency_ms); "
+            "delete it or pass --remeasure-latency"
+        ) from None
+    return kept
+
+
+def latency_note(latency: Mapping[str, Any]) -> str:
+    """How, where and when the latencies were measured, as the report says it."""
+    return f"{latency['how']}, measured on {latency['machine']} with torch {latency['torch']}, {latency['measured_at']}"
+
+
+def pareto_latencies(records: Sequence[Mapping[str, Any]], variants: Sequence[str], out_dir: str | Path,
+                     remeasure: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The CPU latency of each of ``variants`` with a record (its latest one), with where and when it was measured:
+    the kept measurement in ``out_dir`` when it covers these architectures, else all measured together now and
+    kept."""
+    path = Path(out_dir) / LATENCY_FILE
+    latest = _latest(records, variants)
+    wanted = {name: _architecture(record) for name, record in latest.items()}
+    kept = None if remeasure else _read_kept(path)
+    if kept is not None and all(kept["models"].get(n, {}).get("architecture") == a for n, a in wanted.items()):
+        return dict(kept, reused=True)
+    ms = measure_latencies_ms({name: _model_of(record) for name, record in latest.items()})
+    measured = {
+        "how": HOW,
+        "machine": cpu_name(),
+        "torch": torch.__version__,
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "models": {name: {"architecture": wanted[name], "latency_ms": ms[name]} for name in wanted},
+    }
+    atomic_write_text(path, json.dumps(measured, indent=2) + "\n")
+    return dict(measured, reused=False)

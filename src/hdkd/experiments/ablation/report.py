@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from hdkd.errors import ConfigError, DataError
-from hdkd.experiments.ablation.latency import variant_latencies
+from hdkd.experiments.ablation.latency import LATENCY_FILE, latency_note, pareto_latencies
 from hdkd.experiments.ablation.records import read_results
 from hdkd.experiments.ablation.summary import summarise_ablation, summarise_pareto
 from hdkd.experiments.ablation.variants import GROUPS
@@ -20,11 +20,14 @@ from hdkd.reporting.pareto import PARETO_FIGURE, plot_pareto
 __all__ = ["write_ablation_report", "write_claims_across", "claim_labels"]
 
 
-def write_ablation_report(results: str | Path, out_dir: Optional[str | Path] = None) -> dict[str, Path]:
+def write_ablation_report(
+    results: str | Path, out_dir: Optional[str | Path] = None, remeasure_latency: bool = False
+) -> dict[str, Path]:
     """Read a results.jsonl, write ``ablation_report.md``, ``ablation_report.json``, (when there are
     data-efficiency points) ``ablation_data_efficiency.png`` and (when there are peer records)
     ``ablation_pareto.png`` into ``out_dir`` (default: beside the results). With peers, each peer's, HDKD's and the
-    student alone's CPU latency is measured here (``hdkd.experiments.ablation.latency``; a few seconds)."""
+    student alone's CPU latency comes from ``ablation_latency.json`` there, measured (a few seconds) and kept when
+    it is absent, covers other architectures, or ``remeasure_latency`` asks (``hdkd.experiments.ablation.latency``)."""
 
     results = Path(results)
     if not results.is_file():
@@ -37,7 +40,10 @@ def write_ablation_report(results: str | Path, out_dir: Optional[str | Path] = N
     paths = {}
     pareto_png = out / PARETO_FIGURE
     if any(name.startswith("peer_") for name in summary["variants"]):  # the peers' Pareto front, latency measured now
-        summary["pareto"] = summarise_pareto(summary, variant_latencies(records, GROUPS["peers"]))
+        latency = pareto_latencies(records, GROUPS["peers"], out, remeasure=remeasure_latency)
+        ms = {name: entry["latency_ms"] for name, entry in latency["models"].items()}
+        summary["pareto"] = summarise_pareto(summary, ms, latency_note(latency))
+        paths["latency"] = out / LATENCY_FILE
         paths["pareto_plot"] = plot_pareto(summary["pareto"], pareto_png)
     else:
         pareto_png.unlink(missing_ok=True)

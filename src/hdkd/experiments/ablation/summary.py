@@ -411,9 +411,11 @@ def pareto_front(points: Mapping[str, tuple[Optional[float], Optional[float]]]) 
 PARETO_METRIC = "balanced_accuracy"
 
 
-def summarise_pareto(summary: Mapping[str, Any], latency_ms: Mapping[str, Optional[float]]) -> dict[str, Any]:
+def summarise_pareto(
+    summary: Mapping[str, Any], latency_ms: Mapping[str, Optional[float]], latency_note: str
+) -> dict[str, Any]:
     """The peers next to HDKD and the student alone: test balanced accuracy against parameters and measured CPU
-    latency (batch 1, one thread), with the Pareto front of each."""
+    latency (batch 1, one thread; ``latency_note`` says how, where and when), with the Pareto front of each."""
     names = [n for n in GROUPS["peers"] if n in summary["variants"]]
     points = {}
     for name in names:
@@ -428,7 +430,7 @@ def summarise_pareto(summary: Mapping[str, Any], latency_ms: Mapping[str, Option
     score = {n: p[PARETO_METRIC]["mean"] for n, p in points.items()}
     return {
         "metric": PARETO_METRIC,
-        "latency": "CPU latency of one image, the fastest of 9 samples (batch 1, one thread, eval mode, fp32)",
+        "latency": latency_note,
         "points": points,
         "front_params": pareto_front({n: (p["params"], score[n]) for n, p in points.items()}),
         "front_latency": pareto_front({n: (p["latency_ms"], score[n]) for n, p in points.items()}),
