@@ -47,7 +47,7 @@ from hdkd.models import count_flops, count_params
 from hdkd.models.factory import create_model
 from hdkd.models.fuse import fold_batchnorm
 from hdkd.models.hdkd import onednn_linear, onednn_supports
-from hdkd.runtime import autocast, resolve_device, reuse_freed_memory
+from hdkd.runtime import autocast, cpu_name, resolve_device, reuse_freed_memory
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -416,7 +416,7 @@ def _plot(rows: Sequence[dict], path: Path, title: str) -> Path:
 def benchmark_meta(device: str | torch.device) -> dict[str, Any]:
     device = torch.device(device)
     meta = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "timm": timm.__version__,

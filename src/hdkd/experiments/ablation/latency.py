@@ -117,7 +117,7 @@ def pareto_latencies(records: Sequence[Mapping[str, Any]], variants: Sequence[st
     wanted = {name: _architecture(record) for name, record in latest.items()}
     kept = None if remeasure else _read_kept(path)
     if kept is not None and all(kept["models"].get(n, {}).get("architecture") == a for n, a in wanted.items()):
-        return dict(kept, reused=True)
+        return kept
     ms = measure_latencies_ms({name: _model_of(record) for name, record in latest.items()})
     measured = {
         "how": HOW,
@@ -127,4 +127,4 @@ def pareto_latencies(records: Sequence[Mapping[str, Any]], variants: Sequence[st
         "models": {name: {"architecture": wanted[name], "latency_ms": ms[name]} for name in wanted},
     }
     atomic_write_text(path, json.dumps(measured, indent=2) + "\n")
-    return dict(measured, reused=False)
+    return measured

@@ -39,7 +39,7 @@ def write_ablation_report(
     summary = summarise_ablation(records, source=str(results))
     paths = {}
     pareto_png = out / PARETO_FIGURE
-    if any(name.startswith("peer_") for name in summary["variants"]):  # the peers' Pareto front, latency measured now
+    if any(name.startswith("peer_") for name in summary["variants"]):  # the peers' Pareto front
         latency = pareto_latencies(records, GROUPS["peers"], out, remeasure=remeasure_latency)
         ms = {name: entry["latency_ms"] for name, entry in latency["models"].items()}
         summary["pareto"] = summarise_pareto(summary, ms, latency_note(latency))
